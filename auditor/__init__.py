@@ -1,0 +1,1 @@
+"""The offline auditor: replays a signed ledger on a CPU and trusts nothing the engine says."""

@@ -1,0 +1,1 @@
+"""Fieldprint: the Engine interface, model I/O and the command line."""

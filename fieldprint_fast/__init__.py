@@ -1,0 +1,1 @@
+"""The Triton engine: fast on NVIDIA GPUs and bit-exact with `spec`."""

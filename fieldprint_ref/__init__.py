@@ -1,0 +1,1 @@
+"""The reference engine: plain PyTorch over `spec`, simple and obviously right."""
