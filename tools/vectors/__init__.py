@@ -1,0 +1,1 @@
+"""Vector generators, one module per area; each exposes `generate(out_dir)`."""
