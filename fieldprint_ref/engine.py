@@ -1,0 +1,508 @@
+"""The reference engine: the `fieldprint.engine.Engine` contract over `spec.model.forward`.
+
+Plain PyTorch, CPU by default (any torch device works).  The engine owns one KV pool and a
+`PageAllocator`; each sequence has a block table.  Work happens in *rounds*: every active
+sequence contributes one chunk (its next prefill chunk, or its last sampled token) to a single
+`forward` call, then every sequence whose context is fully cached samples its next token.
+Because the spec's forward is batch-invariant by construction, a sequence's tokens and KV bytes
+do not depend on which other sequences share its rounds, on where its pages sit in the pool, or
+on how its prefill is chunked; tests/ref/test_batch_invariance.py checks exactly that.
+
+The loop calls only names from ``self.ops`` (``fieldprint_ref.ops`` here); the fast engine is
+this same class over ``fieldprint_fast.ops``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+import fieldprint_ref.ops as ref_ops
+from fieldprint_ref.errors import ContextTooLongError, EngineError, SamplingParamError
+from fieldprint_ref.paging import EVICTED, BlockTable, PageAllocator, blocks_for, dead_blocks
+from fieldprint_ref.records import AnchorInfo, GenerationResult, PageWrite, StepRecord
+
+DEFAULT = object()  # "use the engine's current anchors" (distinct from None = no anchors)
+DEFAULT_POOL_BYTES = 256 * 2**20  # default KV pool budget when num_pages is not given (= 256 MiB)
+DEFAULT_POOL_SEQUENCES = 8  # ... but never more pages than 8 full-length sequences need
+
+
+@dataclass
+class _Sequence:
+    """Everything the engine tracks about one sequence (internal)."""
+
+    handle: int
+    sequence: int
+    prompt_len: int
+    context: list[int]
+    params: object
+    max_new_tokens: int
+    anchors: AnchorInfo | None
+    window: int | None
+    stop: tuple[str, ...]
+    eos: frozenset[int]
+    table: BlockTable = field(default_factory=BlockTable)
+    cached: int = 0
+    pending_logits: torch.Tensor | None = None
+    attempt: int = 0
+    finish_reason: str | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    # cache changes since the last StepRecord
+    fed_start: int = 0
+    writes: list[PageWrite] = field(default_factory=list)
+    evicted: list[int] = field(default_factory=list)
+    evicted_blocks: list[int] = field(default_factory=list)
+    released: bool = False
+
+    @property
+    def generated(self) -> list[int]:
+        return self.context[self.prompt_len :]
+
+
+class RefEngine:
+    """Reference implementation of the `fieldprint.engine.Engine` contract."""
+
+    name = "ref"
+    ops = ref_ops
+
+    def __init__(
+        self,
+        model,
+        *,
+        tokenizer=None,
+        num_pages: int | None = None,
+        device: str | torch.device = "cpu",
+        page_order: Sequence[int] | None = None,
+        page_seed: int | None = None,
+        eos_token_ids: Iterable[int] = (),
+    ):
+        self.device = torch.device(device)
+        self.model = _model_on(model, self.device)
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.page_tokens = int(self.ops.PAGE_TOKENS)
+        if num_pages is None:
+            num_pages = self._default_num_pages()
+        self.pool = self.ops.allocate_pool(self.config, model.profile, num_pages, device=self.device)
+        self.allocator = PageAllocator(num_pages, order=page_order, seed=page_seed)
+        self._sequences: dict[int, _Sequence] = {}
+        self._anchor_sets: dict[int, AnchorInfo] = {}
+        self._anchors: AnchorInfo | None = None
+        self._next_handle = 0
+        self._next_anchor = 0
+
+    def _default_num_pages(self) -> int:
+        probe = self.ops.allocate_pool(self.config, self.model.profile, 1, device="cpu")
+        page_size = max(1, probe.data[0].numel() * probe.data.element_size())
+        per_seq = blocks_for(self.config.max_position, self.page_tokens)
+        return max(2 * per_seq, min(DEFAULT_POOL_SEQUENCES * per_seq, DEFAULT_POOL_BYTES // page_size))
+
+    # ---------------------------------------------------------------------------- text
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Tokenize ``text`` with the model's tokenizer (special tokens such as BOS if ``special``)."""
+        if self.tokenizer is None:
+            raise EngineError("this engine has no tokenizer: pass token ids instead of text")
+        return list(self.tokenizer.encode(text, add_special_tokens=special).ids)
+
+    def detokenize(self, tokens: Sequence[int]) -> str | None:
+        """Detokenize ``tokens`` (special tokens skipped); ``None`` without a tokenizer."""
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    def _tokens(self, what: str, value, *, special: bool) -> list[int]:
+        toks = self.tokenize(value, special=special) if isinstance(value, str) else [int(t) for t in value]
+        bad = [t for t in toks if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise EngineError(f"{what}: token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
+        return toks
+
+    # ---------------------------------------------------------------------------- anchors
+    def set_anchors(self, anchors: str | Sequence[int] | None) -> AnchorInfo | None:
+        """Make ``anchors`` the default anchor set of new sequences (``None``: no anchors).
+
+        The previous default set is released: its pinned pages are freed once no sequence
+        still uses them.
+        """
+        info = self.add_anchors(anchors) if anchors is not None else None
+        old, self._anchors = self._anchors, info
+        if old is not None:
+            self.release_anchors(old)
+        return info
+
+    @property
+    def anchors(self) -> AnchorInfo | None:
+        """The current default anchor set."""
+        return self._anchors
+
+    def add_anchors(self, anchors: str | Sequence[int]) -> AnchorInfo:
+        """Compute the K/V of ``anchors`` once, into freshly allocated pinned pages."""
+        tokens = self._tokens("anchors", anchors, special=True)
+        if not tokens:
+            raise EngineError("anchors: empty anchor text/token list")
+        if len(tokens) >= self.config.max_position:
+            raise ContextTooLongError(
+                f"anchors: {len(tokens)} tokens leave no room for a prompt "
+                f"(model max_position is {self.config.max_position})"
+            )
+        pages = self.allocator.alloc(blocks_for(len(tokens), self.page_tokens))
+        for p in pages:
+            self.allocator.pin(p)
+        chunk = self.ops.SequenceChunk(
+            tokens=torch.tensor(tokens, dtype=torch.int64, device=self.device),
+            start=0,
+            block_table=torch.tensor(pages, dtype=torch.int64, device=self.device),
+        )
+        self.ops.forward(self.model, self.pool, [chunk])
+        info = AnchorInfo(handle=self._next_anchor, tokens=tuple(tokens), pages=tuple(pages))
+        self._next_anchor += 1
+        self._anchor_sets[info.handle] = info
+        return info
+
+    def release_anchors(self, info: AnchorInfo) -> None:
+        """Unpin an anchor set; its pages are freed when the last sequence using them is released."""
+        if self._anchor_sets.pop(info.handle, None) is None:
+            raise EngineError(f"anchor set {info.handle} is not live in this engine")
+        if self._anchors is not None and self._anchors.handle == info.handle:
+            self._anchors = None
+        for p in info.pages:
+            self.allocator.unpin(p)
+            self.allocator.decref(p)
+
+    def _anchor_ref(self, info: AnchorInfo | None):
+        if info is None:
+            return None
+        table = torch.tensor(info.pages, dtype=torch.int64, device=self.device)
+        return self.ops.AnchorRef(block_table=table, length=info.length)
+
+    # ---------------------------------------------------------------------------- sequences
+    def add_sequence(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        sampling=None,
+        max_new_tokens: int = 16,
+        sequence: int | None = None,
+        anchors=DEFAULT,
+        window: int | None = None,
+        stop: Sequence[str] = (),
+        eos_token_ids: Iterable[int] | None = None,
+    ) -> int:
+        """Register a sequence (nothing runs yet); return its handle."""
+        anchors = self._anchors if anchors is DEFAULT else anchors
+        if anchors is not None and anchors.handle not in self._anchor_sets:
+            raise EngineError(f"anchor set {anchors.handle} was released")
+        a = anchors.length if anchors is not None else 0
+        tokens = self._tokens("prompt", prompt, special=anchors is None)
+        if not tokens:
+            raise EngineError("prompt: the prompt is empty (it must have at least one token)")
+        if a + len(tokens) > self.config.max_position:
+            raise ContextTooLongError(
+                f"prompt too long: {len(tokens)} prompt tokens + {a} anchor tokens > model max_position "
+                f"{self.config.max_position} (at most {self.config.max_position - a} prompt tokens)"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise SamplingParamError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise EngineError(f"window must be an integer >= 1, got {window!r}")
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise SamplingParamError("stop strings must be non-empty strings")
+        if stop and self.tokenizer is None:
+            raise EngineError("stop strings need a tokenizer (this engine has none)")
+        handle = self._next_handle
+        self._next_handle += 1
+        if anchors is not None:
+            for p in anchors.pages:
+                self.allocator.incref(p)
+        eos = self.eos_token_ids if eos_token_ids is None else frozenset(int(t) for t in eos_token_ids)
+        self._sequences[handle] = _Sequence(
+            handle=handle,
+            sequence=handle if sequence is None else int(sequence),
+            prompt_len=len(tokens),
+            context=list(tokens),
+            params=sampling if sampling is not None else self.ops.SamplingParams(),
+            max_new_tokens=max_new_tokens,
+            anchors=anchors,
+            window=window,
+            stop=tuple(stop),
+            eos=eos,
+        )
+        return handle
+
+    def _seq(self, handle: int) -> _Sequence:
+        try:
+            s = self._sequences[handle]
+        except KeyError:
+            raise EngineError(f"unknown sequence handle {handle}") from None
+        if s.released:
+            raise EngineError(f"sequence {handle} was released")
+        return s
+
+    def fork(self, handle: int, *, sequence: int | None = None, sampling=None) -> int:
+        """Return a new sequence sharing ``handle``'s pages copy-on-write (same tokens so far)."""
+        s = self._seq(handle)
+        new = self._next_handle
+        self._next_handle += 1
+        if s.anchors is not None:
+            for p in s.anchors.pages:
+                self.allocator.incref(p)
+        self._sequences[new] = _Sequence(
+            handle=new,
+            sequence=new if sequence is None else int(sequence),
+            prompt_len=s.prompt_len,
+            context=list(s.context),
+            params=s.params if sampling is None else sampling,
+            max_new_tokens=s.max_new_tokens,
+            anchors=s.anchors,
+            window=s.window,
+            stop=s.stop,
+            eos=s.eos,
+            table=self.allocator.fork(s.table),
+            cached=s.cached,
+            pending_logits=s.pending_logits,
+            attempt=s.attempt,
+            finish_reason=s.finish_reason,
+            records=list(s.records),
+            fed_start=s.fed_start,
+        )
+        return new
+
+    def release(self, handle: int) -> list[int]:
+        """Free a sequence's pages (and its hold on its anchors); return the pages freed."""
+        s = self._seq(handle)
+        freed = self.allocator.release(s.table)
+        if s.anchors is not None:
+            for p in s.anchors.pages:
+                if self.allocator.decref(p):
+                    freed.append(p)
+        s.released = True
+        return freed
+
+    # ---------------------------------------------------------------------------- running
+    def prefill(self, handles: Sequence[int], *, chunk_size: int | None = None) -> dict[int, StepRecord]:
+        """Feed the prompts of ``handles`` (batched, in chunks) and sample each one's first token."""
+        todo = [h for h in handles if not self._seq(h).records and self._seq(h).finish_reason is None]
+        out: dict[int, StepRecord] = {}
+        while todo:
+            for h, rec in self.step(todo, chunk_size=chunk_size):
+                out[h] = rec
+            todo = [h for h in todo if h not in out]
+        return out
+
+    def decode(self, handles: Sequence[int]) -> dict[int, StepRecord]:
+        """Feed each sequence's last sampled token in one batched forward; sample the next."""
+        for h in handles:
+            s = self._seq(h)
+            if not s.records:
+                raise EngineError(f"sequence {h} has not been prefilled")
+        return dict(self.step(handles))
+
+    def step(self, handles: Sequence[int], *, chunk_size: int | None = None) -> list[tuple[int, StepRecord]]:
+        """Run one round: one forward over every unfinished sequence, then sample where due.
+
+        Each unfinished sequence feeds its next uncached tokens (at most ``chunk_size``).
+        Returns ``(handle, record)`` for every sequence that sampled a token this round.
+        """
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise EngineError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        active = [s for s in (self._seq(h) for h in handles) if s.finish_reason is None]
+        chunks, fed = [], []
+        for s in active:
+            start = s.cached
+            take = len(s.context) - start
+            if chunk_size is not None:
+                take = min(take, chunk_size)
+            if take == 0:
+                continue
+            chunks.append(self._prepare_chunk(s, start, take))
+            fed.append((s, start, take))
+        if chunks:
+            logits = self.ops.forward(self.model, self.pool, chunks)
+            for (s, start, take), lg in zip(fed, logits):
+                s.cached = start + take
+                if s.cached == len(s.context):
+                    s.pending_logits = lg[-1]
+        out = []
+        for s in active:
+            if s.pending_logits is not None and s.cached == len(s.context):
+                out.append((s.handle, self._sample(s)))
+        return out
+
+    def _prepare_chunk(self, s: _Sequence, start: int, take: int):
+        """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches."""
+        pt = self.page_tokens
+        table = s.table
+        dead = [b for b in dead_blocks(start, s.window, pt) if b < len(table) and table.pages[b] != EVICTED]
+        if dead:
+            s.evicted += self.allocator.evict(table, dead)
+            s.evicted_blocks += dead
+        first, end = start // pt, blocks_for(start + take, pt)
+        for b in range(first, min(end, len(table))):
+            self.allocator.make_writable(table, b, lambda src, dst: self.ops.copy_page(self.pool, src, dst))
+        if end > len(table):
+            table.pages += self.allocator.alloc(end - len(table))
+        for b in range(first, end):
+            lo, hi = max(start, b * pt) - b * pt, min(start + take, (b + 1) * pt) - b * pt
+            s.writes.append(PageWrite(page=table.pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))
+        return self.ops.SequenceChunk(
+            tokens=torch.tensor(s.context[start : start + take], dtype=torch.int64, device=self.device),
+            start=start,
+            block_table=torch.tensor(table.pages, dtype=torch.int64, device=self.device),
+            anchors=self._anchor_ref(s.anchors),
+            window=s.window,
+        )
+
+    def _sample(self, s: _Sequence) -> StepRecord:
+        logits = s.pending_logits
+        step = len(s.context) - s.prompt_len
+        token = int(self.ops.sample(logits, s.params, s.sequence, step, s.attempt))
+        rec = StepRecord(
+            sequence=s.sequence,
+            step=step,
+            attempt=s.attempt,
+            fed_start=s.fed_start,
+            fed_end=s.cached,
+            fed_tokens=tuple(s.context[s.fed_start : s.cached]),
+            writes=tuple(s.writes),
+            evicted=tuple(s.evicted),
+            evicted_blocks=tuple(s.evicted_blocks),
+            logits=logits,
+            token=token,
+        )
+        s.records.append(rec)
+        s.context.append(token)
+        s.pending_logits = None
+        s.fed_start = s.cached
+        s.writes, s.evicted, s.evicted_blocks = [], [], []
+        s.finish_reason = self._finish_reason(s, token)
+        return rec
+
+    def _finish_reason(self, s: _Sequence, token: int) -> str | None:
+        if token in s.eos:
+            return "eos"
+        if s.stop and _stop_index(self.detokenize(s.generated), s.stop) is not None:
+            return "stop"
+        if len(s.generated) >= s.max_new_tokens:
+            return "length"
+        a = s.anchors.length if s.anchors is not None else 0
+        if a + len(s.context) > self.config.max_position:
+            return "max_position"  # the new token has no RoPE position left to be fed at
+        return None
+
+    def generate(
+        self,
+        prompts,
+        *,
+        sampling=None,
+        max_new_tokens: int = 16,
+        anchors=DEFAULT,
+        window: int | None = None,
+        stop: Sequence[str] = (),
+        eos_token_ids: Iterable[int] | None = None,
+        chunk_size: int | None = None,
+        sequences: Sequence[int] | None = None,
+        on_step: Callable[[int, StepRecord], None] | None = None,
+        release: bool = True,
+    ):
+        """Generate for one prompt (text or token ids) or a list of prompts, batched.
+
+        ``sampling`` is one ``SamplingParams`` or one per prompt; ``sequences`` gives each
+        prompt's sampling sequence index (default 0, 1, ...).  ``on_step(i, record)`` is called
+        right after prompt ``i`` samples a token, while the pages it names hold exactly what
+        the record describes.  Returns one ``GenerationResult`` (or a list, for a list).
+        """
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, (list, tuple)) and len(prompts) > 0 and isinstance(prompts[0], int)
+        ) or isinstance(prompts, torch.Tensor)
+        batch = [prompts] if single else list(prompts)
+        params = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(batch)
+        if len(params) != len(batch):
+            raise SamplingParamError(f"got {len(params)} sampling params for {len(batch)} prompts")
+        idx = list(sequences) if sequences is not None else list(range(len(batch)))
+        handles = []
+        try:
+            for i, p in enumerate(batch):
+                p = p.tolist() if isinstance(p, torch.Tensor) else p
+                handles.append(
+                    self.add_sequence(
+                        p, sampling=params[i], max_new_tokens=max_new_tokens, sequence=idx[i],
+                        anchors=anchors, window=window, stop=stop, eos_token_ids=eos_token_ids,
+                    )
+                )
+            pos = {h: i for i, h in enumerate(handles)}
+            live = list(handles)
+            while live:
+                for h, rec in self.step(live, chunk_size=chunk_size):
+                    if on_step is not None:
+                        on_step(pos[h], rec)
+                live = [h for h in live if self._sequences[h].finish_reason is None]
+            results = [self.result(h) for h in handles]
+        finally:
+            if release:
+                for h in handles:
+                    if not self._sequences[h].released:
+                        self.release(h)
+        return results[0] if single else results
+
+    def result(self, handle: int) -> GenerationResult:
+        """Return what sequence ``handle`` has produced so far."""
+        s = self._sequences[handle]
+        tokens = list(s.generated)
+        text = self.detokenize(tokens)
+        if text is not None and s.finish_reason == "stop":
+            text = text[: _stop_index(text, s.stop)]
+        return GenerationResult(
+            sequence=s.sequence,
+            prompt_tokens=list(s.context[: s.prompt_len]),
+            anchors=s.anchors,
+            tokens=tokens,
+            text=text,
+            steps=list(s.records),
+            finish_reason=s.finish_reason,
+            block_table=list(s.table.pages),
+        )
+
+    # ---------------------------------------------------------------------------- page access
+    def page_bytes(self, page: int) -> bytes:
+        """Return the canonical bytes of physical page ``page`` (what a ledger hashes)."""
+        return self.ops.page_bytes(self.pool, page)
+
+    def page_tensor(self, page: int) -> torch.Tensor:
+        """Return a view of physical page ``page`` of the pool (all layers, K, V, scales)."""
+        return self.pool.data[page]
+
+    def block_table(self, handle: int) -> list[int]:
+        """Return the sequence's logical block -> physical page table (-1 = evicted)."""
+        return list(self._sequences[handle].table.pages)
+
+    def sequence_pages(self, handle: int) -> dict[int, bytes]:
+        """Return ``{logical block: page bytes}`` for every block of the sequence still in the pool."""
+        return {b: self.page_bytes(p) for b, p in self._sequences[handle].table.live()}
+
+    def page_log(self, handle: int) -> list[tuple[int, PageWrite]]:
+        """Return every page write of the sequence as ``(step, write)``, in order."""
+        return [(r.step, w) for r in self._sequences[handle].records for w in r.writes]
+
+    def check_pages(self) -> None:
+        """Raise ``PagingError`` unless every refcount matches the live block tables and anchors."""
+        holders = [s.table.pages for s in self._sequences.values() if not s.released]
+        holders += [s.anchors.pages for s in self._sequences.values() if not s.released and s.anchors]
+        holders += [a.pages for a in self._anchor_sets.values()]
+        self.allocator.check(holders)
+
+
+def _stop_index(text: str | None, stops: Sequence[str]) -> int | None:
+    """Return where the earliest stop string starts in ``text``, or None."""
+    if not text:
+        return None
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _model_on(model, device: torch.device):
+    """Return ``model`` with its tensors on ``device`` (the same object when already there)."""
+    if all(t.device == device for t in model.tensors.values()):
+        return model
+    return type(model)(model.config, model.profile, {k: v.to(device) for k, v in model.tensors.items()})

@@ -1,0 +1,40 @@
+"""The engine's op surface: thin names over `spec`, mirrored one for one by `fieldprint_fast.ops`.
+
+The engine loop (`fieldprint_ref.engine`) calls only these names, so an engine built over
+`fieldprint_fast.ops` runs the same loop with faster kernels wherever one exists.  Each op has
+exactly the signature of the spec function it names.
+"""
+from __future__ import annotations
+
+from spec.attention import KVPool
+from spec.constants import PAGE_TOKENS
+from spec.model import AnchorRef, SequenceChunk, forward
+from spec.sampling import SamplingParams, sample
+
+__all__ = [
+    "PAGE_TOKENS",
+    "AnchorRef",
+    "KVPool",
+    "SamplingParams",
+    "SequenceChunk",
+    "allocate_pool",
+    "copy_page",
+    "forward",
+    "page_bytes",
+    "sample",
+]
+
+
+def allocate_pool(config, profile, num_pages: int, device="cpu") -> KVPool:
+    """Return a zeroed KV pool of ``num_pages`` pages (``spec.attention.KVPool.allocate``)."""
+    return KVPool.allocate(config, profile, num_pages, device=device)
+
+
+def page_bytes(pool: KVPool, page: int) -> bytes:
+    """Return the canonical bytes of one page (``spec.attention.KVPool.page_bytes``)."""
+    return pool.page_bytes(page)
+
+
+def copy_page(pool: KVPool, src: int, dst: int) -> None:
+    """Copy every byte of page ``src`` onto page ``dst`` (``spec.attention.KVPool.copy_page``)."""
+    pool.copy_page(src, dst)
