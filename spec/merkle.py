@@ -82,3 +82,42 @@ def root_from_leaf_hashes(hashes: Sequence[bytes], hasher: Hasher = BLAKE3) -> b
 def merkle_root(leaves: Sequence[bytes], hasher: Hasher = BLAKE3) -> bytes:
     """Return the RFC 9162 Merkle Tree Hash MTH(D) of the raw leaf data ``leaves``."""
     return root_from_leaf_hashes([leaf_hash(d, hasher) for d in leaves], hasher)
+
+
+class CompactRange:
+    """An append-only tree that keeps only the roots of its perfect subtrees (the frontier).
+
+    Appending a leaf and computing the root take O(log n) hashes; the root always equals
+    ``merkle_root`` over the leaves appended so far. Not normative: a helper for writers
+    and verifiers."""
+
+    def __init__(self, hasher: Hasher = BLAKE3):
+        self.hasher = hasher
+        self.size = 0
+        self.frontier: list[bytes] = []  # roots of perfect subtrees, largest (leftmost) first
+
+    def append_leaf_hash(self, h: bytes) -> None:
+        """Append a leaf given its leaf hash."""
+        self.frontier.append(bytes(h))
+        self.size += 1
+        n = self.size
+        while n & 1 == 0:  # each trailing zero bit of the new size merges two equal subtrees
+            right = self.frontier.pop()
+            left = self.frontier.pop()
+            self.frontier.append(node_hash(left, right, self.hasher))
+            n >>= 1
+
+    def append(self, data: bytes) -> bytes:
+        """Append a leaf holding ``data``; return its leaf hash."""
+        h = leaf_hash(data, self.hasher)
+        self.append_leaf_hash(h)
+        return h
+
+    def root(self) -> bytes:
+        """Return MTH of the leaves so far (right-to-left fold of the frontier)."""
+        if not self.frontier:
+            return empty_root(self.hasher)
+        r = self.frontier[-1]
+        for h in reversed(self.frontier[:-1]):
+            r = node_hash(h, r, self.hasher)
+        return r
