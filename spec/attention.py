@@ -1,25 +1,42 @@
-"""Paged attention semantics: the KV page pool, anchors, and the exact integer softmax."""
+"""Paged attention semantics: the KV page pool, anchors, windows and the exact integer softmax.
+
+Visibility. A query at context index i (RoPE position A + i, A = anchor length) sees every anchor
+token and the context tokens j with j <= i and, when a window W is set, i - j < W. Anchor and
+context keys join ONE softmax over [K_anchor, K_context], [V_anchor, V_context].
+
+Softmax. Scores are exact; the row maximum m is the exact maximum over every visible key (two
+passes, no online rescaling), numerators e_j = exp_neg(m - s_j) in [0, 2**30] (the maximum has
+e = 2**30 exactly), Z = sum e_j, and p_j = floor(e_j * 2**P / Z) on the grid 2**-P (P = prob_bits).
+Floor makes sum p_j <= 2**P, so sum_j p_j |v_j| <= 2**P * 2**31 for any context length.
+"""
 from __future__ import annotations
 
 import torch
 
-from spec.constants import KV_SCALE_BYTES, PAGE_TOKENS
+from spec.constants import ACT_FRAC_BITS, KV_SCALE_BYTES, PAGE_TOKENS, SCORE_FRAC_BITS, SCORE_MAX
+from spec.ops import exp_neg
+from spec.quant import absmax, dequantize_rows, int_matmul, quantize_rows, round_shift, saturate, shift_round
 
 
 class KVPool:
     """Paged int8 KV cache shared by all sequences.
 
     `data` is ONE contiguous int8 tensor of shape
-    [num_pages, num_layers, 2 (K, V), PAGE_TOKENS, num_kv_heads, head_dim + KV_SCALE_BYTES];
-    data[p] holds everything about page p for all layers.
+    [num_pages, num_layers, 2 (0 = K, 1 = V), PAGE_TOKENS, num_kv_heads, head_dim + 4];
+    data[p] holds everything about page p for all layers. Each (layer, K|V, slot, head) row is
+    head_dim int8 values q followed by 4 scale bytes: m as uint16 little-endian, e as int8, a zero
+    byte; the row's Q16 values are q * m * 2**e (`spec.quant.dequantize_rows`). An empty slot is
+    all zero bytes. The page hash is BLAKE3 over data[p]'s bytes in C order (int8: no byte order).
     """
 
     def __init__(self, data: torch.Tensor):
+        assert data.dtype == torch.int8 and data.dim() == 6 and data.shape[3] == PAGE_TOKENS
         self.data = data
 
     @classmethod
     def allocate(cls, config, profile, num_pages: int, device="cpu") -> "KVPool":
-        """Return a zeroed pool of `num_pages` pages for `config`."""
+        """Return a zeroed pool of `num_pages` pages for `config` (profile.kv_bits must be 8)."""
+        assert profile.kv_bits == 8, "the page format stores int8 K/V"
         shape = (num_pages, config.num_layers, 2, PAGE_TOKENS, config.num_kv_heads, config.head_dim + KV_SCALE_BYTES)
         return cls(torch.zeros(shape, dtype=torch.int8, device=device))
 
@@ -30,3 +47,115 @@ class KVPool:
     def copy_page(self, src: int, dst: int) -> None:
         """Copy page src over page dst (copy-on-write rollback)."""
         self.data[dst].copy_(self.data[src])
+
+
+def _to_byte(x: torch.Tensor) -> torch.Tensor:
+    """Return the int8 whose two's-complement bits are the low 8 bits of x."""
+    b = x & 255
+    return (b - ((b >> 7) << 8)).to(torch.int8)
+
+
+def pack_rows(x: torch.Tensor) -> torch.Tensor:
+    """Quantize rows x [..., d] (Q16) to int8 with their row scale; return int8 [..., d + 4] page rows."""
+    q, m, e = quantize_rows(x, 8)
+    scale = torch.stack([m & 255, m >> 8, e, torch.zeros_like(e)], dim=-1)  # 2**12 < m <= 2**14, |e| < 32
+    return torch.cat([_to_byte(q), _to_byte(scale)], dim=-1)
+
+
+def unpack_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (q, m, e) int64 from int8 page rows [..., d + 4] (inverse of `pack_rows`)."""
+    r = rows.to(torch.int64)
+    d = rows.shape[-1] - KV_SCALE_BYTES
+    return r[..., :d], (r[..., d] & 255) | ((r[..., d + 1] & 255) << 8), r[..., d + 2]
+
+
+def _slots(block_table: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (page, offset) of logical token indices idx; refuse evicted (-1) or missing blocks."""
+    blocks = idx // PAGE_TOKENS
+    if idx.numel() and int(blocks.max()) >= block_table.numel():
+        raise ValueError(f"block table of {block_table.numel()} blocks does not cover token {int(idx.max())}")
+    pages = block_table.to(torch.int64)[blocks]
+    if bool((pages < 0).any()):
+        raise ValueError(f"a visible block is evicted (block {int(blocks[pages < 0][0])})")
+    return pages, idx % PAGE_TOKENS
+
+
+def write_kv(pool: KVPool, layer: int, block_table: torch.Tensor, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Write K and V rows [T, kv_heads, d] (Q16) of tokens start..start+T-1 into their page slots."""
+    pages, offs = _slots(block_table, torch.arange(start, start + k.shape[0]))
+    pool.data[pages, layer, 0, offs] = pack_rows(k)
+    pool.data[pages, layer, 1, offs] = pack_rows(v)
+
+
+def read_kv(pool: KVPool, layer: int, block_table: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Return the int8 page rows [hi - lo, 2, kv_heads, d + 4] of logical tokens lo..hi-1."""
+    pages, offs = _slots(block_table, torch.arange(lo, hi))
+    return pool.data[pages, layer, :, offs]
+
+
+def scores(q: torch.Tensor, q_bits: int, k_rows: torch.Tensor) -> torch.Tensor:
+    """Return Q16 scores [H, T, L] of queries q [T, H, d] (Q16, 1/sqrt(d) already folded into W_q)
+    against packed keys k_rows [L, G, d + 4] (GQA: head h reads kv head h // (H / G)).
+
+    q is quantized per (token, head) to q_bits: s = qq.kq * mq * mk * 2**(eq + ek - 16), one
+    `shift_round`, saturated to SCORE_MAX. Requires qmax(q_bits) * 127 * d * 2**28 < 2**61.
+    """
+    qq, mq, eq = quantize_rows(q, q_bits)  # [T, H, d], [T, H]
+    kq, mk, ek = unpack_rows(k_rows)  # [L, G, d], [L, G]
+    h, g = q.shape[1], k_rows.shape[1]
+    kv = torch.arange(h) // (h // g)
+    acc = torch.stack([int_matmul(qq[:, i], kq[:, kv[i]]) for i in range(h)])  # [H, T, L]
+    prod = acc * mq.T[:, :, None] * mk.T[kv][:, None, :]
+    sh = 2 * ACT_FRAC_BITS - SCORE_FRAC_BITS - eq.T[:, :, None] - ek.T[kv][:, None, :]
+    return saturate(shift_round(prod, sh), SCORE_MAX)
+
+
+def softmax(s: torch.Tensor, visible: torch.Tensor, exp_table: torch.Tensor, prob_bits: int) -> torch.Tensor:
+    """Return probabilities p [..., L] on the grid 2**-prob_bits: exact max m over visible scores,
+    e = exp_neg(m - s) (0 where not visible), p = floor(e * 2**prob_bits / sum e). Each row must
+    see at least one key. sum e <= L * 2**30; e * 2**prob_bits <= 2**(30 + prob_bits)."""
+    m = torch.where(visible, s, -SCORE_MAX - 1).amax(-1, keepdim=True)
+    e = torch.where(visible, exp_neg(m - s, exp_table), 0)
+    z = e.sum(-1, keepdim=True)  # >= 2**30: the maximum contributes exactly 2**30
+    return torch.div(e << prob_bits, z, rounding_mode="floor")
+
+
+def mix_values(p: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.Tensor:
+    """Return the Q16 output [T, H, d] = round(sum_j p_j v_j * 2**-prob_bits), v_j dequantized to Q16.
+
+    p: [H, T, L] with sum_j p_j <= 2**prob_bits, so every partial sum is <= 2**(prob_bits + 31)."""
+    vq, mv, ev = unpack_rows(v_rows)
+    v = dequantize_rows(vq, mv, ev)  # [L, G, d] Q16
+    h, g = p.shape[0], v.shape[1]
+    kv = torch.arange(h) // (h // g)
+    bound = (1 << prob_bits) * absmax(v)
+    out = torch.stack([int_matmul(p[i], v[:, kv[i]].T, bound=bound) for i in range(h)], dim=1)
+    return round_shift(out, prob_bits)
+
+
+def visibility(query_idx: torch.Tensor, anchor_len: int, lo: int, hi: int, window: int | None) -> torch.Tensor:
+    """Return bool [T, A + hi - lo]: anchors always; context j in [lo, hi) iff j <= i and (i - j < window)."""
+    j = torch.arange(lo, hi)
+    ctx = j[None, :] <= query_idx[:, None]
+    if window is not None:
+        ctx &= query_idx[:, None] - j[None, :] < window
+    return torch.cat([torch.ones(query_idx.numel(), anchor_len, dtype=torch.bool), ctx], dim=1)
+
+
+def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torch.Tensor, start: int,
+                    anchors, window: int | None, q_bits: int, prob_bits: int, exp_table: torch.Tensor) -> torch.Tensor:
+    """Return the Q16 attention output [T, H, d] of queries q [T, H, d] at context indices
+    start..start+T-1 over anchor pages (all visible) and context pages (causal, optional window).
+
+    The chunk's own K/V must already be written (`write_kv`). Only context tokens
+    [max(0, start - window + 1), start + T) are read, so blocks before the window may be evicted.
+    """
+    t = q.shape[0]
+    lo = 0 if window is None else max(0, start - window + 1)
+    rows = read_kv(pool, layer, block_table, lo, start + t)
+    a = 0 if anchors is None else anchors.length
+    if a:
+        rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
+    vis = visibility(torch.arange(start, start + t), a, lo, start + t, window)
+    p = softmax(scores(q, q_bits, rows[:, 0]), vis[None], exp_table, prob_bits)
+    return mix_values(p, rows[:, 1], prob_bits)

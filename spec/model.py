@@ -5,7 +5,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from spec.profiles import PrecisionProfile
+from spec import ops
+from spec.attention import paged_attention, write_kv
+from spec.constants import EXP_TABLE_BITS, SIGMOID_DOMAIN, SIGMOID_STEP_BITS
+from spec.profiles import PrecisionProfile, validate_profile
+from spec.tables import exp2_table
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,139 @@ class SequenceChunk:
     window: int | None = None  # sliding window over the context (anchors always visible)
 
 
+def tensor_specs(config: ModelConfig, profile: PrecisionProfile) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Return the name -> (dtype, shape) of every tensor of a QuantizedModel (the normative list).
+
+    A linear `X` stores `X.weight` [out, in] (int8 when its width is <= 8 bits, else int16),
+    `X.mul` and `X.shift` [out] int32 (multiplier mul * 2**-shift, see `spec.quant`), and for
+    q/k/v with qkv_bias `X.bias` [out] int32 Q16. Norm gains are int32 Q16. `lm_head.weight` is
+    absent when embeddings are tied (the lm_head then reads `embed.weight`).
+    """
+    c, out = config, {}
+    wdt = lambda bits: torch.int8 if bits <= 8 else torch.int16  # noqa: E731
+    h, d, kvd = c.hidden_size, c.head_dim, c.num_kv_heads * c.head_dim
+
+    def lin(name, o, i, bits, bias=False):
+        out.update({f"{name}.weight": (wdt(bits), (o, i)), f"{name}.mul": (torch.int32, (o,)),
+                    f"{name}.shift": (torch.int32, (o,))})
+        if bias:
+            out[f"{name}.bias"] = (torch.int32, (o,))
+
+    out["embed.weight"] = (wdt(profile.embed_bits), (c.vocab_size, h))
+    out["embed.mul"], out["embed.shift"] = (torch.int32, (c.vocab_size,)), (torch.int32, (c.vocab_size,))
+    for n in range(c.num_layers):
+        p = f"layers.{n}."
+        wq, wo = profile.linear_bits("qkv", n)[0], profile.linear_bits("o", n)[0]
+        wg, wd = profile.linear_bits("gate_up", n)[0], profile.linear_bits("down", n)[0]
+        out[p + "attn_norm.gamma"] = out[p + "mlp_norm.gamma"] = (torch.int32, (h,))
+        lin(p + "q", c.num_heads * d, h, wq, c.qkv_bias)
+        lin(p + "k", kvd, h, wq, c.qkv_bias)
+        lin(p + "v", kvd, h, wq, c.qkv_bias)
+        lin(p + "o", h, c.num_heads * d, wo)
+        lin(p + "gate", c.intermediate_size, h, wg)
+        lin(p + "up", c.intermediate_size, h, wg)
+        lin(p + "down", h, c.intermediate_size, wd)
+    out["final_norm.gamma"] = (torch.int32, (h,))
+    if c.tie_embeddings:
+        out["lm_head.mul"], out["lm_head.shift"] = (torch.int32, (c.vocab_size,)), (torch.int32, (c.vocab_size,))
+    else:
+        lin("lm_head", c.vocab_size, h, profile.w_lm_head)
+    out["rope.cos"] = out["rope.sin"] = (torch.int32, (c.max_position, d // 2))
+    out["sigmoid.table"] = (torch.int32, (2 * SIGMOID_DOMAIN * (1 << SIGMOID_STEP_BITS) + 1,))
+    out["exp2.table"] = (torch.int32, ((1 << EXP_TABLE_BITS) + 1,))
+    out["rms.eps"] = (torch.int64, (1,))
+    return out
+
+
 class QuantizedModel:
-    """Everything the integer forward needs; integer tensors only."""
+    """Everything the integer forward needs; integer tensors only (names: `tensor_specs`)."""
 
     def __init__(self, config: ModelConfig, profile: PrecisionProfile, tensors: dict[str, torch.Tensor]):
-        self.config = config
-        self.profile = profile
-        self.tensors = tensors
+        validate_profile(profile, config)
+        want = tensor_specs(config, profile)
+        missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+        if missing or extra:
+            raise ValueError(f"model tensors: missing {missing[:5]}, unexpected {extra[:5]}")
+        for name, (dtype, shape) in want.items():
+            t = tensors[name]
+            if t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(f"tensor {name}: want {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
+        if not torch.equal(tensors["exp2.table"], exp2_table()):
+            raise ValueError("tensor exp2.table differs from spec.tables.exp2_table()")
+        self.config, self.profile, self.tensors = config, profile, tensors
+
+    def linear(self, name: str, x: torch.Tensor, act_bits: int) -> torch.Tensor:
+        """Apply linear `name` to rows x (Q16) with inputs quantized to act_bits."""
+        t = self.tensors
+        w = t["embed.weight"] if name == "lm_head" and self.config.tie_embeddings else t[f"{name}.weight"]
+        return ops.linear(x, act_bits, w, t[f"{name}.mul"], t[f"{name}.shift"], t.get(f"{name}.bias"))
+
+
+def _positions(chunk: SequenceChunk) -> torch.Tensor:
+    """Return the RoPE positions A + start + t of a chunk's tokens (A = anchor length)."""
+    a = 0 if chunk.anchors is None else chunk.anchors.length
+    return torch.arange(chunk.tokens.numel(), dtype=torch.int64) + a + chunk.start
+
+
+def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: torch.Tensor,
+                     chunks: list[SequenceChunk]) -> torch.Tensor:
+    """Return layer n's attention output rows [N, H] (Q16): norm, q/k/v, RoPE, write K/V, attend, o."""
+    c, t, p = model.config, model.tensors, model.profile
+    h = ops.rms_norm(x, t[f"layers.{n}.attn_norm.gamma"], t["rms.eps"])
+    a_bits = p.linear_bits("qkv", n)[1]
+    q, k, v = (model.linear(f"layers.{n}.{s}", h, a_bits) for s in "qkv")
+    q = ops.rope(q.view(-1, c.num_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
+    k = ops.rope(k.view(-1, c.num_kv_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
+    v = v.view(-1, c.num_kv_heads, c.head_dim)
+    outs, r = [], 0
+    for ch in chunks:  # each chunk's K/V is written before it attends (its queries see themselves)
+        rows = slice(r, r + ch.tokens.numel())
+        write_kv(pool, n, ch.block_table, ch.start, k[rows], v[rows])
+        outs.append(paged_attention(q[rows], pool, n, ch.block_table, ch.start, ch.anchors, ch.window,
+                                    p.q_bits, p.prob_bits, t["exp2.table"]))
+        r = rows.stop
+    o = torch.cat(outs).reshape(x.shape[0], c.num_heads * c.head_dim)
+    return model.linear(f"layers.{n}.o", o, p.linear_bits("o", n)[1])
+
+
+def _mlp_block(model: QuantizedModel, n: int, x: torch.Tensor) -> torch.Tensor:
+    """Return layer n's MLP output rows (Q16): norm, gate/up, SwiGLU, down."""
+    t, p = model.tensors, model.profile
+    h = ops.rms_norm(x, t[f"layers.{n}.mlp_norm.gamma"], t["rms.eps"])
+    a_bits = p.linear_bits("gate_up", n)[1]
+    g, u = model.linear(f"layers.{n}.gate", h, a_bits), model.linear(f"layers.{n}.up", h, a_bits)
+    return model.linear(f"layers.{n}.down", ops.swiglu(g, u, t["sigmoid.table"]), p.linear_bits("down", n)[1])
+
+
+def _check_chunks(model: QuantizedModel, chunks: list[SequenceChunk]) -> None:
+    """Refuse empty chunks, tokens out of the vocabulary and positions beyond the RoPE tables."""
+    c = model.config
+    for ch in chunks:
+        if ch.tokens.dtype != torch.int64 or ch.tokens.dim() != 1 or ch.tokens.numel() < 1:
+            raise ValueError("chunk tokens must be a non-empty int64 vector")
+        if int(ch.tokens.min()) < 0 or int(ch.tokens.max()) >= c.vocab_size:
+            raise ValueError(f"token id outside [0, {c.vocab_size})")
+        if ch.start < 0 or int(_positions(ch)[-1]) >= c.max_position:
+            raise ValueError(f"positions beyond max_position {c.max_position}")
+        if ch.window is not None and ch.window < 1:
+            raise ValueError("window must be >= 1")
 
 
 def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk]) -> list[torch.Tensor]:
-    """Run every chunk through the model; write its K/V into its pages; return int64 logits [T_i, vocab]."""
-    raise NotImplementedError
+    """Run every chunk through the model; write each chunk's K/V into its pages; return integer
+    logits (int64 [T_i, vocab], Q16) for every position of every chunk.
+
+    Linear layers run on the concatenated rows of all chunks; every row-wise operator depends on its
+    row only and attention is exact, so results do not depend on batching or chunking. Chunks of one
+    call must not share pages they write.
+    """
+    _check_chunks(model, chunks)
+    t, p = model.tensors, model.profile
+    x = ops.embed(torch.cat([ch.tokens for ch in chunks]), t["embed.weight"], t["embed.mul"], t["embed.shift"])
+    pos = torch.cat([_positions(ch) for ch in chunks])
+    for n in range(model.config.num_layers):
+        x = ops.residual_add(x, _attention_block(model, pool, n, x, pos, chunks))
+        x = ops.residual_add(x, _mlp_block(model, n, x))
+    h = ops.rms_norm(x, t["final_norm.gamma"], t["rms.eps"])
+    logits = model.linear("lm_head", h, p.a_lm_head)
+    return list(logits.split([ch.tokens.numel() for ch in chunks]))

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from spec.constants import MAX_HIDDEN, SCALE_MANT_BITS, WEIGHT_MANT_BITS
+
+ACC_LIMIT = 2**61  # every scaled accumulator must stay below this (spec.quant.shift_round needs < 2**63 - 2**61)
+
 LINEAR_STAGES = ("qkv", "o", "gate_up", "down", "lm_head")
 
 
@@ -56,3 +60,51 @@ PROFILES: dict[str, PrecisionProfile] = {
         edge_layers=1, w_edge=10, a_edge=12, q_bits=12,
     ),
 }
+
+
+class ProfileError(ValueError):
+    """A precision profile that cannot run a model: a width out of range or a possible overflow."""
+
+
+def _qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+def stage_bounds(profile: PrecisionProfile, config) -> dict[str, int]:
+    """Return the worst-case |scaled accumulator| of every stage for this model's dimensions.
+
+    linear: qmax(a) * qmax(w) * K * 2**SCALE_MANT_BITS * (2**WEIGHT_MANT_BITS - 1)  (spec.quant.requantize)
+    scores: qmax(q_bits) * 127 * head_dim * 2**(2 * SCALE_MANT_BITS)                 (spec.attention.scores)
+    values: 2**prob_bits * 2**31                                                    (spec.attention.mix_values)
+    """
+    c = config
+    k_in = {"qkv": c.hidden_size, "o": c.num_heads * c.head_dim, "gate_up": c.hidden_size,
+            "down": c.intermediate_size, "lm_head": c.hidden_size}
+    layers = [None] + list(range(min(profile.edge_layers, c.num_layers)))
+    out = {}
+    for stage, k in k_in.items():
+        for n in layers if stage != "lm_head" else [None]:
+            w, a = profile.linear_bits(stage, n)
+            w = max(w, profile.embed_bits) if stage == "lm_head" else w  # tied heads read embed.weight
+            key = stage if n is None else f"{stage}@layer{n}"
+            out[key] = _qmax(a) * _qmax(w) * k * (1 << SCALE_MANT_BITS) * ((1 << WEIGHT_MANT_BITS) - 1)
+    out["scores"] = _qmax(profile.q_bits) * 127 * c.head_dim * (1 << (2 * SCALE_MANT_BITS))
+    out["values"] = (1 << profile.prob_bits) << 31
+    return out
+
+
+def validate_profile(profile: PrecisionProfile, config) -> None:
+    """Refuse a profile whose widths are out of range or whose accumulators could reach 2**61."""
+    widths = {k: v for k, v in profile.to_dict().items() if k.startswith(("w_", "a_")) or k in ("embed_bits", "q_bits")}
+    bad = {k: v for k, v in widths.items() if not 2 <= v <= 16}
+    if bad:
+        raise ProfileError(f"profile {profile.name}: widths must be 2..16 bits, got {bad}")
+    if profile.kv_bits != 8 or not 1 <= profile.prob_bits <= 30 or profile.edge_layers < 0:
+        raise ProfileError(f"profile {profile.name}: kv_bits must be 8, prob_bits 1..30, edge_layers >= 0")
+    if config.hidden_size > MAX_HIDDEN or config.head_dim % 2 or config.num_heads % config.num_kv_heads:
+        raise ProfileError("model: hidden_size <= 65536, even head_dim and num_heads % num_kv_heads == 0 required")
+    if not 0 < config.rms_norm_eps < 0.25:
+        raise ProfileError("model: rms_norm_eps must be in (0, 1/4)")
+    over = {k: v.bit_length() for k, v in stage_bounds(profile, config).items() if v >= ACC_LIMIT}
+    if over:
+        raise ProfileError(f"profile {profile.name}: accumulators could overflow 2**61 (bits needed: {over})")
