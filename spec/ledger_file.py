@@ -391,7 +391,8 @@ class _SequenceState:
         self.next_step = 0
         self.attempt = 0
         self.max_attempt = 0
-        self.commits: list[Commit] = []
+        self.num_commits = 0  # commit numbers are never reused, even after a rollback
+        self.live: list[Commit] = []  # the commits of the current branch, oldest first
         self.steps_since_commit: list[int] = []
         self.pages_since_commit: list[bytes] = []
         self.ended = False
@@ -425,8 +426,8 @@ class _SequenceState:
         elif isinstance(r, Commit):
             self._commit(r, fail)
         elif isinstance(r, Validation):
-            if r.commit >= len(self.commits):
-                fail("validation-commit", f"validation of commit {r.commit}, only {len(self.commits)} commits so far")
+            if r.commit >= self.num_commits:
+                fail("validation-commit", f"validation of commit {r.commit}, only {self.num_commits} commits so far")
         elif isinstance(r, Rollback):
             self._rollback(r, fail)
         elif isinstance(r, End):
@@ -437,9 +438,9 @@ class _SequenceState:
             self.ended = True
 
     def _commit(self, r: Commit, fail) -> None:
-        if r.commit != len(self.commits):
-            fail("commit-index", f"commit number {r.commit}, expected {len(self.commits)}")
-        first = self.commits[-1].end_step if self.commits else 0
+        if r.commit != self.num_commits:
+            fail("commit-index", f"commit number {r.commit}, expected {self.num_commits}")
+        first = self.live[-1].end_step if self.live else 0
         if r.first_step != first or r.end_step != self.next_step:
             fail("commit-range", f"commit covers steps [{r.first_step}, {r.end_step}), expected [{first}, {self.next_step})")
         if list(r.tokens) != self.steps_since_commit:
@@ -448,20 +449,21 @@ class _SequenceState:
                 self.pages_since_commit, hasher_for(self.genesis)):
             fail("commit-pages", f"commit's pages ({r.page_count}) differ from the {len(self.pages_since_commit)} "
                  "kv_page records since the last commit")
-        self.commits.append(r)
+        self.num_commits += 1
+        self.live.append(r)
         self.steps_since_commit, self.pages_since_commit = [], []
 
     def _rollback(self, r: Rollback, fail) -> None:
-        if r.to_commit >= len(self.commits):
-            fail("rollback-target", f"rollback to commit {r.to_commit}, only {len(self.commits)} commits so far")
-        if r.to_step != self.commits[r.to_commit].end_step:
-            fail("rollback-target", f"rollback to step {r.to_step}, commit {r.to_commit} ends at "
-                 f"{self.commits[r.to_commit].end_step}")
+        target = [c for c in self.live if c.commit == r.to_commit]
+        if not target:
+            fail("rollback-target", f"rollback to commit {r.to_commit}, which is not on the live branch")
+        if r.to_step != target[0].end_step:
+            fail("rollback-target", f"rollback to step {r.to_step}, commit {r.to_commit} ends at {target[0].end_step}")
         if self.steps_since_commit or self.pages_since_commit:
             fail("rollback-uncommitted", "rollback with uncommitted tokens or pages")
         if r.attempt <= self.max_attempt:
             fail("rollback-attempt", f"rollback attempt {r.attempt}, must exceed {self.max_attempt}")
-        self.commits = self.commits[:r.to_commit + 1]
+        self.live = self.live[:self.live.index(target[0]) + 1]
         self.next_step, self.attempt, self.max_attempt = r.to_step, r.attempt, r.attempt
 
 
