@@ -30,6 +30,8 @@ lowercase hex, enumerations by name, a ``type`` field naming the record.
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
+from math import gcd
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -342,26 +344,48 @@ def _decode_fields(model: type[_Wired], r: _Reader, what: str) -> _Wired:
 
 
 class SamplingRecord(_Wired):
-    """The sampling parameters of the run as exact rationals (see ``spec.sampling``).
+    """The run's ``spec.sampling.SamplingParams`` as reduced fractions, plus the token budget.
 
-    Temperature 0 (``temperature_num == 0``) is greedy decoding; ``top_k == 0`` disables
-    top-k; ``top_p_num == top_p_den`` disables top-p."""
+    ``temperature_num / temperature_den`` (0/1 = greedy); ``top_k`` (0 = off);
+    ``top_p_num / top_p_den`` (0/1 = off, else in (0, 1]); ``seed``; ``max_new_tokens``.
+    Fractions must be in lowest terms, so equal parameters have one encoding."""
 
     temperature_num: U32
-    temperature_den: U32 = Field(description="denominator, >= 1")
+    temperature_den: U32
     top_k: U32
     top_p_num: U32
-    top_p_den: U32 = Field(description="denominator, >= 1")
+    top_p_den: U32
     seed: U64
     max_new_tokens: U32
 
     @model_validator(mode="after")
     def _check(self):
-        if self.temperature_den == 0 or self.top_p_den == 0:
-            raise ValueError("rational denominators must be >= 1")
+        for what, num, den in (("temperature", self.temperature_num, self.temperature_den),
+                               ("top_p", self.top_p_num, self.top_p_den)):
+            if den == 0 or gcd(num, den) != 1:
+                raise ValueError(f"{what} must be a fraction in lowest terms with denominator >= 1")
         if self.top_p_num > self.top_p_den:
             raise ValueError("top_p must be <= 1")
         return self
+
+
+def sampling_record(params, max_new_tokens: int) -> SamplingRecord:
+    """Return the record form of a ``spec.sampling.SamplingParams``."""
+    top_p = Fraction(0) if params.top_p is None else params.top_p
+    return SamplingRecord(temperature_num=params.temperature.numerator,
+                          temperature_den=params.temperature.denominator, top_k=params.top_k or 0,
+                          top_p_num=top_p.numerator, top_p_den=top_p.denominator, seed=params.seed,
+                          max_new_tokens=max_new_tokens)
+
+
+def sampling_params(record: SamplingRecord):
+    """Return the ``spec.sampling.SamplingParams`` a record states."""
+    from spec.sampling import SamplingParams  # imported here: records do not need torch
+
+    return SamplingParams(temperature=Fraction(record.temperature_num, record.temperature_den),
+                          top_k=record.top_k or None,
+                          top_p=None if record.top_p_num == 0 else Fraction(record.top_p_num, record.top_p_den),
+                          seed=record.seed)
 
 
 class CommitPolicy(_Wired):
@@ -443,7 +467,8 @@ class KVPage(_Wired):
 
 
 class Commit(_Wired):
-    """A commit point. It covers the generated tokens ``[first_step, end_step)`` (listed
+    """A commit point, numbered from 0 in ledger order (numbers are never reused, not even
+    after a rollback). It covers the generated tokens ``[first_step, end_step)`` (listed
     in ``tokens``), the ``page_count`` kv_page records since the previous commit (their
     digests' Merkle root is ``pages_root``, ``spec.merkle.merkle_root`` over the 32-byte
     digests) and ``live_state``, the Merkle root over the digests of all live pages in
@@ -473,8 +498,10 @@ class Validation(_Wired):
 
 
 class Rollback(_Wired):
-    """The live state went back to the state of commit ``to_commit``; generation resumes
-    at step ``to_step`` (that commit's ``end_step``) under attempt number ``attempt``."""
+    """The live state went back to the state of commit ``to_commit`` (a commit of the live
+    branch); generation resumes at step ``to_step`` (that commit's ``end_step``) under
+    ``attempt``, which exceeds every earlier attempt. Commits after ``to_commit`` are dropped
+    from the live branch; ``live_state`` is the restored state's digest."""
 
     type: Literal["rollback"] = "rollback"
     seq: U64
