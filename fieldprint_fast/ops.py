@@ -19,6 +19,7 @@ from fieldprint_ref.ops import (  # noqa: F401
     forward,
     page_bytes,
     sample,
+    zero_pages,
 )
 from fieldprint_ref.ops import __all__ as _ref_all
 

@@ -92,6 +92,7 @@ class RefEngine:
         self._anchors: AnchorInfo | None = None
         self._next_handle = 0
         self._next_anchor = 0
+        self.evict = True  # free pages a sliding window can no longer see (tests turn it off)
 
     def _default_num_pages(self) -> int:
         probe = self.ops.allocate_pool(self.config, self.model.profile, 1, device="cpu")
@@ -148,6 +149,7 @@ class RefEngine:
                 f"(model max_position is {self.config.max_position})"
             )
         pages = self.allocator.alloc(blocks_for(len(tokens), self.page_tokens))
+        self.ops.zero_pages(self.pool, pages)
         for p in pages:
             self.allocator.pin(p)
         chunk = self.ops.SequenceChunk(
@@ -335,14 +337,16 @@ class RefEngine:
         pt = self.page_tokens
         table = s.table
         dead = [b for b in dead_blocks(start, s.window, pt) if b < len(table) and table.pages[b] != EVICTED]
-        if dead:
+        if dead and self.evict:
             s.evicted += self.allocator.evict(table, dead)
             s.evicted_blocks += dead
         first, end = start // pt, blocks_for(start + take, pt)
         for b in range(first, min(end, len(table))):
             self.allocator.make_writable(table, b, lambda src, dst: self.ops.copy_page(self.pool, src, dst))
         if end > len(table):
-            table.pages += self.allocator.alloc(end - len(table))
+            fresh = self.allocator.alloc(end - len(table))
+            self.ops.zero_pages(self.pool, fresh)
+            table.pages += fresh
         for b in range(first, end):
             lo, hi = max(start, b * pt) - b * pt, min(start + take, (b + 1) * pt) - b * pt
             s.writes.append(PageWrite(page=table.pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))

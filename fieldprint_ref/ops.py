@@ -6,6 +6,8 @@ exactly the signature of the spec function it names.
 """
 from __future__ import annotations
 
+import torch
+
 from spec.attention import KVPool
 from spec.constants import PAGE_TOKENS
 from spec.model import AnchorRef, SequenceChunk, forward
@@ -22,6 +24,7 @@ __all__ = [
     "forward",
     "page_bytes",
     "sample",
+    "zero_pages",
 ]
 
 
@@ -38,3 +41,10 @@ def page_bytes(pool: KVPool, page: int) -> bytes:
 def copy_page(pool: KVPool, src: int, dst: int) -> None:
     """Copy every byte of page ``src`` onto page ``dst`` (``spec.attention.KVPool.copy_page``)."""
     pool.copy_page(src, dst)
+
+
+def zero_pages(pool: KVPool, pages: list[int]) -> None:
+    """Set every byte of the given pages to zero (done to each page when it is allocated, so a
+    page's bytes depend only on the tokens written into it, never on its previous owner)."""
+    if pages:
+        pool.data[torch.tensor(pages, dtype=torch.int64, device=pool.data.device)] = 0
