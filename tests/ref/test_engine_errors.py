@@ -1,0 +1,84 @@
+"""Every bad input to the engine raises an EngineError naming the field at fault."""
+from __future__ import annotations
+
+import pytest
+
+from fieldprint.engine import Engine, load_engine, select_engine
+from fieldprint_ref.engine import RefEngine
+from fieldprint_ref.errors import ContextTooLongError, EngineError, OutOfPagesError, SamplingParamError
+
+
+def test_prompt_too_long_counts_the_anchors(model):
+    e = RefEngine(model, num_pages=16)
+    e.add_sequence(list(range(64)) + list(range(64)))  # exactly max_position: accepted
+    e.set_anchors([1] * 10)
+    with pytest.raises(ContextTooLongError, match=r"prompt too long: 120 prompt tokens \+ 10 anchor tokens"):
+        e.add_sequence([2] * 120)
+    e.add_sequence([2] * 118)
+    with pytest.raises(ContextTooLongError, match="anchors: 128 tokens"):
+        e.add_anchors([1] * 128)
+
+
+def test_generation_stops_at_max_position(model):
+    e = RefEngine(model, num_pages=16)
+    r = e.generate([1] * 125, max_new_tokens=10)
+    assert r.finish_reason == "max_position" and len(r.tokens) == 4  # positions 125..127 fed, one more sampled
+
+
+def test_out_of_pages_is_a_clear_error(model):
+    e = RefEngine(model, num_pages=2)
+    with pytest.raises(OutOfPagesError, match="KV pool out of pages: need 3, 2 free of 2"):
+        e.generate(list(range(40)))
+    e = RefEngine(model, num_pages=2)  # fits with a window: pages are recycled
+    assert len(e.generate(list(range(30)), max_new_tokens=20, window=8).tokens) == 20
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompt=[]), "prompt: the prompt is empty"),
+        (dict(prompt=[96]), "prompt: token id 96 is outside the vocabulary"),
+        (dict(prompt=[-1]), "prompt: token id -1"),
+        (dict(prompt="text"), "no tokenizer"),
+        (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(prompt=[1], window=0), "window must be an integer >= 1"),
+        (dict(prompt=[1], stop=[""]), "stop strings must be non-empty"),
+    ],
+)
+def test_bad_sequence_arguments(model, kwargs, match):
+    e = RefEngine(model, num_pages=4)
+    prompt = kwargs.pop("prompt")
+    with pytest.raises(EngineError, match=match):
+        e.add_sequence(prompt, **kwargs)
+
+
+def test_bad_chunk_size_sampling_list_and_handles(model):
+    e = RefEngine(model, num_pages=4)
+    with pytest.raises(EngineError, match="chunk_size"):
+        e.generate([1, 2], chunk_size=0)
+    with pytest.raises(SamplingParamError, match="2 sampling params for 1 prompts"):
+        e.generate([[1, 2]], sampling=[None, None])
+    with pytest.raises(EngineError, match="unknown sequence handle 99"):
+        e.decode([99])
+    h = e.add_sequence([1])
+    with pytest.raises(EngineError, match="has not been prefilled"):
+        e.decode([h])
+    e.release(h)
+    with pytest.raises(EngineError, match="was released"):
+        e.prefill([h])
+    info = e.add_anchors([1, 2])
+    e.release_anchors(info)
+    with pytest.raises(EngineError, match="anchor set 0 was released"):
+        e.add_sequence([1], anchors=info)
+    e.check_pages()
+    assert e.allocator.num_free == 4
+
+
+def test_select_engine_swaps_with_one_flag(model):
+    assert select_engine("ref") is RefEngine
+    assert select_engine("fast").name == "fast"
+    with pytest.raises(EngineError, match="unknown engine 'turbo'"):
+        select_engine("turbo")
+    for name in ("ref", "fast"):
+        e = load_engine(name, model, num_pages=4)
+        assert isinstance(e, Engine) and e.name == name
