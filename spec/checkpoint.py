@@ -21,6 +21,7 @@ tooling cannot check; the SHA-256 profile's roots are ordinary RFC 6962 roots.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from spec.keys import KeyFormatError, SigningKey, Verifier, b64decode_canonical, b64encode
@@ -31,6 +32,7 @@ ORIGIN_PREFIX = "fieldprint/ledger/"
 PREV_KEYWORD = "prev"
 SIGNATURE_DASH = "\u2014"  # em dash opening every signature line
 MAX_NOTE_BYTES = 2**16  # (= 65,536) largest signed checkpoint accepted
+_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")  # control characters other than newline
 MAX_SIGNATURES = 64  # most signature lines accepted (signed-note asks for at least 16)
 
 
@@ -93,7 +95,7 @@ def _parse_body(body: str) -> Checkpoint:
     if len(lines) != 4:
         raise _fail("checkpoint-format", f"note text has {len(lines)} lines, expected 4 (origin, size, root, prev)")
     origin, size_text, root_text, prev_line = lines
-    if not origin or any(c.isspace() for c in origin):
+    if not origin or len(origin.split()) != 1 or origin.split()[0] != origin:
         raise _fail("checkpoint-format", "origin line is empty or contains a space")
     if not size_text.isdigit() or not size_text.isascii() or (size_text != "0" and size_text[0] == "0"):
         raise _fail("checkpoint-format", f"size line {size_text!r} is not a decimal without leading zeros")
@@ -139,7 +141,7 @@ def parse_signed_checkpoint(note: bytes) -> tuple[Checkpoint, bytes, list[NoteSi
         text = note.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise _fail("checkpoint-format", "signed note is not valid UTF-8") from None
-    if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(note):
         raise _fail("checkpoint-format", "signed note contains a control character")
     split = text.rfind("\n\n")
     if split < 0 or not text.endswith("\n"):

@@ -29,6 +29,7 @@ lowercase hex, enumerations by name, a ``type`` field naming the record.
 """
 from __future__ import annotations
 
+import functools
 import struct
 from fractions import Fraction
 from math import gcd
@@ -323,13 +324,18 @@ def _wire_fields(model: type[_Wired]) -> list[str]:
     return [n for n in model.model_fields if n != "type"]
 
 
+@functools.cache
+def _layout(model: type[_Wired]) -> tuple:
+    # (field, codec) pairs in byte order; cached because models never change at run time
+    return tuple((n, _codec(model, n)) for n in _wire_fields(model))
+
+
 def _encode_fields(value: _Wired) -> bytes:
-    cls = type(value)
-    return b"".join(_codec(cls, n).encode(getattr(value, n)) for n in _wire_fields(cls))
+    return b"".join(codec.encode(getattr(value, n)) for n, codec in _layout(type(value)))
 
 
 def _decode_fields(model: type[_Wired], r: _Reader, what: str) -> _Wired:
-    fields = {n: _codec(model, n).decode(r, f"{what}.{n}") for n in _wire_fields(model)}
+    fields = {n: codec.decode(r, f"{what}.{n}") for n, codec in _layout(model)}
     try:
         return model(**fields)
     except ValidationError as e:
