@@ -60,7 +60,7 @@ def b3(text: bytes) -> bytes:
     return blake3.blake3(text).digest()
 
 
-def test_key(seed_text: bytes = TEST_KEY_SEED_TEXT, name: str = TEST_KEY_NAME) -> SigningKey:
+def fixed_key(seed_text: bytes = TEST_KEY_SEED_TEXT, name: str = TEST_KEY_NAME) -> SigningKey:
     """Return the fixed test key: Ed25519 seed BLAKE3(seed_text)."""
     return SigningKey(name, b3(seed_text))
 
@@ -131,7 +131,7 @@ def _tamper_cases(key: SigningKey) -> dict[str, tuple[str, bytes, str, str]]:
     good = build_ledger_bytes(records, key, cps)
     frames = split_frames(good)
     header = good[:HEADER_SIZE]
-    other_key = test_key(OTHER_KEY_SEED_TEXT, "fieldprint.test/other-key")
+    other_key = fixed_key(OTHER_KEY_SEED_TEXT, "fieldprint.test/other-key")
     other = build_ledger_bytes(example_records(key, nonce=b3(b"another ledger")), key,
                                checkpoint_indices(records))
     other_frames = split_frames(other)
@@ -198,7 +198,7 @@ def _dump(path: Path, obj) -> None:
 
 def generate(out_dir: Path) -> None:
     """Write ledger/worked-example/*.json and ledger/tamper/*.json under ``out_dir``."""
-    key = test_key()
+    key = fixed_key()
     base = Path(out_dir) / "ledger"
     for name, obj in _worked_example(key).items():
         _dump(base / "worked-example" / name, obj)
@@ -212,7 +212,7 @@ def generate(out_dir: Path) -> None:
 
 def markdown() -> str:
     """Return the worked example as Markdown tables (pasted into docs/spec/ledger.md)."""
-    ex = _worked_example(test_key())
+    ex = _worked_example(fixed_key())
     key, recs, cps = ex["key.json"], ex["records.json"], ex["checkpoints.json"]
     lines = [f"Test key `{key['name']}`, seed `BLAKE3(\"{key['seed_text']}\")` = `{key['seed']}`.", "",
              f"Verifier string: `{key['verifier']}`", "", f"Origin: `{recs['origin']}`", "",
