@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/fieldprint generate --prompt "Once upon a time" --max-new-tokens 48 "$@"
+exec .venv/bin/fieldprint generate --prompt "Once upon a time," --max-new-tokens 32 "$@"
