@@ -13,6 +13,7 @@ commit       4 a commit point: new tokens, pages written since the last commit, 
 validation   5 the result of validating a commit
 rollback     6 the live state went back to an earlier commit
 end          7 end of generation
+kv_evict     8 context blocks the sliding window freed (their pages stop being live)
 ========== === ======================================================================
 
 Canonical encoding (what is hashed): ``ENCODING_VERSION`` (u8), the record's tag (u8),
@@ -288,6 +289,8 @@ Digest = _hex_bytes(DIGEST_SIZE, "32-byte digest, lowercase hex")
 PublicKey = _hex_bytes(PUBLIC_KEY_SIZE, "32-byte Ed25519 public key (RFC 8032), lowercase hex")
 TokenIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...],
                      Wire(ListOf(UInt(4), 4))]
+BlockIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...],
+                     Wire(ListOf(UInt(4), 4))]
 TokenSequences = Annotated[
     tuple[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...], ...],
     Wire(ListOf(ListOf(UInt(4), 4), 4))]
@@ -301,7 +304,7 @@ HASH_PROFILES = {"blake3": 1, "sha256": 2}
 COMMIT_REASONS = {"prefill": 0, "every_n_tokens": 1, "end_of_turn": 2, "stop_sequence": 3,
                   "page_full": 4, "end_of_generation": 5, "explicit": 6}
 END_REASONS = {"eos": 0, "max_tokens": 1, "stop_sequence": 2, "end_of_turn": 3,
-               "cancelled": 4, "error": 5}
+               "cancelled": 4, "error": 5, "max_position": 6}
 PAGE_KINDS = {"context": 0, "anchor": 1}
 
 
@@ -528,11 +531,20 @@ class End(_Wired):
     live_state: Digest
 
 
+class KVEvict(_Wired):
+    """Context ``blocks`` (strictly increasing) freed by the sliding window: their pages
+    are no longer part of the live state."""
+
+    type: Literal["kv_evict"] = "kv_evict"
+    seq: U64
+    blocks: BlockIds
+
+
 RECORD_TYPES: dict[int, type[_Wired]] = {
-    1: Genesis, 2: TokenStep, 3: KVPage, 4: Commit, 5: Validation, 6: Rollback, 7: End,
+    1: Genesis, 2: TokenStep, 3: KVPage, 4: Commit, 5: Validation, 6: Rollback, 7: End, 8: KVEvict,
 }
 RECORD_TAGS: dict[type[_Wired], int] = {cls: tag for tag, cls in RECORD_TYPES.items()}
-Record = Annotated[Union[Genesis, TokenStep, KVPage, Commit, Validation, Rollback, End],
+Record = Annotated[Union[Genesis, TokenStep, KVPage, Commit, Validation, Rollback, End, KVEvict],
                    Field(discriminator="type")]
 RECORD_ADAPTER: TypeAdapter = TypeAdapter(Record)
 

@@ -57,6 +57,7 @@ from spec.ledger import (
     Commit,
     End,
     Genesis,
+    KVEvict,
     KVPage,
     LedgerError,
     Rollback,
@@ -423,6 +424,9 @@ class _SequenceState:
             if not 1 <= r.used <= self.genesis.page_tokens:
                 fail("page-used", f"page uses {r.used} slots, page size is {self.genesis.page_tokens}")
             self.pages_since_commit.append(r.digest)
+        elif isinstance(r, KVEvict):
+            if not r.blocks or any(a >= b for a, b in zip(r.blocks, r.blocks[1:])):
+                fail("evict-blocks", "evicted blocks must be a non-empty, strictly increasing list")
         elif isinstance(r, Commit):
             self._commit(r, fail)
         elif isinstance(r, Validation):

@@ -15,4 +15,4 @@ def test_schemas_up_to_date(tmp_path):
 def test_union_schema_names_every_record_type():
     schema = json.loads((export_schemas.SCHEMAS_DIR / "ledger-record.schema.json").read_text())
     assert set(schema["discriminator"]["mapping"]) == {
-        "genesis", "token_step", "kv_page", "commit", "validation", "rollback", "end"}
+        "genesis", "token_step", "kv_page", "commit", "validation", "rollback", "end", "kv_evict"}
