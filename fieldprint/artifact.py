@@ -1,0 +1,303 @@
+"""The quantized model artifact: a folder that names its model by commitment and checks itself.
+
+Layout of an artifact folder:
+
+| file                | content                                                                  |
+|---------------------|--------------------------------------------------------------------------|
+| ``model.safetensors`` | the integer tensors of the QuantizedModel (names: spec.model.tensor_specs) |
+| ``manifest.json``   | format version, config, profile, per-tensor dtype/shape/leaf hash, the model commitment (spec.commitment), tokenizer hash, source checkpoint hashes |
+| ``tokenizer.json``  | the checkpoint's tokenizer, byte for byte                                 |
+
+An artifact is written into a temporary sibling folder and renamed into place, so a reader
+never sees a half-written one. `load_artifact` recomputes every tensor's leaf hash and the
+commitment, and refuses the artifact (naming the tensor or field) on any mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+import torch
+
+from fieldprint.errors import ArtifactError, ConfigError
+from spec.commitment import DTYPE_NAMES, config_leaf, model_commitment, tensor_leaf
+from spec.merkle import BLAKE3, leaf_hash, root_from_leaf_hashes
+
+FORMAT = "fieldprint-artifact"
+FORMAT_VERSION = 1
+MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.safetensors", "manifest.json", "tokenizer.json"
+_DTYPES_BY_NAME = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+@dataclass
+class ArtifactInfo:
+    """What `save_artifact` wrote."""
+
+    path: Path
+    commitment: bytes
+    num_params: int
+    size_bytes: int
+    manifest: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoadedArtifact:
+    """A verified artifact: the model, its tokenizer, its commitment and manifest."""
+
+    path: Path
+    model: object  # spec.model.QuantizedModel
+    tokenizer: object  # tokenizers.Tokenizer
+    commitment: bytes
+    manifest: dict
+
+
+def file_hash(path: Path) -> str:
+    """Return the BLAKE3 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- save ------------------------------------------------------------------------------------
+def build_manifest(model, tokenizer_path: Path, source: dict | None = None, extra: dict | None = None) -> dict:
+    """Return the manifest dict of a model (computes every leaf hash and the commitment)."""
+    names = sorted(model.tensors, key=lambda n: n.encode("utf-8"))
+    leaf_hashes = [leaf_hash(config_leaf(model.config, model.profile), BLAKE3)]
+    index = {}
+    for name in names:
+        t = model.tensors[name]
+        lh = leaf_hash(tensor_leaf(name, t), BLAKE3)
+        leaf_hashes.append(lh)
+        index[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "leaf_hash": lh.hex()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "commitment": root_from_leaf_hashes(leaf_hashes, BLAKE3).hex(),
+        "commitment_scheme": "spec.commitment/v1 (BLAKE3 RFC 9162 Merkle root)",
+        "config": model.config.to_dict(),
+        "profile": model.profile.to_dict(),
+        "tensors": index,
+        "tokenizer": {"file": TOKENIZER_FILE, "blake3": file_hash(tokenizer_path)},
+        "source": source or {},
+    }
+    manifest.update(extra or {})
+    return manifest
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace a folder that exists and is neither empty nor a Fieldprint artifact."""
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"{out}: folder exists and is not a Fieldprint artifact (no {MANIFEST_FILE}); "
+                            f"refusing to replace it")
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished tmp folder to out; an old artifact at out is replaced, never mixed."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / out.name, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def save_artifact(model, out_dir, tokenizer_path, source: dict | None = None, extra: dict | None = None) -> ArtifactInfo:
+    """Write model + manifest + tokenizer to out_dir atomically and return what was written."""
+    from safetensors.torch import save_file
+
+    out, tokenizer_path = Path(out_dir), Path(tokenizer_path)
+    if not tokenizer_path.is_file():
+        raise ArtifactError(f"{tokenizer_path}: tokenizer file not found")
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(model, tokenizer_path, source, extra)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors.items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "commitment": manifest["commitment"]})
+        _fsync(tmp / MODEL_FILE)
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+        _fsync(tmp / TOKENIZER_FILE)
+        _write_json(tmp / MANIFEST_FILE, manifest)  # written last: its presence marks a complete folder
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary readable folder
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ArtifactInfo(path=out, commitment=bytes.fromhex(manifest["commitment"]),
+                        num_params=sum(t.numel() for t in model.tensors.values()),
+                        size_bytes=sum(f.stat().st_size for f in out.iterdir()), manifest=manifest)
+
+
+# -- load ------------------------------------------------------------------------------------
+def _manifest(root: Path) -> dict:
+    from fieldprint.hf import read_json
+
+    path = root / MANIFEST_FILE
+    m = read_json(path, ArtifactError)
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    if m.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: field 'format' is {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: field 'format_version' is {m.get('format_version')!r}; this Fieldprint "
+                            f"reads version {FORMAT_VERSION}")
+    for key, kind in (("commitment", str), ("config", dict), ("profile", dict), ("tensors", dict), ("tokenizer", dict)):
+        if not isinstance(m.get(key), kind):
+            raise ArtifactError(f"{path}: field '{key}' missing or not a {kind.__name__}")
+    return m
+
+
+def _config_profile(m: dict, path: Path):
+    from spec.model import ModelConfig
+    from spec.profiles import PrecisionProfile
+
+    try:
+        config = ModelConfig.from_dict(m["config"])
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: field 'config' is not a valid model config ({e})") from None
+    try:
+        profile = PrecisionProfile.from_dict(m["profile"])
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: field 'profile' is not a valid precision profile ({e})") from None
+    return config, profile
+
+
+def _check_tensors(tensors: dict, m: dict, root: Path) -> None:
+    """Refuse tensors that differ from the manifest index: names, dtype, shape, leaf hash."""
+    index, mf = m["tensors"], root / MODEL_FILE
+    for name in sorted(set(index) - set(tensors)):
+        raise ArtifactError(f"{mf}: tensor '{name}' listed in {MANIFEST_FILE} is missing")
+    for name in sorted(set(tensors) - set(index)):
+        raise ArtifactError(f"{mf}: unexpected tensor '{name}' (not in {MANIFEST_FILE})")
+    for name in sorted(index, key=lambda n: n.encode("utf-8")):
+        t, e = tensors[name], index[name]
+        if not isinstance(e, dict):
+            raise ArtifactError(f"{root / MANIFEST_FILE}: field 'tensors.{name}' must be an object")
+        if DTYPE_NAMES.get(t.dtype) != e.get("dtype") or list(t.shape) != e.get("shape"):
+            raise ArtifactError(f"{mf}: tensor '{name}' is {t.dtype} {list(t.shape)}, manifest says "
+                                f"{e.get('dtype')} {e.get('shape')}")
+        if leaf_hash(tensor_leaf(name, t), BLAKE3).hex() != e.get("leaf_hash"):
+            raise ArtifactError(f"{mf}: tensor '{name}' does not match its leaf hash in {MANIFEST_FILE} "
+                                f"(the file was modified or corrupted)")
+
+
+def load_artifact(path) -> LoadedArtifact:
+    """Return the verified artifact at path; raise ArtifactError naming the file/field/tensor."""
+    from tokenizers import Tokenizer
+
+    from fieldprint.hf import load_safetensors
+    from spec.model import QuantizedModel
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: artifact folder not found")
+    m = _manifest(root)
+    config, profile = _config_profile(m, root / MANIFEST_FILE)
+    if not (root / MODEL_FILE).is_file():
+        raise ArtifactError(f"{root / MODEL_FILE}: file not found")
+    tensors = load_safetensors(root / MODEL_FILE, ArtifactError)
+    _check_tensors(tensors, m, root)
+    try:
+        model = QuantizedModel(config, profile, tensors)
+    except ValueError as e:
+        raise ArtifactError(f"{root / MODEL_FILE}: not a valid quantized model for its manifest ({e})") from None
+    commitment = model_commitment(model)
+    if commitment.hex() != m["commitment"]:
+        raise ArtifactError(f"{root / MANIFEST_FILE}: field 'commitment' is {m['commitment']}, but the model "
+                            f"commits to {commitment.hex()} (config or profile changed)")
+    tok_path = root / TOKENIZER_FILE
+    if not tok_path.is_file():
+        raise ArtifactError(f"{tok_path}: file not found")
+    if file_hash(tok_path) != m["tokenizer"].get("blake3"):
+        raise ArtifactError(f"{tok_path}: does not match field 'tokenizer.blake3' in {MANIFEST_FILE}")
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise ArtifactError(f"{tok_path}: not a valid tokenizers file ({str(e).splitlines()[0]})") from None
+    return LoadedArtifact(path=root, model=model, tokenizer=tokenizer, commitment=commitment, manifest=m)
+
+
+# -- quantize --------------------------------------------------------------------------------
+class _Stages:
+    """A rich progress display of named stages on stderr (silent when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar, self.task = enabled, total, None, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=not sys.stderr.isatty())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("quantize", total=self.total)
+        return self
+
+    def stage(self, text: str, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=text, completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.total, description="done")
+            self.bar.__exit__(*exc)
+        return False
+
+
+def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress: bool = True) -> ArtifactInfo:
+    """Load a HF checkpoint, quantize it with a named profile and save the artifact atomically."""
+    from fieldprint.hf import load_hf_checkpoint
+    from spec.convert import quantize_model
+    from spec.profiles import PROFILES
+
+    if profile_name not in PROFILES:
+        raise ConfigError(f"profile: unknown precision profile {profile_name!r} "
+                          f"(choose one of {', '.join(sorted(PROFILES))})")
+    with _Stages(progress, 4) as st:
+        st.stage(f"reading {hf_dir}", 0)
+        ckpt = load_hf_checkpoint(hf_dir)
+        st.stage(f"quantizing ({profile_name} profile)", 1)
+        try:
+            model = quantize_model(ckpt.config, ckpt.state, PROFILES[profile_name])
+        except ValueError as e:  # includes spec.profiles.ProfileError
+            raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
+        st.stage("hashing source files", 2)
+        source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]}}
+        extra = {"eos_token_ids": ckpt.eos_token_ids, "bos_token_id": ckpt.bos_token_id,
+                 "sliding_window": ckpt.sliding_window}
+        st.stage(f"committing and writing {out_dir}", 3)
+        return save_artifact(model, out_dir, ckpt.tokenizer_path, source=source, extra=extra)
