@@ -231,8 +231,39 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def layouts_markdown() -> str:
+    """Return the byte layout of every record and nested structure as Markdown tables."""
+    from spec.ledger import RECORD_TAGS, CommitPolicy, EngineIdentity, Struct, _layout
+
+    sizes = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "bool (u8 0/1)": 1, "bytes[32]": 32}
+    out = []
+    for cls in [*RECORD_TAGS, SamplingRecord, CommitPolicy, EngineIdentity]:
+        tag = RECORD_TAGS.get(cls)
+        title = f"{cls.model_fields['type'].default} (tag {tag})" if tag else f"{cls.__name__} (nested)"
+        out += [f"#### {title}", "", "| offset | field | wire type |", "|---|---|---|"]
+        offset = 0
+        if tag:
+            out += ["| 0 | version | u8 = 1 |", f"| 1 | type tag | u8 = {tag} |"]
+            offset = 2
+        for name, codec in _layout(cls):
+            desc = codec.describe()
+            if desc.startswith("u8 enum"):
+                size = 1
+            elif isinstance(codec, Struct):
+                desc = f"{codec.model.__name__} (below)"
+                size = None
+            else:
+                size = sizes.get(desc)
+            out.append(f"| {offset if offset is not None else '…'} | `{name}` | {desc} |")
+            offset = None if offset is None or size is None else offset + size
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     if "--markdown" in sys.argv:
         print(markdown(), end="")
+    elif "--layouts" in sys.argv:
+        print(layouts_markdown(), end="")
     else:
         generate(Path(__file__).resolve().parents[2] / "tests" / "vectors")
