@@ -123,8 +123,12 @@ def cross_entropy(model, batch: torch.Tensor) -> float:
     return loss
 
 
-def train(cfg: TrainConfig, out: Path, log=print) -> dict:
-    """Build the demo checkpoint into out (atomically) and return the training report."""
+def train(cfg: TrainConfig, out: Path, log=print, on_step=None) -> dict:
+    """Build the demo checkpoint into out (atomically) and return the training report.
+
+    log(text) receives progress lines; on_step(step, steps, loss), if given, is called after
+    every optimizer step (fieldprint.demo drives a progress bar with it).
+    """
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -163,6 +167,8 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if on_step is not None:
+            on_step(step + 1, cfg.steps, loss.item())
         if step % 50 == 0 or step == cfg.steps - 1:
             log(f"step {step:4d}/{cfg.steps}  loss {loss.item():.3f}  ema {loss_ema:.3f}  "
                 f"({time.time() - t0:.0f}s)")
