@@ -138,7 +138,7 @@ def generate_signing_key(name: str) -> SigningKey:
 
 
 def _split_key_string(text: str, parts: int, what: str) -> list[str]:
-    fields = text.split("+")
+    fields = text.split("+", parts - 1)  # the base64 key may itself contain "+"
     if len(fields) != parts:
         raise KeyFormatError("key-format", f"{what} must have {parts} '+'-separated fields, has {len(fields)}")
     return fields
