@@ -15,7 +15,7 @@ LOGIT_FRAC_BITS = 16  # logits share the activation format
 SCORE_FRAC_BITS = 16  # attention scores q.k/sqrt(d) before softmax
 SCORE_MAX = 2**31 - 1  # (= 2,147,483,647) saturation bound of scores
 SCALE_MANT_BITS = 14  # dynamic per-row scale mantissa: 2**12 < m <= 2**14
-WEIGHT_MANT_BITS = 15  # static per-channel weight multiplier: 2**14 <= m < 2**15
+WEIGHT_MANT_BITS = 13  # static per-channel weight multiplier: 2**12 <= m < 2**13
 ROPE_FRAC_BITS = 30  # RoPE cos/sin tables
 SIGMOID_FRAC_BITS = 16  # sigmoid table values
 SIGMOID_DOMAIN = 2**4  # (= 16) sigmoid table covers [-16, 16]

@@ -5,7 +5,7 @@ need not be reproducible across machines, only the integer forward must be. All 
 
 - Linear weights: symmetric per output channel, scale_o = max_k |W[o, k]| / qmax(bits),
   W_int = round_half_even(W / scale_o), channel multiplier (mul, shift) = scale_o as
-  mul * 2**-shift with 2**14 <= mul < 2**15 (`weight_multiplier`). The query projection (and
+  mul * 2**-shift with 2**12 <= mul < 2**13 (`weight_multiplier`). The query projection (and
   its bias) is divided by sqrt(head_dim) first, so attention scores need no further scaling.
 - Embedding: symmetric per row (per token) with embed_bits; multiplier = scale_t * 2**16 (to Q16).
   Tied lm_head reads the same integer rows with multiplier scale_t.
@@ -23,7 +23,7 @@ from spec.tables import exp2_table, rope_tables, sigmoid_table
 
 
 def weight_multiplier(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return int32 (mul, shift) with c ~ mul * 2**-shift, 2**14 <= mul < 2**15 (mul = 0 where c = 0)."""
+    """Return int32 (mul, shift) with c ~ mul * 2**-shift, 2**12 <= mul < 2**13 (mul = 0 where c = 0)."""
     mant, ex = torch.frexp(c.to(torch.float64))  # c = mant * 2**ex, 0.5 <= mant < 1
     mul = torch.round(mant * (1 << WEIGHT_MANT_BITS)).to(torch.int64)
     shift = WEIGHT_MANT_BITS - ex.to(torch.int64)

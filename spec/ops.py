@@ -20,7 +20,7 @@ from spec.quant import (
 def embed(tokens: torch.Tensor, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Return the embedding rows of `tokens` in Q16: round(W[t] * mul[t] * 2**-shift[t]), saturated.
 
-    weight: [V, H] int (per-row symmetric); mul, shift: [V]. |W * mul| < 2**16 * 2**15 = 2**31.
+    weight: [V, H] int (per-row symmetric); mul, shift: [V]. |W * mul| < 2**15 * 2**13 = 2**28.
     """
     w = weight[tokens].to(torch.int64)
     return saturate(shift_round(w * mul[tokens, None].to(torch.int64), shift[tokens, None].to(torch.int64)))
@@ -32,7 +32,7 @@ def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tens
     one requantization (`spec.quant.requantize`), then add the Q16 bias and saturate.
 
     x: [N, K] Q16; weight: [O, K] int; mul, shift: [O]; bias: [O] Q16 or None.
-    Requires qmax(act_bits) * max|W| * K * 2**14 * 2**15 < 2**62 (PrecisionProfile.validate).
+    Requires qmax(act_bits) * max|W| * K * 2**14 * 2**13 < 2**61 (`spec.profiles.validate_profile`).
     """
     q, m, e = quantize_rows(x, act_bits)
     y = requantize(int_matmul(q, weight), m, e, mul, shift)
