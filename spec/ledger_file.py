@@ -68,8 +68,8 @@ from spec.ledger import (
     encode_record,
     hasher_for,
 )
-from spec.merkle import HASHERS, CompactRange, Hasher, merkle_root
-from spec.proofs import ProofError, consistency_proof, verify_consistency
+from spec.merkle import HASHERS, CompactRange, Hasher, leaf_hash, merkle_root
+from spec.proofs import MerkleTree, ProofError, verify_consistency
 
 MAGIC = b"\x89FPL\r\n\x1a\n"  # like PNG's: catches text-mode and 7-bit transfers
 FILE_VERSION = 1
@@ -497,29 +497,28 @@ def verify_ledger_structure(source: bytes | str | os.PathLike, trusted: Verifier
 
 def _verify_entries(read: LedgerRead, trusted: Verifier | None, report: LedgerReport, check_consistency: bool) -> None:
     seq = _SequenceState()
-    leaves: list[bytes] = []  # leaf hashes
-    tree: CompactRange | None = None
+    tree: MerkleTree | None = None
     hasher: Hasher | None = None
     verifier, origin, prev = trusted, None, ZERO_DIGEST
     last_cp: Checkpoint | None = None
     for n, e in enumerate(read.entries):
         if e.record is not None:
-            i = len(leaves)
+            i = tree.size if tree is not None else 0
             try:
                 seq.feed(i, e.record)
             except LedgerError as err:
                 raise err.at(offset=e.offset)
             if i == 0:
                 hasher, verifier, origin = _start(read, e, trusted, report)
-                tree = CompactRange(hasher)
-            leaves.append(tree.append(encode_record(e.record)))
+                tree = MerkleTree(hasher)
+            tree.append_leaf_hash(leaf_hash(encode_record(e.record), hasher))
             report.records.append(e.record)
             nxt = read.entries[n + 1] if n + 1 < len(read.entries) else None
             if isinstance(e.record, (Commit, End)) and nxt is not None and nxt.checkpoint is None:
                 raise SequenceError("checkpoint-missing", f"{e.record.type} record not followed by a checkpoint",
                                     index=i, offset=nxt.offset)
             continue
-        where = dict(index=len(leaves), offset=e.offset)
+        where = dict(index=tree.size if tree is not None else 0, offset=e.offset)
         if tree is None:
             raise CheckpointError("checkpoint-before-genesis", "checkpoint before the genesis record", **where)
         try:
@@ -529,8 +528,8 @@ def _verify_entries(read: LedgerRead, trusted: Verifier | None, report: LedgerRe
         if cp.origin != origin:
             raise CheckpointError("checkpoint-origin", f"checkpoint origin {cp.origin!r} is not this ledger's "
                                   f"{origin!r}", **where)
-        if cp.size != len(leaves):
-            raise CheckpointError("checkpoint-size", f"checkpoint covers {cp.size} records, {len(leaves)} precede it",
+        if cp.size != tree.size:
+            raise CheckpointError("checkpoint-size", f"checkpoint covers {cp.size} records, {tree.size} precede it",
                                   **where)
         if cp.root != tree.root():
             raise CheckpointError("checkpoint-root", f"checkpoint root {cp.root.hex()} differs from the recomputed "
@@ -540,7 +539,7 @@ def _verify_entries(read: LedgerRead, trusted: Verifier | None, report: LedgerRe
                                   **where)
         if check_consistency and last_cp is not None:
             try:
-                proof = consistency_proof(last_cp.size, leaves, hasher)
+                proof = tree.consistency_proof(last_cp.size, cp.size)
                 verify_consistency(last_cp.size, cp.size, proof, last_cp.root, cp.root, hasher)
             except ProofError as err:
                 raise CheckpointError("checkpoint-consistency", err.message, **where) from None

@@ -181,3 +181,86 @@ def _consistency_roots(size1: int, size2: int, path: list[bytes], root1: bytes,
     if sn != 0:
         raise ProofError("proof-length", "consistency proof too short for the sizes")
     return fr, sr
+
+
+# -- a stored tree for runtimes and verifiers (not normative) ----------------------------
+
+
+class MerkleTree:
+    """All leaf hashes plus every perfect subtree's hash, for O(log n) roots and proofs.
+
+    Not normative: ``tests/ledger/test_ledger_proofs.py`` checks it against the recursive
+    definitions above (``merkle_root``, ``inclusion_proof``, ``consistency_proof``) for every
+    index and size up to 70. ``levels[k][j]`` is the hash of leaves ``[j * 2^k, (j+1) * 2^k)``."""
+
+    def __init__(self, hasher: Hasher = BLAKE3):
+        self.hasher = hasher
+        self.levels: list[list[bytes]] = [[]]
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def append_leaf_hash(self, h: bytes) -> None:
+        """Append a leaf given its leaf hash."""
+        self.levels[0].append(bytes(h))
+        k = 0
+        while len(self.levels[k]) % 2 == 0:  # a new perfect subtree one level up is complete
+            if len(self.levels) == k + 1:
+                self.levels.append([])
+            self.levels[k + 1].append(node_hash(self.levels[k][-2], self.levels[k][-1], self.hasher))
+            k += 1
+
+    def _range(self, start: int, end: int) -> bytes:
+        # MTH(D[start:end]) of a subtree whose start is a multiple of bit_ceil(end - start):
+        # its perfect subtrees, largest first, folded right to left.
+        nodes, pos = [], start
+        for k in reversed(range((end - start).bit_length())):
+            if (end - start) >> k & 1:
+                nodes.append(self.levels[k][pos >> k])
+                pos += 1 << k
+        r = nodes[-1]
+        for h in reversed(nodes[:-1]):
+            r = node_hash(h, r, self.hasher)
+        return r
+
+    def root(self, size: int | None = None) -> bytes:
+        """Return MTH of the first ``size`` leaves (default: all). Requires 0 <= size <= self.size."""
+        size = self.size if size is None else size
+        if not 0 <= size <= self.size:
+            raise ProofError("sizes", f"size {size} not in [0, {self.size}]")
+        return empty_root(self.hasher) if size == 0 else self._range(0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """Return PATH(index, D[size]). Requires 0 <= index < size <= self.size."""
+        size = self.size if size is None else size
+        if not 0 <= index < size <= self.size:
+            raise ProofError("index-out-of-range", f"leaf index {index} not in a tree of size {size}")
+        outer, lo, m, n = [], 0, index, size
+        while n > 1:
+            k = split_point(n)
+            if m < k:
+                outer.append(self._range(lo + k, lo + n))
+                n = k
+            else:
+                outer.append(self._range(lo, lo + k))
+                lo, m, n = lo + k, m - k, n - k
+        return outer[::-1]
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        """Return PROOF(size1, D[size2]). Requires 0 <= size1 <= size2 <= self.size."""
+        size2 = self.size if size2 is None else size2
+        if not 0 <= size1 <= size2 <= self.size:
+            raise ProofError("sizes", f"sizes {size1}, {size2} not ordered within [0, {self.size}]")
+        if size1 == 0 or size1 == size2:
+            return []
+        outer, lo, m, n, complete = [], 0, size1, size2, True
+        while m != n:
+            k = split_point(n)
+            if m <= k:
+                outer.append(self._range(lo + k, lo + n))
+                n = k
+            else:
+                outer.append(self._range(lo, lo + k))
+                lo, m, n, complete = lo + k, m - k, n - k, False
+        return ([] if complete else [self._range(lo, lo + n)]) + outer[::-1]

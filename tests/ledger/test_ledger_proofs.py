@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from spec.merkle import BLAKE3, SHA256, CompactRange, leaf_hash, merkle_root, root_from_leaf_hashes
 from spec.proofs import (
+    MerkleTree,
     ProofError,
     RootMismatchError,
     consistency_proof,
@@ -124,6 +125,20 @@ def test_compact_range_matches_merkle_root():
         for i, d in enumerate(data):
             assert tree.append(d) == leaf_hash(d, hasher)
             assert tree.root() == merkle_root(data[:i + 1], hasher)
+
+
+def test_stored_tree_matches_the_definitions():
+    for hasher in (BLAKE3, SHA256):
+        tree, lh = MerkleTree(hasher), []
+        for i in range(70):
+            lh.append(leaf_hash(bytes([i, 7]), hasher))
+            tree.append_leaf_hash(lh[-1])
+        for n in range(71):
+            assert tree.root(n) == root_from_leaf_hashes(lh[:n], hasher)
+            for i in range(n):
+                assert tree.inclusion_proof(i, n) == inclusion_proof(i, lh[:n], hasher)
+            for m in range(n + 1):
+                assert tree.consistency_proof(m, n) == consistency_proof(m, lh[:n], hasher)
 
 
 def test_proof_lengths_match_built_proofs():
