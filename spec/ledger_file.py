@@ -214,7 +214,8 @@ def parse_ledger_bytes(data: bytes) -> LedgerRead:
         pos = pos_next
     sealed = _sealed(entries)
     if sealed is not None:
-        return LedgerRead(profile, entries, "truncated", pos, sealed.reason, sealed)
+        n = sum(1 for x in entries if x.record is not None)
+        return LedgerRead(profile, entries, "truncated", pos, sealed.reason, sealed.at(offset=pos, index=n))
     return LedgerRead(profile, entries, "complete", pos)
 
 

@@ -39,15 +39,7 @@ from spec.ledger import (
     hasher_for,
     record_to_json,
 )
-from spec.ledger_file import (
-    FRAME_CHECKPOINT,
-    FRAME_RECORD,
-    HEADER_SIZE,
-    build_ledger_bytes,
-    encode_frame,
-    encode_header,
-    verify_ledger_structure,
-)
+from spec.ledger_file import HEADER_SIZE, build_ledger_bytes, verify_ledger_structure
 from spec.merkle import CompactRange, merkle_root
 
 TEST_KEY_NAME = "fieldprint.test/ledger-key"
