@@ -175,6 +175,7 @@ def cmd_generate(args) -> int:
     model_path, art = _load(args, quiet=args.json)
     engine = load_engine(args.engine, art, num_pages=args.num_pages, device=device)
     info = engine.set_anchors(anchors) if anchors is not None else None
+    window = args.window if args.window is not None else (art.manifest or {}).get("sliding_window")
 
     times = []
     t0 = time.perf_counter()
@@ -184,15 +185,21 @@ def cmd_generate(args) -> int:
             advance()
 
         res = engine.generate(
-            prompt, sampling=sampling, max_new_tokens=args.max_new_tokens, window=args.window,
+            prompt, sampling=sampling, max_new_tokens=args.max_new_tokens, window=window,
             stop=args.stop, chunk_size=args.chunk_size, on_step=on_step,
         )
     timing = _timing(t0, times)
     if args.json:
-        print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing)))
+        print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing, window)))
     else:
-        sys.stdout.write(res.text + "\n")
-        sys.stdout.flush()
+        if sys.stdout.isatty():  # a person is reading: show the prompt (dim) before the completion
+            from rich.console import Console
+            from rich.text import Text
+
+            Console(highlight=False).print(Text(prompt, style="dim") + Text(res.text))
+        else:
+            sys.stdout.write(res.text + "\n")
+            sys.stdout.flush()
         print(
             f"[{len(res.tokens)} tokens, finish {res.finish_reason}, prefill {timing['prefill_s']:.3f}s, "
             f"{timing['decode_tokens_per_s']:.1f} tok/s decode, engine {engine.name}]",
@@ -234,7 +241,7 @@ class _progress:
         return False
 
 
-def _result_json(args, model_path, art, engine, info, res, timing) -> dict:
+def _result_json(args, model_path, art, engine, info, res, timing, window) -> dict:
     import blake3
 
     commitment = getattr(art, "commitment", None)
@@ -248,7 +255,7 @@ def _result_json(args, model_path, art, engine, info, res, timing) -> dict:
             "temperature": str(args.temperature), "top_k": args.top_k,
             "top_p": None if args.top_p is None else str(args.top_p), "seed": args.seed,
         },
-        "window": args.window,
+        "window": window,
         "tokens": res.tokens,
         "text": res.text,
         "finish_reason": res.finish_reason,

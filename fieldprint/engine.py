@@ -200,7 +200,7 @@ def eos_token_ids(tokenizer, manifest: dict | None = None) -> list[int]:
     if manifest:
         for key in ("eos_token_ids", "eos_token_id"):
             v = manifest.get(key) if isinstance(manifest, dict) else None
-            if v is not None:
+            if v is not None and v != []:
                 return [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
     if tokenizer is None:
         return []
