@@ -1,0 +1,204 @@
+"""fieldprint.artifact: atomic save, verified load, and every tampering named."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import fieldprint.artifact as artifact
+from fieldprint.artifact import load_artifact, quantize_checkpoint, save_artifact
+from fieldprint.errors import ArtifactError, ConfigError
+from spec.commitment import model_commitment
+
+
+@pytest.fixture(scope="module")
+def _art(tmp_path_factory, _llama_dir):
+    out = tmp_path_factory.mktemp("art") / "model"
+    info = quantize_checkpoint(_llama_dir, out, "default", progress=False)
+    return out, info
+
+
+@pytest.fixture
+def art(_art, tmp_path):
+    """A fresh copy of a quantized tiny Llama artifact (tests may damage it)."""
+    import shutil
+
+    dst = tmp_path / "art"
+    shutil.copytree(_art[0], dst)
+    return dst
+
+
+def test_round_trip(_art):
+    out, info = _art
+    loaded = load_artifact(out)
+    assert loaded.commitment == info.commitment == model_commitment(loaded.model)
+    assert loaded.manifest["commitment"] == info.commitment.hex()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors", "tokenizer.json"]
+    assert loaded.model.profile.name == "default" and loaded.model.config.arch == "llama"
+    assert loaded.tokenizer.token_to_id("<|endoftext|>") == 0
+    m = loaded.manifest
+    assert m["format"] == "fieldprint-artifact" and m["format_version"] == 1
+    assert set(m["source"]["files"]) == {"config.json", "model.safetensors"}
+    assert set(m["tensors"]) == set(loaded.model.tensors)
+
+
+def test_save_load_preserves_every_tensor(_art, tmp_path):
+    model = load_artifact(_art[0]).model
+    info = save_artifact(model, tmp_path / "again", _art[0] / "tokenizer.json")
+    again = load_artifact(tmp_path / "again").model
+    assert info.commitment == _art[1].commitment
+    for name, t in model.tensors.items():
+        assert again.tensors[name].dtype == t.dtype and torch.equal(again.tensors[name], t), name
+
+
+@pytest.mark.parametrize("profile", ["int8", "default"])
+def test_profiles_commit_differently(_llama_dir, tmp_path, profile):
+    info = quantize_checkpoint(_llama_dir, tmp_path / profile, profile, progress=False)
+    assert load_artifact(tmp_path / profile).model.profile.name == profile
+    assert info.commitment == load_artifact(tmp_path / profile).commitment
+
+
+def test_unknown_profile(_llama_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown precision profile 'int3'"):
+        quantize_checkpoint(_llama_dir, tmp_path / "x", "int3", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+# -- tampering --------------------------------------------------------------------------------
+def _rewrite_tensors(path, edit):
+    f = path / "model.safetensors"
+    t = load_file(str(f))
+    edit(t)
+    save_file(t, str(f))
+
+
+def test_tensor_byte_change_names_tensor(art):
+    def edit(t):
+        t["layers.1.down.weight"].view(-1)[7] += 1
+
+    _rewrite_tensors(art, edit)
+    with pytest.raises(ArtifactError, match="tensor 'layers.1.down.weight' does not match its leaf hash"):
+        load_artifact(art)
+
+
+def test_missing_tensor_named(art):
+    _rewrite_tensors(art, lambda t: t.pop("final_norm.gamma"))
+    with pytest.raises(ArtifactError, match="tensor 'final_norm.gamma' listed in manifest.json is missing"):
+        load_artifact(art)
+
+
+def test_extra_tensor_named(art):
+    _rewrite_tensors(art, lambda t: t.update({"bonus": torch.zeros(2, dtype=torch.int8)}))
+    with pytest.raises(ArtifactError, match="unexpected tensor 'bonus'"):
+        load_artifact(art)
+
+
+def test_reshaped_tensor_named(art):
+    _rewrite_tensors(art, lambda t: t.update({"embed.weight": t["embed.weight"].reshape(32, -1).contiguous()}))
+    with pytest.raises(ArtifactError, match="tensor 'embed.weight' is torch.int8"):
+        load_artifact(art)
+
+
+def test_manifest_config_change_breaks_commitment(art):
+    m = json.loads((art / "manifest.json").read_text())
+    m["config"]["rope_theta"] = 500000.0
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(art)
+
+
+def test_manifest_commitment_edit(art):
+    m = json.loads((art / "manifest.json").read_text())
+    m["commitment"] = "00" * 32
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(art)
+
+
+def test_manifest_bad_json_names_line(art):
+    (art / "manifest.json").write_text('{\n  "format": "fieldprint-artifact",\n  oops\n}')
+    with pytest.raises(ArtifactError, match=r"manifest\.json: invalid JSON at line 3"):
+        load_artifact(art)
+
+
+def test_manifest_version(art):
+    m = json.loads((art / "manifest.json").read_text())
+    m["format_version"] = 99
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'format_version'"):
+        load_artifact(art)
+
+
+def test_tokenizer_change_named(art):
+    (art / "tokenizer.json").write_text((art / "tokenizer.json").read_text().replace("w1", "w1x"))
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: does not match field 'tokenizer.blake3'"):
+        load_artifact(art)
+
+
+def test_truncated_model_file(art):
+    f = art / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match=r"model\.safetensors: truncated"):
+        load_artifact(art)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "model.safetensors", "tokenizer.json"])
+def test_missing_file_named(art, name):
+    (art / name).unlink()
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.") + ": file not found"):
+        load_artifact(art)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ArtifactError, match="artifact folder not found"):
+        load_artifact(tmp_path / "nothing")
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+def _explode(*a, **k):
+    raise OSError("disk full (injected)")
+
+
+def test_failure_mid_save_leaves_nothing(_art, tmp_path, monkeypatch):
+    model = load_artifact(_art[0]).model
+    monkeypatch.setattr(artifact.shutil, "copyfile", _explode)  # after model.safetensors is written
+    with pytest.raises(OSError, match="injected"):
+        save_artifact(model, tmp_path / "out", _art[0] / "tokenizer.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_mid_replace_keeps_old_artifact(_art, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(_art[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    model = load_artifact(_art[0]).model
+    monkeypatch.setattr(artifact, "_write_json", _explode)
+    with pytest.raises(OSError, match="injected"):
+        save_artifact(model, out, _art[0] / "tokenizer.json")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replaces_existing_artifact(_art, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(_art[0], out)
+    (out / "model.safetensors").write_bytes(b"junk")
+    model = load_artifact(_art[0]).model
+    save_artifact(model, out, _art[0] / "tokenizer.json")
+    assert load_artifact(out).commitment == _art[1].commitment
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_refuses_to_replace_other_folders(_art, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ArtifactError, match="not a Fieldprint artifact"):
+        save_artifact(load_artifact(_art[0]).model, out, _art[0] / "tokenizer.json")
+    assert (out / "notes.txt").read_text() == "precious"
