@@ -34,8 +34,9 @@ import functools
 import struct
 from fractions import Fraction
 from math import gcd
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
+import blake3 as _blake3
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -48,7 +49,7 @@ from pydantic import (
     model_validator,
 )
 
-from spec.merkle import BLAKE3, HASHERS, Hasher, leaf_hash
+from spec.merkle import BLAKE3, HASHERS, Hasher, leaf_hash, merkle_root
 
 ENCODING_VERSION = 1  # first byte of every canonical record encoding
 SPEC_VERSION = "fieldprint-ledger/1"  # the ledger spec version a genesis names
@@ -601,6 +602,25 @@ def record_leaf_hash(record: _Wired, hasher: Hasher = BLAKE3) -> bytes:
 def hasher_for(genesis: Genesis) -> Hasher:
     """Return the hash function named by a genesis record's ``hash_profile``."""
     return HASHERS[genesis.hash_profile]
+
+
+def content_digest(data: bytes) -> bytes:
+    """Return BLAKE3(data), 32 bytes: the digest of a KV page's bytes or a logits row's bytes
+    (int64 little-endian). Content digests are BLAKE3 in both hash profiles."""
+    return _blake3.blake3(bytes(data)).digest()
+
+
+def pages_root(page_digests: Sequence[bytes], hasher: Hasher = BLAKE3) -> bytes:
+    """Return a commit's ``pages_root``: MTH over the 32-byte digests of the pages written since
+    the previous commit, in record order (``H()`` when none were written)."""
+    return merkle_root(list(page_digests), hasher)
+
+
+def live_state(anchor_page_digests: Sequence[bytes], context_page_digests: Sequence[bytes],
+               hasher: Hasher = BLAKE3) -> bytes:
+    """Return a ``live_state`` digest: MTH over the digests of every live page in logical order,
+    anchor blocks first, then the context blocks that are not evicted."""
+    return merkle_root(list(anchor_page_digests) + list(context_page_digests), hasher)
 
 
 def record_layout(cls: type[_Wired]) -> list[tuple[str, str]]:

@@ -67,8 +67,9 @@ from spec.ledger import (
     decode_record,
     encode_record,
     hasher_for,
+    pages_root,
 )
-from spec.merkle import HASHERS, CompactRange, Hasher, leaf_hash, merkle_root
+from spec.merkle import HASHERS, CompactRange, Hasher, leaf_hash
 from spec.proofs import MerkleTree, ProofError, verify_consistency
 
 MAGIC = b"\x89FPL\r\n\x1a\n"  # like PNG's: catches text-mode and 7-bit transfers
@@ -450,7 +451,7 @@ class _SequenceState:
             fail("commit-range", f"commit covers steps [{r.first_step}, {r.end_step}), expected [{first}, {self.next_step})")
         if list(r.tokens) != self.steps_since_commit:
             fail("commit-tokens", "commit's tokens differ from the token steps since the last commit")
-        if r.page_count != len(self.pages_since_commit) or r.pages_root != merkle_root(
+        if r.page_count != len(self.pages_since_commit) or r.pages_root != pages_root(
                 self.pages_since_commit, hasher_for(self.genesis)):
             fail("commit-pages", f"commit's pages ({r.page_count}) differ from the {len(self.pages_since_commit)} "
                  "kv_page records since the last commit")
@@ -497,56 +498,72 @@ def verify_ledger_structure(source: bytes | str | os.PathLike, trusted: Verifier
 
 
 def _verify_entries(read: LedgerRead, trusted: Verifier | None, report: LedgerReport, check_consistency: bool) -> None:
-    seq = _SequenceState()
-    tree: MerkleTree | None = None
-    hasher: Hasher | None = None
-    verifier, origin, prev = trusted, None, ZERO_DIGEST
-    last_cp: Checkpoint | None = None
+    walk = _Walk(read, trusted, report, check_consistency)
     for n, e in enumerate(read.entries):
         if e.record is not None:
-            i = tree.size if tree is not None else 0
-            try:
-                seq.feed(i, e.record)
-            except LedgerError as err:
-                raise err.at(offset=e.offset)
-            if i == 0:
-                hasher, verifier, origin = _start(read, e, trusted, report)
-                tree = MerkleTree(hasher)
-            tree.append_leaf_hash(leaf_hash(encode_record(e.record), hasher))
-            report.records.append(e.record)
-            nxt = read.entries[n + 1] if n + 1 < len(read.entries) else None
-            if isinstance(e.record, (Commit, End)) and nxt is not None and nxt.checkpoint is None:
-                raise SequenceError("checkpoint-missing", f"{e.record.type} record not followed by a checkpoint",
-                                    index=i, offset=nxt.offset)
-            continue
+            walk.record(e, read.entries[n + 1] if n + 1 < len(read.entries) else None)
+        else:
+            walk.checkpoint(e)
+
+
+class _Walk:
+    """The state of one verification pass over a ledger's entries, in file order."""
+
+    def __init__(self, read: LedgerRead, trusted: Verifier | None, report: LedgerReport, check_consistency: bool):
+        self.read, self.trusted, self.report, self.check_consistency = read, trusted, report, check_consistency
+        self.seq = _SequenceState()
+        self.tree: MerkleTree | None = None
+        self.verifier, self.origin, self.prev = trusted, None, ZERO_DIGEST
+        self.last: Checkpoint | None = None
+
+    def record(self, e: Entry, nxt: Entry | None) -> None:
+        """Apply the sequence rules to one record and add it to the tree."""
+        i = self.tree.size if self.tree is not None else 0
+        try:
+            self.seq.feed(i, e.record)
+        except LedgerError as err:
+            raise err.at(offset=e.offset)
+        if i == 0:
+            hasher, self.verifier, self.origin = _start(self.read, e, self.trusted, self.report)
+            self.tree = MerkleTree(hasher)
+        self.tree.append_leaf_hash(leaf_hash(encode_record(e.record), self.tree.hasher))
+        self.report.records.append(e.record)
+        if isinstance(e.record, (Commit, End)) and nxt is not None and nxt.checkpoint is None:
+            raise SequenceError("checkpoint-missing", f"{e.record.type} record not followed by a checkpoint",
+                                index=i, offset=nxt.offset)
+
+    def checkpoint(self, e: Entry) -> None:
+        """Check one checkpoint: signature, origin, size, root, prev hash, consistency."""
+        tree = self.tree
         where = dict(index=tree.size if tree is not None else 0, offset=e.offset)
         if tree is None:
             raise CheckpointError("checkpoint-before-genesis", "checkpoint before the genesis record", **where)
         try:
-            cp, body = verify_signed_checkpoint(e.payload, verifier)
+            cp, body = verify_signed_checkpoint(e.payload, self.verifier)
         except LedgerError as err:
             raise err.at(**where)
-        if cp.origin != origin:
-            raise CheckpointError("checkpoint-origin", f"checkpoint origin {cp.origin!r} is not this ledger's "
-                                  f"{origin!r}", **where)
+
+        def fail(reason, message):
+            raise CheckpointError(reason, message, **where)
+
+        if cp.origin != self.origin:
+            fail("checkpoint-origin", f"checkpoint origin {cp.origin!r} is not this ledger's {self.origin!r}")
         if cp.size != tree.size:
-            raise CheckpointError("checkpoint-size", f"checkpoint covers {cp.size} records, {tree.size} precede it",
-                                  **where)
+            fail("checkpoint-size", f"checkpoint covers {cp.size} records, {tree.size} precede it")
         if cp.root != tree.root():
-            raise CheckpointError("checkpoint-root", f"checkpoint root {cp.root.hex()} differs from the recomputed "
-                                  f"root {tree.root().hex()} of {cp.size} records", **where)
-        if cp.prev != prev:
-            raise CheckpointError("checkpoint-prev", "checkpoint's prev hash is not the previous checkpoint's hash",
-                                  **where)
-        if check_consistency and last_cp is not None:
+            fail("checkpoint-root", f"checkpoint root {cp.root.hex()} differs from the recomputed root "
+                 f"{tree.root().hex()} of {cp.size} records")
+        if cp.prev != self.prev:
+            fail("checkpoint-prev", "checkpoint's prev hash is not the previous checkpoint's hash")
+        if self.check_consistency and self.last is not None:
             try:
-                proof = tree.consistency_proof(last_cp.size, cp.size)
-                verify_consistency(last_cp.size, cp.size, proof, last_cp.root, cp.root, hasher)
+                proof = tree.consistency_proof(self.last.size, cp.size)
+                verify_consistency(self.last.size, cp.size, proof, self.last.root, cp.root, tree.hasher)
             except ProofError as err:
-                raise CheckpointError("checkpoint-consistency", err.message, **where) from None
-        prev, last_cp = checkpoint_hash(body, hasher), cp
-        report.checkpoints.append(cp)
-        report.verified_size = cp.size
+                fail("checkpoint-consistency", err.message)
+        self.prev, self.last = checkpoint_hash(body, tree.hasher), cp
+        self.report.checkpoints.append(cp)
+        self.report.verified_size = cp.size
 
 
 def _start(read: LedgerRead, e: Entry, trusted: Verifier | None, report: LedgerReport):
