@@ -196,7 +196,7 @@ def cmd_generate(args) -> int:
             from rich.console import Console
             from rich.text import Text
 
-            Console(highlight=False).print(Text(prompt, style="dim") + Text(res.text))
+            Console(highlight=False).print(Text.assemble((prompt, "dim"), res.text))
         else:
             sys.stdout.write(res.text + "\n")
             sys.stdout.flush()
