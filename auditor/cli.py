@@ -1,0 +1,108 @@
+"""``fieldprint-audit``: verify ledgers offline, show their timeline.
+
+    fieldprint-audit verify out.fpl --model ARTIFACT --trusted-key KEY.pub [--json]
+    fieldprint-audit verify ledgers/ --model ARTIFACT --trusted-key KEY.pub --jobs 4
+    fieldprint-audit show out.fpl [--model ARTIFACT] [--trusted-key KEY.pub] [--json]
+
+Exit codes (``auditor.report``): 0 valid, 1 invalid, 2 unreadable input, 3 incomplete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from auditor.report import combined_exit, render_text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # noqa: D102 - usage errors are unreadable input
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fieldprint-audit", description="Verify Fieldprint ledgers offline (CPU replay).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    v = sub.add_parser("verify", help="verify ledgers: signatures, checkpoints, sequence and a full replay")
+    v.add_argument("ledgers", nargs="+", help="ledger files or folders of *.fpl")
+    v.add_argument("--model", required=True, help="model artifact folder the ledger must commit to")
+    v.add_argument("--trusted-key", required=True, help="public key file (or verifier string) of the engine")
+    v.add_argument("--inputs", help="replay inputs (default: <ledger>.inputs.json)")
+    v.add_argument("--anchors-file", help="anchor text to check against the ledger's anchor commitment")
+    v.add_argument("--no-replay", action="store_true", help="check signatures and structure only")
+    v.add_argument("--jobs", type=int, default=None, help="parallel processes for several ledgers")
+    v.add_argument("--json", action="store_true", help="one JSON report per line")
+    v.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    s = sub.add_parser("show", help="print a ledger's timeline of commits, validations and rollbacks")
+    s.add_argument("ledger")
+    s.add_argument("--model", help="artifact folder, to show tokens as text")
+    s.add_argument("--trusted-key", help="public key, to add the structural verdict")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _tokenizer(model_dir):
+    if model_dir is None:
+        return None
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    path = Path(model_dir) / "tokenizer.json"
+    return Tokenizer.from_file(str(path)) if path.is_file() else None
+
+
+def cmd_verify(args) -> int:
+    from auditor.verify import ledger_paths, verify_many
+
+    anchors = None
+    if args.anchors_file:
+        try:
+            anchors = open(args.anchors_file, encoding="utf-8").read()
+        except OSError as e:
+            print(f"error: --anchors-file: {e}", file=sys.stderr)
+            return 2
+    paths = ledger_paths(args.ledgers)
+    if not paths:
+        print("error: no ledger found", file=sys.stderr)
+        return 2
+    progress = not args.json and (args.progress or sys.stderr.isatty())
+    reports = verify_many(paths, jobs=args.jobs, model=args.model, trusted_key=args.trusted_key,
+                          inputs=args.inputs, anchors_text=anchors, replay=not args.no_replay, progress=progress)
+    for r in reports:
+        print(r.to_json() if args.json else render_text(r))
+    if len(reports) > 1 and not args.json:
+        counts = {}
+        for r in reports:
+            counts[r.verdict] = counts.get(r.verdict, 0) + 1
+        print("summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+    return combined_exit(reports)
+
+
+def cmd_show(args) -> int:
+    from auditor.show import show
+    from auditor.verify import _Unreadable, load_trusted_key
+
+    key = None
+    if args.trusted_key:
+        try:
+            key = load_trusted_key(args.trusted_key)
+        except _Unreadable as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            return 2
+    text, code = show(args.ledger, tokenizer=_tokenizer(args.model), trusted_key=key, as_json=args.json)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_verify(args) if args.command == "verify" else cmd_show(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Replay a ledger on the CPU reference engine and find the first divergence.
+
+The replay re-runs the recorded generation with ``fieldprint_ref.engine.RefEngine`` and
+walks the records in ledger order, checking each against its own state:
+
+* ``genesis``: model, prompt and anchor commitments against the artifact and the inputs;
+* ``token_step``: the replay samples the next token itself and compares step, attempt,
+  token and logits digest (it never copies a token from the ledger);
+* ``kv_page``: the replay's page of that block: slots used and digest; at each commit the
+  pages recorded since the last commit must be exactly those the runtime records (pages
+  filled, in step order, then the partially written blocks, by block);
+* ``commit``: the policy demands a commit at exactly this step with this reason (and at no
+  other step), and ``live_state`` equals the replay's own state; the replay keeps a
+  copy-on-write fork per live commit;
+* ``validation``: remembered (a replay cannot re-run a user's validator);
+* ``rollback``: it follows a failed validation of a later commit, its target passed or was
+  not validated, ``live_state`` is the target's, and the replay restores its own fork of the
+  target and resumes under the stated attempt;
+* ``end``: count, reason and live state.
+
+Divergences inside a branch that a later rollback abandons are *explained*: the runtime
+detected a fault and threw that branch away (a corrupted page makes the following tokens
+differ from a clean replay). Replay of that branch stops at its first divergence and starts
+again from the rollback target. Any divergence on the final live branch is fatal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from auditor import semantics as sem
+from spec.constants import PAGE_TOKENS
+from spec.ledger import (
+    SPEC_VERSION,
+    Commit,
+    End,
+    Genesis,
+    KVEvict,
+    KVPage,
+    Rollback,
+    TokenStep,
+    Validation,
+    sampling_params,
+)
+from spec.merkle import HASHERS
+
+EVICTED = -1
+
+
+@dataclass
+class Divergence:
+    """Where replay and ledger first disagree. ``layer`` is None: page digests cover all layers."""
+
+    reason: str
+    message: str
+    record: int | None = None
+    offset: int | None = None
+    step: int | None = None
+    commit: int | None = None
+    block: int | None = None
+    page_kind: str | None = None
+    layer: int | None = None
+    field: str | None = None
+    expected: object = None  # what the ledger says
+    actual: object = None  # what the replay computed
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items()}
+        for k in ("expected", "actual"):
+            if isinstance(out[k], bytes):
+                out[k] = out[k].hex()
+        return out
+
+
+@dataclass
+class ReplayResult:
+    """What the replay found: the first fatal divergence (None when everything matched)."""
+
+    divergence: Divergence | None = None
+    explained: list[Divergence] = field(default_factory=list)  # in abandoned branches
+    tokens_replayed: int = 0
+    steps_replayed: int = 0
+    records_checked: int = 0
+    live_tokens: list[int] = field(default_factory=list)
+    text: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Fatal(Exception):
+    def __init__(self, d: Divergence):
+        self.d = d
+
+
+@dataclass
+class _Snap:
+    commit: Commit
+    handle: int | None  # None: taken after a divergence (cannot be restored)
+
+
+class Replayer:
+    """Replay ``records`` (a verified prefix) with the reference engine over ``model``."""
+
+    def __init__(self, model, tokenizer, commitment: bytes, inputs: sem.ReplayInputs, *, offsets=None,
+                 progress=None, num_pages: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.commitment = commitment
+        self.inputs = inputs
+        self.offsets = offsets or {}
+        self.progress = progress  # callable(n) advancing a progress bar, or None
+        self.num_pages = num_pages
+        self.result = ReplayResult()
+
+    # ------------------------------------------------------------------------ helpers
+    def fail(self, reason, message, **kw) -> _Fatal:
+        return _Fatal(Divergence(reason, message, record=self.i, offset=self.offsets.get(self.i), **kw))
+
+    def _diverge(self, reason, message, **kw) -> None:
+        """A divergence on the current branch: fatal unless a later rollback abandons it."""
+        if self.pending is None:
+            self.pending = Divergence(reason, message, record=self.i, offset=self.offsets.get(self.i), **kw)
+
+    def _pages_live_state(self) -> bytes:
+        eng, h = self.engine, self.h
+        ctx = {b: sem.page_digest(eng.page_bytes(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
+        return sem.live_state(self.anchor_digests, ctx, self.hasher)
+
+    # ------------------------------------------------------------------------ genesis
+    def _genesis(self, g: Genesis) -> None:
+        from fieldprint_ref.engine import RefEngine
+
+        inp = self.inputs
+        if g.spec_version != SPEC_VERSION:
+            raise self.fail("spec-version", f"genesis names {g.spec_version!r}, this auditor checks {SPEC_VERSION!r}",
+                            field="spec_version", expected=g.spec_version, actual=SPEC_VERSION)
+        if g.model_commitment != self.commitment:
+            raise self.fail("model-commitment", "the ledger was not produced by this model artifact",
+                            field="model_commitment", expected=g.model_commitment, actual=self.commitment)
+        if g.page_tokens != PAGE_TOKENS:
+            raise self.fail("page-tokens", f"ledger pages hold {g.page_tokens} tokens, the spec {PAGE_TOKENS}",
+                            field="page_tokens", expected=g.page_tokens, actual=PAGE_TOKENS)
+        pc = sem.prompt_commitment(inp.prompt_tokens)
+        if g.prompt_commitment != pc or g.prompt_length != len(inp.prompt_tokens):
+            raise self.fail("prompt-commitment", "the inputs' prompt is not the prompt the ledger commits to",
+                            field="prompt_commitment", expected=g.prompt_commitment, actual=pc)
+        self.genesis = g
+        self.hasher = HASHERS[g.hash_profile]
+        self.policy = g.commit_policy
+        cfg = self.model.config
+        blocks = -(-cfg.max_position // PAGE_TOKENS)
+        pages = self.num_pages or (3 * blocks + self.n_commits + 8)
+        eos = list(inp.eos_token_ids)
+        self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
+        self.anchor_info = None
+        self.anchor_digests = []
+        if inp.anchor_tokens:
+            self.anchor_info = self.engine.set_anchors(list(inp.anchor_tokens))
+            self.anchor_digests = [sem.page_digest(self.engine.page_bytes(p)) for p in self.anchor_info.pages]
+        ac = sem.anchor_commitment(inp.anchor_tokens, self.anchor_digests, self.hasher)
+        if g.anchor_commitment != ac:
+            raise self.fail("anchor-commitment", "the inputs' anchors (tokens and their KV pages) are not the "
+                            "anchors the ledger commits to", field="anchor_commitment", expected=g.anchor_commitment,
+                            actual=ac)
+        try:
+            self.h = self.engine.add_sequence(
+                list(inp.prompt_tokens), sampling=sampling_params(g.sampling), max_new_tokens=g.sampling.max_new_tokens,
+                sequence=g.sequence, anchors=self.anchor_info, window=inp.window, stop=list(inp.stop),
+                eos_token_ids=eos)
+        except Exception as e:  # the engine refuses the inputs (too long, bad ids, ...)
+            raise self.fail("replay-setup", f"the reference engine refuses the ledger's inputs: {e}") from None
+        self.prompt_len = len(inp.prompt_tokens)
+        self.anchor_seen = 0
+
+    # ------------------------------------------------------------------------ records
+    def _evict_due(self) -> bool:
+        if self.expect_evict:
+            self._diverge("evict-missing", f"the replay evicted blocks {self.expect_evict} before step "
+                          f"{self.last_step()}, the ledger has no kv_evict record for them", step=self.last_step(),
+                          field="kv_evict", actual=str(self.expect_evict))
+            return True
+        return False
+
+    def _evict(self, r: KVEvict) -> None:
+        if list(r.blocks) != self.expect_evict:
+            return self._diverge("replay-evict", f"kv_evict lists blocks {list(r.blocks)}, the replay evicted "
+                                 f"{self.expect_evict} before step {self.last_step()}", step=self.last_step(),
+                                 field="blocks", expected=str(list(r.blocks)), actual=str(self.expect_evict))
+        self.expect_evict = []
+
+    def _token(self, r: TokenStep) -> None:
+        eng = self.engine
+        if self._evict_due():
+            return
+        if self.commit_due is not None:
+            step, reason = self.commit_due
+            return self._diverge("commit-missing", f"the policy requires a commit ({reason}) after step {step}, "
+                                 f"the ledger goes on to step {r.step}", step=step, field="commit")
+        while True:
+            if sem.finish_reason(eng, self.h) is not None:
+                return self._diverge("replay-finished", f"the replay finished ({sem.finish_reason(eng, self.h)}) "
+                                     f"before step {r.step}", step=r.step, field="token")
+            out = eng.step([self.h])
+            if out:
+                break
+        rec = out[0][1]
+        self.result.steps_replayed += 1
+        if self.progress:
+            self.progress(1)
+        self.last = rec
+        if rec.step != r.step or rec.attempt != r.attempt:
+            return self._diverge("replay-step", f"ledger step {r.step} attempt {r.attempt}, replay step {rec.step} "
+                                 f"attempt {rec.attempt}", step=r.step, field="step")
+        if rec.token != r.token:
+            return self._diverge("replay-token", f"step {r.step}: the ledger has token {r.token}, the replay samples "
+                                 f"{rec.token}", step=r.step, field="token", expected=r.token, actual=rec.token)
+        ld = sem.logits_digest(rec.logits_bytes())
+        if ld != r.logits_digest:
+            return self._diverge("replay-logits", f"step {r.step}: logits digest differs (same token)", step=r.step,
+                                 field="logits_digest", expected=r.logits_digest, actual=ld)
+        self.generated.append(rec.token)
+        self.expect_evict = sorted(rec.evicted_blocks)
+        for b in rec.evicted_blocks:
+            self.dirty.discard(b)
+        for w in rec.writes:
+            if w.full:
+                self.dirty.discard(w.block)
+                self.expect_pages.append((w.block, PAGE_TOKENS))
+            else:
+                self.dirty.add(w.block)
+        finished = sem.finish_reason(eng, self.h) is not None
+        reason = sem.commit_reason(self.policy, step=rec.step, generated=self.generated,
+                                   filled_page=any(w.full for w in rec.writes), finished=finished)
+        self.commit_due = None if reason is None else (rec.step, reason)
+
+    def _page(self, r: KVPage) -> None:
+        if r.kind == "anchor":
+            k = self.anchor_seen
+            self.anchor_seen += 1
+            if r.block != k or k >= len(self.anchor_digests):
+                raise self.fail("anchor-page", f"anchor page record for block {r.block}, expected block {k} of "
+                                f"{len(self.anchor_digests)}", block=r.block, page_kind="anchor", field="block")
+            used = min(PAGE_TOKENS, len(self.inputs.anchor_tokens) - k * PAGE_TOKENS)
+            if r.used != used or r.digest != self.anchor_digests[k]:
+                raise self.fail("anchor-page", f"anchor block {k}: ledger used={r.used} digest {r.digest.hex()[:16]}, "
+                                f"replay used={used} digest {self.anchor_digests[k].hex()[:16]}", block=k,
+                                page_kind="anchor", field="digest" if r.used == used else "used",
+                                expected=r.digest, actual=self.anchor_digests[k])
+            return
+        self.seen_pages.append((r.block, r.used))
+        table = self.engine.block_table(self.h)
+        if r.block >= len(table) or table[r.block] == EVICTED:
+            return self._diverge("replay-page", f"the ledger records context block {r.block}, which the replay does "
+                                 "not hold", step=self.last_step(), block=r.block, page_kind="context", field="block")
+        cached = self.prompt_len + (self.last.step if self.last is not None else 0)
+        used = sem.filled_slots(r.block, cached, PAGE_TOKENS)
+        if r.used != used:
+            return self._diverge("replay-page", f"context block {r.block}: ledger says {r.used} slots used, replay "
+                                 f"{used}", step=self.last_step(), block=r.block, page_kind="context", field="used",
+                                 expected=r.used, actual=used)
+        d = sem.page_digest(self.engine.page_bytes(table[r.block]))
+        if d != r.digest:
+            self._diverge("replay-page", f"context block {r.block} (used {used}) after step {self.last_step()}: page "
+                          "digest differs", step=self.last_step(), block=r.block, page_kind="context", field="digest",
+                          expected=r.digest, actual=d)
+
+    def last_step(self):
+        return None if self.last is None else self.last.step
+
+    def _commit(self, r: Commit) -> None:
+        if self.pending is None and not self._evict_due():
+            expected = self.expect_pages + [(b, sem.filled_slots(b, self.prompt_len + self.last.step, PAGE_TOKENS))
+                                            for b in sorted(self.dirty)]
+            if self.seen_pages != expected:
+                self._diverge("commit-pages", f"commit {r.commit}: pages recorded {self.seen_pages} (block, used), "
+                              f"the runtime must record {expected}", commit=r.commit, step=r.end_step - 1, field="pages")
+            elif self.commit_due is None or self.commit_due[0] != r.end_step - 1:
+                self._diverge("commit-unexpected", f"commit {r.commit} after step {r.end_step - 1}: the policy "
+                              "requires no commit there", commit=r.commit, step=r.end_step - 1, field="commit")
+            elif self.commit_due[1] != r.reason:
+                self._diverge("commit-reason", f"commit {r.commit}: reason {r.reason}, the policy says "
+                              f"{self.commit_due[1]}", commit=r.commit, field="reason", expected=r.reason,
+                              actual=self.commit_due[1])
+            else:
+                ls = self._pages_live_state()
+                if ls != r.live_state:
+                    self._diverge("commit-live-state", f"commit {r.commit}: live state differs from the replay's",
+                                  commit=r.commit, step=r.end_step - 1, field="live_state", expected=r.live_state,
+                                  actual=ls)
+        handle = None
+        if self.pending is None:
+            handle = self.engine.fork(self.h, sequence=self.genesis.sequence)
+        self.snaps.append(_Snap(r, handle))
+        self.commits[r.commit] = r
+        self.commit_due = None
+        self.expect_pages, self.seen_pages, self.dirty = [], [], set()
+
+    def _validation(self, r: Validation) -> None:
+        self.validations.setdefault(r.commit, []).append(r)
+        if not r.passed:
+            self.failed.add(r.commit)
+
+    def _rollback(self, r: Rollback) -> None:
+        eng = self.engine
+        idx = next(i for i, s in enumerate(self.snaps) if s.commit.commit == r.to_commit)
+        target = self.snaps[idx]
+        if r.live_state != target.commit.live_state:
+            raise self.fail("rollback-state", f"rollback to commit {r.to_commit} restores a state other than the "
+                            "one that commit recorded", commit=r.to_commit, field="live_state",
+                            expected=target.commit.live_state, actual=r.live_state)
+        if r.to_commit in self.failed:
+            raise self.fail("rollback-to-failed", f"rollback target commit {r.to_commit} failed its validation",
+                            commit=r.to_commit, field="to_commit")
+        dropped = [s.commit.commit for s in self.snaps[idx + 1:]]
+        if not any(c in self.failed for c in dropped):
+            raise self.fail("rollback-unexplained", f"rollback to commit {r.to_commit} although no later commit "
+                            f"({dropped}) failed a validation", commit=r.to_commit, field="to_commit")
+        if target.handle is None:  # the target itself is past a divergence
+            raise _Fatal(self.pending)
+        if self.pending is not None:
+            self.pending.message += f" (abandoned by the rollback to commit {r.to_commit})"
+            self.result.explained.append(self.pending)
+            self.pending = None
+        eng.release(self.h)
+        for s in self.snaps[idx + 1:]:
+            if s.handle is not None:
+                eng.release(s.handle)
+        self.snaps = self.snaps[:idx + 1]
+        self.h = eng.fork(target.handle, sequence=self.genesis.sequence)
+        sem.set_attempt(eng, self.h, r.attempt)
+        ls = self._pages_live_state()
+        if ls != r.live_state:
+            raise self.fail("rollback-state", "the replay's restored state differs from the rollback's live state",
+                            commit=r.to_commit, field="live_state", expected=r.live_state, actual=ls)
+        self.generated = self.generated[:r.to_step]
+        res = eng.result(self.h)
+        self.last = res.steps[-1] if res.steps else None
+        self.commit_due, self.expect_pages, self.seen_pages, self.dirty = None, [], [], set()
+        self.expect_evict = []
+
+    def _end(self, r: End) -> None:
+        if self.pending is not None:
+            raise _Fatal(self.pending)
+        ls = self._pages_live_state()
+        if ls != r.live_state:
+            raise self.fail("end-live-state", "the end record's live state differs from the replay's",
+                            field="live_state", expected=r.live_state, actual=ls)
+        fin = sem.finish_reason(self.engine, self.h)
+        if r.reason != "error" and sem.end_reason(fin) != r.reason:
+            raise self.fail("end-reason", f"end reason {r.reason}, the replay finished with {fin}", field="reason",
+                            expected=r.reason, actual=sem.end_reason(fin))
+        unresolved = [c.commit for c in self.snaps if c.commit.commit in self.failed]
+        if unresolved and r.reason != "error":
+            raise self.fail("end-unresolved", f"generation ended although live commits {unresolved} failed "
+                            "validation and were not rolled back", field="reason")
+
+    # ------------------------------------------------------------------------ driver
+    def run(self, records: list) -> ReplayResult:
+        """Replay ``records`` (record 0 is the genesis); return the result (never raises for divergences)."""
+        self.n_commits = sum(isinstance(r, Commit) for r in records)
+        self.i = 0
+        self.pending: Divergence | None = None
+        self.generated: list[int] = []
+        self.snaps: list[_Snap] = []
+        self.commits, self.validations, self.failed = {}, {}, set()
+        self.commit_due, self.expect_pages, self.seen_pages, self.dirty = None, [], [], set()
+        self.expect_evict: list[int] = []
+        self.last = None
+        self.engine = None
+        try:
+            for self.i, r in enumerate(records):
+                self.result.records_checked = self.i + 1
+                if isinstance(r, Genesis):
+                    self._genesis(r)
+                elif isinstance(r, TokenStep):
+                    if self.pending is None:
+                        self._token(r)
+                elif isinstance(r, KVPage):
+                    if r.kind == "anchor" or self.pending is None:
+                        self._page(r)
+                elif isinstance(r, KVEvict):
+                    if self.pending is None:
+                        self._evict(r)
+                elif isinstance(r, Commit):
+                    self._commit(r)
+                elif isinstance(r, Validation):
+                    self._validation(r)
+                elif isinstance(r, Rollback):
+                    self._rollback(r)
+                elif isinstance(r, End):
+                    self._end(r)
+            if self.pending is not None:
+                raise _Fatal(self.pending)
+            if self.engine is not None:
+                n = min(self.result.steps_replayed, len(self.generated))
+                self.result.live_tokens = list(self.generated)
+                self.result.tokens_replayed = n
+                self.result.text = self.engine.detokenize(self.generated)
+        except _Fatal as f:
+            self.result.divergence = f.d
+        return self.result

@@ -1,0 +1,113 @@
+"""The auditor's verdict: one ``Report`` per ledger, as text for people or JSON for machines.
+
+Verdicts and exit codes:
+
+========== ==== ==========================================================================
+verdict    exit meaning
+========== ==== ==========================================================================
+valid         0 sealed, signed by the trusted key, every record checks, the replay matches
+invalid       1 a frame, record, signature, checkpoint, commitment or replayed value is wrong
+unreadable    2 an input cannot be used: the ledger file is missing or not a ledger, the
+                model artifact, the key or the replay inputs cannot be read
+incomplete    3 not sealed (a crash or a torn tail), but its signed prefix verifies and
+                replays; ``verified_records`` says how far
+========== ==== ==========================================================================
+
+For several ledgers the exit code is the most severe one: 2, then 1, then 3, then 0.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+EXIT = {"valid": 0, "invalid": 1, "unreadable": 2, "incomplete": 3}
+SEVERITY = ["valid", "incomplete", "invalid", "unreadable"]  # least to most severe
+
+
+@dataclass
+class Report:
+    """Everything the auditor found about one ledger."""
+
+    ledger: str
+    verdict: str = "unreadable"
+    reason: str = ""
+    message: str = ""
+    divergence: dict | None = None  # record, offset, step, commit, block, layer, field, expected, actual
+    status: str = ""  # structural status: complete | truncated | corrupt | invalid
+    key: str | None = None  # name/key ID of the key the checkpoints were checked against
+    records: int = 0
+    verified_records: int = 0  # records covered by the last checkpoint that verified
+    unsigned_records: int = 0
+    checkpoints: int = 0
+    commits: int = 0
+    rollbacks: list[dict] = field(default_factory=list)
+    failed_validations: list[dict] = field(default_factory=list)
+    explained_divergences: list[dict] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    text: str | None = None
+    replay: dict = field(default_factory=dict)  # steps, seconds, tokens_per_s
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.verdict]
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["exit_code"] = self.exit_code
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_jsonable)
+
+
+def _jsonable(v):
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def combined_exit(reports: list[Report]) -> int:
+    """Return the exit code of the most severe verdict (0 for no reports)."""
+    if not reports:
+        return 0
+    return EXIT[max((r.verdict for r in reports), key=SEVERITY.index)]
+
+
+def _short(v) -> str:
+    if isinstance(v, bytes):
+        v = v.hex()
+    s = str(v)
+    return s if len(s) <= 24 else s[:16] + "…"
+
+
+def render_text(r: Report) -> str:
+    """Return a few lines for people: verdict first, then where and why."""
+    head = {"valid": "VALID", "invalid": "INVALID", "unreadable": "UNREADABLE", "incomplete": "INCOMPLETE"}[r.verdict]
+    lines = [f"{r.ledger}: {head}" + (f" [{r.reason}]" if r.reason else "")]
+    if r.message:
+        lines.append(f"  {r.message}")
+    d = r.divergence
+    if d:
+        where = [f"{k} {d[k]}" for k in ("record", "offset", "step", "commit", "page_kind", "block", "layer", "field")
+                 if d.get(k) is not None]
+        if where:
+            lines.append("  at " + ", ".join(where))
+        if d.get("expected") is not None or d.get("actual") is not None:
+            lines.append(f"  ledger: {_short(d.get('expected'))}   replay/recomputed: {_short(d.get('actual'))}")
+    if r.records:
+        lines.append(f"  {r.records} records ({r.verified_records} signed), {r.checkpoints} checkpoints, "
+                     f"{r.commits} commits, {len(r.rollbacks)} rollbacks" + (f", key {r.key}" if r.key else ""))
+    for rb in r.rollbacks:
+        lines.append(f"  rollback to commit {rb['to_commit']} (step {rb['to_step']}), attempt {rb['attempt']}: "
+                     f"{rb['reason']}")
+    for e in r.explained_divergences:
+        lines.append(f"  abandoned branch diverged (explained): {e['message']}")
+    if r.replay.get("steps"):
+        lines.append(f"  replayed {r.replay['steps']} steps in {r.replay['seconds']:.2f} s "
+                     f"({r.replay['tokens_per_s']:.1f} tokens/s) on the CPU reference engine")
+    if r.verdict == "valid" and r.text is not None:
+        lines.append(f"  text: {r.text!r}")
+    for n in r.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""Verify a ledger end to end: bytes, signatures, checkpoints, sequence, then a full replay.
+
+``verify_ledger`` runs, in order, stopping at the first failure:
+
+1. read the file (``spec.ledger_file.parse_ledger_bytes``): frames and their checksums;
+2. ``spec.ledger_file.verify_ledger_structure`` with the trusted key: genesis key, every
+   checkpoint's signature, origin, size, root, ``prev`` chain and consistency with the previous
+   one, the record sequence rules (steps, attempts, commit coverage, rollback targets);
+3. the replay (``auditor.replay``) of the records covered by the last valid checkpoint, on
+   the CPU reference engine: commitments, every token, logits digest and page digest, commit
+   policy, live states, rollback semantics.
+
+Records after the last checkpoint are not signed; they are counted, never trusted. The
+result is a ``Report`` (``auditor.report``) and never an exception: an input that cannot be
+read gives the verdict ``unreadable``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from auditor import semantics as sem
+from auditor.replay import Replayer
+from auditor.report import Report
+from spec.keys import Verifier, parse_verifier
+from spec.ledger import Commit, LedgerError, Rollback, TokenStep, Validation
+from spec.ledger_file import parse_ledger_bytes, verify_ledger_structure
+
+UNREADABLE_FRAMES = ("bad-magic", "truncated-header", "io")
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str, message: str):
+        self.reason, self.message = reason, message
+
+
+def load_trusted_key(key) -> Verifier:
+    """Return a Verifier from a Verifier, a verifier string, or a file holding one."""
+    if isinstance(key, Verifier):
+        return key
+    text = str(key)
+    if os.path.exists(text):
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise _Unreadable("key-io", f"cannot read trusted key {key}: {e}") from None
+    try:
+        return parse_verifier(text)
+    except LedgerError as e:
+        raise _Unreadable("key-format", f"trusted key {str(key)[:80]}: {e.message}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_artifact_cached(path: str):
+    from fieldprint.artifact import load_artifact
+
+    return load_artifact(path)
+
+
+def load_model(model):
+    """Return (QuantizedModel, tokenizer, commitment) from an artifact path or a loaded artifact."""
+    if isinstance(model, (str, os.PathLike)):
+        from fieldprint.errors import FieldprintError
+
+        try:
+            model = _load_artifact_cached(os.fspath(model))
+        except FieldprintError as e:
+            raise _Unreadable("model-artifact", str(e)) from None
+        except OSError as e:
+            raise _Unreadable("model-artifact", f"cannot read model artifact {model}: {e}") from None
+    return model.model, getattr(model, "tokenizer", None), model.commitment
+
+
+def load_inputs(ledger_path, inputs=None, anchors_text: str | None = None, tokenizer=None) -> sem.ReplayInputs:
+    """Return the replay inputs: ``inputs`` (object or path) or ``<ledger>.inputs.json``;
+    ``anchors_text`` replaces the anchor tokens (tokenized like the engine does)."""
+    if not isinstance(inputs, sem.ReplayInputs):
+        try:
+            inputs = sem.read_inputs(inputs or sem.inputs_path(ledger_path))
+        except LedgerError as e:
+            raise _Unreadable(e.reason, e.message) from None
+    if anchors_text is not None:
+        if tokenizer is None:
+            raise _Unreadable("anchors", "an anchor text needs the model's tokenizer")
+        inputs.anchor_tokens = list(tokenizer.encode(anchors_text, add_special_tokens=True).ids)
+        inputs.anchor_text = anchors_text
+    return inputs
+
+
+def _summary(report: Report, records: list) -> None:
+    report.commits = sum(isinstance(r, Commit) for r in records)
+    report.rollbacks = [dict(to_commit=r.to_commit, to_step=r.to_step, attempt=r.attempt, reason=r.reason)
+                        for r in records if isinstance(r, Rollback)]
+    report.failed_validations = [dict(commit=r.commit, validator=r.validator, detail=r.detail)
+                                 for r in records if isinstance(r, Validation) and not r.passed]
+
+
+class _Bar:
+    """A rich progress bar over replayed steps (stderr; transient)."""
+
+    def __init__(self, total: int, enabled: bool, label: str):
+        self.total, self.enabled, self.label, self.bar = total, enabled, label, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"replaying {self.label}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task("replay", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def verify_ledger(path, *, model, trusted_key, inputs=None, anchors_text: str | None = None, replay: bool = True,
+                  progress: bool = False) -> Report:
+    """Verify one ledger file; return its Report (see the module docstring)."""
+    report = Report(ledger=os.fspath(path))
+    try:
+        return _verify(report, path, model, trusted_key, inputs, anchors_text, replay, progress)
+    except _Unreadable as e:
+        report.verdict, report.reason, report.message = "unreadable", e.reason, e.message
+        return report
+
+
+def _verify(report, path, model, trusted_key, inputs, anchors_text, replay, progress) -> Report:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _Unreadable("io", f"cannot read ledger {os.fspath(path)}: {e.strerror}") from None
+    read = parse_ledger_bytes(data)
+    if read.hash_profile is None and read.reason in UNREADABLE_FRAMES:
+        raise _Unreadable(read.reason, f"{os.fspath(path)} is not a Fieldprint ledger ({read.error.message})")
+    key = load_trusted_key(trusted_key)
+    report.key = f"{key.name}/{key.key_id:08x}"
+    offsets = {}
+    n = 0
+    for e in read.entries:
+        if e.record is not None:
+            offsets[n] = e.offset
+            n += 1
+    st = verify_ledger_structure(data, key)
+    report.status = st.status
+    report.records = len(read.records)
+    report.checkpoints = len(st.checkpoints)
+    report.verified_records = st.verified_size
+    report.unsigned_records = max(0, len(st.records) - st.verified_size)
+    _summary(report, st.records[:st.verified_size])
+    if st.status in ("corrupt", "invalid"):
+        e = st.error
+        report.verdict, report.reason = "invalid", st.reason
+        report.message = e.message if e is not None else st.reason
+        report.divergence = {"record": getattr(e, "index", None), "offset": getattr(e, "offset", None),
+                             "field": "frame" if st.status == "corrupt" else "record"}
+        return report
+    if st.status == "truncated":
+        report.notes.append(f"ledger is not sealed ({st.reason}); {report.unsigned_records} records after the last "
+                            "checkpoint are unsigned and not replayed")
+    if st.verified_size == 0:
+        report.verdict, report.reason = "incomplete", st.reason or "no-checkpoint"
+        report.message = "no checkpoint verifies: nothing of this ledger is signed"
+        return report
+    records = st.records[:st.verified_size]
+    if replay:
+        qm, tokenizer, commitment = load_model(model)
+        inp = load_inputs(path, inputs, anchors_text, tokenizer)
+        total = sum(isinstance(r, TokenStep) for r in records)
+        t0 = time.perf_counter()
+        with _Bar(total, progress, os.path.basename(os.fspath(path))) as advance:
+            res = Replayer(qm, tokenizer, commitment, inp, offsets=offsets, progress=advance).run(records)
+        secs = time.perf_counter() - t0
+        report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
+                         "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}
+        report.explained_divergences = [d.to_dict() for d in res.explained]
+        if res.divergence is not None:
+            d = res.divergence
+            report.verdict, report.reason, report.message = "invalid", d.reason, d.message
+            report.divergence = d.to_dict()
+            return report
+        report.tokens, report.text = res.live_tokens, res.text
+    else:
+        report.notes.append("replay skipped: tokens and digests were not recomputed")
+    report.verdict = "valid" if st.status == "complete" else "incomplete"
+    if report.verdict == "incomplete":
+        report.reason = st.reason
+        report.message = (f"the signed prefix ({st.verified_size} records) verifies and replays; the generation "
+                          "did not finish")
+    return report
+
+
+def _verify_one(args):
+    path, kw = args
+    return verify_ledger(path, **kw)
+
+
+def ledger_paths(targets) -> list[str]:
+    """Expand files and folders (every ``*.fpl`` inside, sorted) into ledger paths."""
+    out = []
+    for t in targets:
+        p = Path(t)
+        out += sorted(str(x) for x in p.glob("*.fpl")) if p.is_dir() else [str(p)]
+    return out
+
+
+def verify_many(paths, *, jobs: int | None = None, **kw) -> list[Report]:
+    """Verify several ledgers in parallel processes (one model load per process)."""
+    paths = list(paths)
+    if len(paths) <= 1 or jobs == 1:
+        return [verify_ledger(p, **kw) for p in paths]
+    jobs = min(len(paths), jobs or os.cpu_count() or 1)
+    kw = dict(kw, progress=False)
+    if isinstance(kw.get("trusted_key"), Verifier):
+        kw["trusted_key"] = kw["trusted_key"].to_string()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_verify_one, [(p, kw) for p in paths]))

@@ -1,0 +1,77 @@
+"""Page hashing off the critical path: snapshot on the engine's thread, hash on a worker.
+
+The engine thread calls ``submit_page(engine.page_tensor(p))``: the page is *copied* at once
+(``clone()`` on the engine's device: one page, a few KiB, no host transfer) and the copy is
+hashed later on the worker thread, so the engine may rewrite, free or reuse the page
+immediately. Full pages are immutable anyway; the copy is what makes the partial last page of
+a commit and pages freed by a sliding window safe. ``submit_logits`` hashes a step's logits row
+the same way (the engine hands out a fresh tensor per step, so no copy is needed).
+
+Digests are BLAKE3 (``auditor.semantics.page_digest``). On CUDA the worker uses
+``fieldprint_fast.hashing`` when that module is installed (BLAKE3 on the device, no copy to
+the host); otherwise it copies the snapshot to the host and uses the ``blake3`` package.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from auditor.semantics import digest
+
+
+def _device_hasher():
+    """Return fieldprint_fast.hashing's page hasher, or None when it is not available."""
+    try:
+        from fieldprint_fast import hashing  # H4's GPU BLAKE3 (optional)
+    except Exception:
+        return None
+    for name in ("hash_pages", "blake3_pages", "page_digests"):
+        fn = getattr(hashing, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """Return a tensor's canonical bytes: C order, on the host (int8 pages have no byte order)."""
+    return t.detach().contiguous().cpu().numpy().tobytes()
+
+
+class PageHasher:
+    """A single worker thread that digests page snapshots and logits rows in FIFO order."""
+
+    def __init__(self, *, device_hashing: bool = True):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-hash")
+        self._device_fn = _device_hasher() if device_hashing else None
+        self.pages = 0  # pages submitted (for reports)
+
+    def _digest_tensor(self, t: torch.Tensor) -> bytes:
+        if t.is_cuda and self._device_fn is not None:
+            out = self._device_fn(t.reshape(1, -1).view(torch.uint8))
+            return bytes(out[0]) if not isinstance(out, (bytes, bytearray)) else bytes(out)
+        return digest(tensor_bytes(t))
+
+    def submit_page(self, page: torch.Tensor) -> Future:
+        """Snapshot ``page`` now (a device copy); return a Future of its digest."""
+        snap = page.detach().clone()
+        self.pages += 1
+        return self._pool.submit(self._digest_tensor, snap)
+
+    def submit_logits(self, logits: torch.Tensor) -> Future:
+        """Return a Future of BLAKE3 over the int64 little-endian logits row."""
+        return self._pool.submit(lambda: digest(logits.to(torch.int64).cpu().contiguous().numpy().astype("<i8").tobytes()))
+
+    def page_digest_now(self, page: torch.Tensor) -> bytes:
+        """Return a page's digest synchronously (restores and the anchor commitment use it)."""
+        return digest(tensor_bytes(page))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def done(value) -> Future:
+    """Return an already-resolved Future holding ``value``."""
+    f: Future = Future()
+    f.set_result(value)
+    return f

@@ -1,0 +1,451 @@
+"""The verifying session: drive one sequence through an Engine and write its signed ledger.
+
+Per generated token the engine thread does three cheap things: queue a ``token_step``
+record (its logits digest is computed by the hasher thread), snapshot every page the step
+filled (one device copy each) for hashing, and ask the commit policy whether to commit.
+
+At a commit it snapshots the pages written since the last commit, queues the ``kv_page``
+records, the ``commit`` record and a checkpoint (the writer thread waits for the digests and
+signs), keeps a copy-on-write fork of the sequence (``engine.fork``: the block table is
+copied, pages are shared and reference-counted; the engine copies a shared page before it
+writes to it), and submits the commit's validation to the validation thread. Then it
+records the results of the previous commit's validation (waiting only if it is not done
+yet: normally it finished while the segment was being generated). The prefill commit and
+the final commit are validated before going on.
+
+If a validation failed, the runtime rolls back to the last commit whose validation passed:
+it releases the live sequence and the forks of the abandoned commits, forks the target's
+snapshot again, re-hashes the restored pages, repairs any page that no longer matches its
+recorded digest (a corrupted page is shared with the snapshot) by recomputing it - anchors
+with ``add_anchors``, context pages with a scratch prefill of the committed tokens - and
+resumes under RNG attempt ``max attempt + 1``. The abandoned records stay in the ledger.
+
+Cost of a rollback: O(blocks) reference-count updates; a recomputation (one prefill of
+the committed context) only when pages were corrupted. Cost of keeping snapshots: one
+page copy per commit (the partial last page, copied on the next write) and pages a
+sliding window would have freed stay alive until the snapshot is released; snapshots
+older than the last validated commit are released.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Sequence
+
+from auditor import semantics as sem
+from fieldprint.runtime.faults import FaultPlan
+from fieldprint.runtime.hasher import PageHasher, done
+from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
+from fieldprint.runtime.writer import LedgerSink
+from spec.keys import SigningKey
+from spec.ledger import (
+    SPEC_VERSION,
+    Commit,
+    CommitPolicy,
+    End,
+    EngineIdentity,
+    Genesis,
+    KVEvict,
+    KVPage,
+    Rollback,
+    TokenStep,
+    Validation,
+    sampling_record,
+)
+from spec.merkle import HASHERS, merkle_root
+
+EVICTED = -1
+DETAIL_MAX = 1000  # characters of a validation detail kept in the ledger
+
+
+@dataclass
+class _Commit:
+    """What the runtime keeps about one commit of the live branch."""
+
+    number: int
+    reason: str
+    first_step: int
+    end_step: int
+    tokens: tuple[int, ...]
+    digests: dict[int, Future]  # live context block -> digest
+    anchor_digests: list[bytes]
+    hasher: object
+    snapshot: int | None = None  # engine handle of the copy-on-write fork
+    validation: Future | None = None
+    passed: bool | None = None
+    failure: str = ""
+    _live: bytes | None = None
+
+    def live_state(self) -> bytes:
+        if self._live is None:
+            self._live = sem.live_state(self.anchor_digests, {b: f.result() for b, f in self.digests.items()},
+                                        self.hasher)
+        return self._live
+
+
+@dataclass
+class RollbackInfo:
+    failed_commit: int
+    to_commit: int
+    to_step: int
+    attempt: int
+    reason: str
+    repaired_anchor_pages: list[int] = field(default_factory=list)
+    repaired_blocks: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SessionResult:
+    """The outcome of a verified generation: the live branch and what the ledger holds."""
+
+    ledger: str
+    inputs: str
+    tokens: list[int]
+    text: str | None
+    finish_reason: str | None
+    end_reason: str
+    commits: int
+    rollbacks: list[RollbackInfo]
+    records: int
+    checkpoints: int
+    seconds: float
+    validations: list[tuple[int, str, bool, str]]
+
+
+def engine_identity(engine) -> EngineIdentity:
+    """Return the engine's name, the fieldprint version and its build (torch, device)."""
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        v = version("fieldprint")
+    except Exception:  # not installed: running from a checkout
+        v = "0+checkout"
+    device = getattr(engine, "device", "cpu")
+    return EngineIdentity(name=str(getattr(engine, "name", type(engine).__name__)), version=v,
+                          build=f"torch {torch.__version__}; device {device}")
+
+
+class RuntimeFailure(RuntimeError):
+    """The runtime could not restore a good state (the ledger ends with reason ``error``)."""
+
+
+class VerifyingSession:
+    """Generate one sequence with ``engine`` and write its ledger to ``ledger_path``.
+
+    ``policy`` is a ``spec.ledger.CommitPolicy`` (``fieldprint.runtime.policy``);
+    ``validators`` are policy validators (functions over a ``CommitView``); ``faults`` a
+    ``FaultPlan``. ``model_commitment`` defaults to ``spec.commitment.model_commitment``.
+    The replay inputs (prompt and anchor token ids, window, EOS ids, stop strings) are written
+    to ``<ledger>.inputs.json``."""
+
+    def __init__(self, engine, *, key: SigningKey, ledger_path, policy: CommitPolicy | None = None,
+                 sampling=None, max_new_tokens: int = 16, sequence: int = 0, window: int | None = None,
+                 stop: Sequence[str] = (), eos_token_ids=None, chunk_size: int | None = None,
+                 validators: Sequence = (), faults: FaultPlan | None = None, model_commitment: bytes | None = None,
+                 hash_profile: str = "blake3", fsync: str = "checkpoint", max_rollbacks: int = 8,
+                 nonce: bytes | None = None, on_step=None):
+        from spec.sampling import SamplingParams
+
+        self.engine = engine
+        self.key = key
+        self.ledger_path = os.fspath(ledger_path)
+        self.policy = policy if policy is not None else sem.make_policy(8)
+        self.sampling = sampling if sampling is not None else SamplingParams()
+        self.max_new_tokens = max_new_tokens
+        self.sequence = sequence
+        self.window = window
+        self.stop = list(stop)
+        self.eos_token_ids = None if eos_token_ids is None else [int(t) for t in eos_token_ids]
+        self.chunk_size = chunk_size
+        self.faults = faults or FaultPlan()
+        self.validators = list(validators) + self.faults.validators()
+        self.model_commitment = model_commitment
+        self.hash_profile = hash_profile
+        self.hasher_fn = HASHERS[hash_profile]
+        self.fsync = fsync
+        self.max_rollbacks = max_rollbacks
+        self.nonce = nonce
+        self.on_step = on_step
+
+    # ----------------------------------------------------------------------------- records
+    def _page(self, kind: str, block: int, used: int, fut: Future) -> None:
+        self._seg_pages.append(fut)
+        if kind == "context":
+            self._digests[block] = fut
+
+        def build(seq, kind=kind, block=block, used=used, fut=fut):
+            return KVPage(seq=seq, kind=kind, block=block, used=used, digest=fut.result())
+
+        self.sink.append(build)
+
+    def _token(self, rec) -> None:
+        fut = self.hasher.submit_logits(rec.logits)
+        self.sink.append(lambda seq, r=rec, f=fut: TokenStep(seq=seq, step=r.step, attempt=r.attempt,
+                                                             token=r.token, logits_digest=f.result()))
+        self._generated.append(rec.token)
+        self._seg_tokens.append(rec.token)
+        if rec.evicted_blocks:
+            blocks = tuple(sorted(rec.evicted_blocks))
+            self.sink.append(lambda seq, b=blocks: KVEvict(seq=seq, blocks=b))
+        for b in rec.evicted_blocks:  # freed by the sliding window: no longer live state
+            self._digests.pop(b, None)
+            self._dirty.discard(b)
+        for w in rec.writes:
+            if w.full:  # final bytes: hash now (off the critical path)
+                self._dirty.discard(w.block)
+                self._page("context", w.block, self.page_tokens,
+                           self.hasher.submit_page(self.engine.page_tensor(w.page)))
+            else:
+                self._dirty.add(w.block)
+
+    def _commit(self, reason: str, step: int) -> _Commit:
+        eng, h = self.engine, self._handle
+        table = eng.block_table(h)
+        cached = self._prompt_len + step  # tokens fed: the prompt and tokens 0 .. step-1
+        for b in sorted(self._dirty):
+            self._page("context", b, sem.filled_slots(b, cached, self.page_tokens),
+                       self.hasher.submit_page(eng.page_tensor(table[b])))
+        self._dirty.clear()
+        live = {b: self._digests[b] for b, p in enumerate(table) if p != EVICTED}
+        c = _Commit(self._next_commit, reason, self._seg_first, step + 1, tuple(self._seg_tokens), live,
+                    self._anchor_digests, self.hasher_fn)
+        self._next_commit += 1
+        pages = list(self._seg_pages)
+
+        def build(seq, c=c, pages=pages):
+            return Commit(seq=seq, commit=c.number, reason=c.reason, first_step=c.first_step, end_step=c.end_step,
+                          tokens=c.tokens, page_count=len(pages),
+                          pages_root=merkle_root([f.result() for f in pages], self.hasher_fn),
+                          live_state=c.live_state())
+
+        self.sink.append(build)
+        self.sink.checkpoint()
+        c.snapshot = eng.fork(h, sequence=self.sequence)
+        checks = [PageCheck("anchor", k, p, done(d)) for k, (p, d) in enumerate(zip(self._anchor_pages,
+                                                                                     self._anchor_digests))]
+        snap_table = eng.block_table(c.snapshot)
+        checks += [PageCheck("context", b, snap_table[b], f) for b, f in sorted(live.items())]
+        detok = getattr(eng, "detokenize", lambda t: None)
+        view = CommitView(c.number, reason, c.first_step, c.end_step, c.tokens, detok(list(c.tokens)),
+                          tuple(self._generated), detok(list(self._generated)))
+        c.validation = self.validation.submit(checks, view)
+        self._commits.append(c)
+        self._pending.append(c)
+        self._seg_first, self._seg_tokens, self._seg_pages = step + 1, [], []
+        return c
+
+    def _record_validations(self, due: list[_Commit]) -> _Commit | None:
+        """Record the results of ``due`` in commit order; return the first failed commit."""
+        for c in due:
+            results = c.validation.result()
+            for name, passed, detail in results:
+                self.sink.append(lambda seq, c=c, n=name, p=passed, d=detail: Validation(
+                    seq=seq, commit=c.number, validator=n, passed=p, detail=d[:DETAIL_MAX]))
+                self.validations.append((c.number, name, passed, detail))
+            self._pending.remove(c)
+            c.passed = all(p for _, p, _ in results)
+            if not c.passed:
+                c.failure = "; ".join(f"{n}: {d}" for n, p, d in results if not p)
+                return c
+            self._release_before(c)
+        return None
+
+    def _release_before(self, good: _Commit) -> None:
+        """Release snapshots older than ``good``: they can no longer be rollback targets."""
+        keep = []
+        for c in self._commits:
+            if c.number < good.number and c.snapshot is not None:
+                self.engine.release(c.snapshot)
+                c.snapshot = None
+            else:
+                keep.append(c)
+        self._commits = keep
+
+    def _wait_validations(self) -> None:
+        for c in self._commits:
+            if c.validation is not None:
+                c.validation.exception()  # wait; results are read later
+
+    # ----------------------------------------------------------------------------- rollback
+    def _rollback(self, failed: _Commit) -> None:
+        eng = self.engine
+        idx = self._commits.index(failed)
+        if idx == 0 or self._commits[idx - 1].passed is not True:
+            raise RuntimeFailure(f"validation of commit {failed.number} failed and no earlier commit is known "
+                                 f"good: {failed.failure}")
+        if len(self.rollbacks) >= self.max_rollbacks:
+            raise RuntimeFailure(f"giving up after {len(self.rollbacks)} rollbacks: {failed.failure}")
+        target = self._commits[idx - 1]
+        self._wait_validations()  # validation jobs read snapshot pages: let them finish first
+        eng.release(self._handle)
+        for c in self._commits[idx:]:
+            eng.release(c.snapshot)
+        self._commits = self._commits[:idx]
+        self._pending = []
+        self._attempt += 1
+        new = eng.fork(target.snapshot, sequence=self.sequence)
+        sem.set_attempt(eng, new, self._attempt)
+        self._handle = new
+        info = RollbackInfo(failed.number, target.number, target.end_step, self._attempt,
+                            f"validation of commit {failed.number} failed: {failed.failure}")
+        self._repair(target, info)
+        reason = info.reason
+        if info.repaired_anchor_pages or info.repaired_blocks:
+            reason += (f"; recomputed anchor pages {info.repaired_anchor_pages} and context blocks "
+                       f"{info.repaired_blocks}")
+        self.sink.append(lambda seq, t=target, a=self._attempt, r=reason[:DETAIL_MAX]: Rollback(
+            seq=seq, to_commit=t.number, to_step=t.end_step, attempt=a, reason=r, live_state=t.live_state()))
+        self.rollbacks.append(info)
+        self._generated = self._generated[:target.end_step]
+        self._seg_first, self._seg_tokens, self._seg_pages = target.end_step, [], []
+        self._dirty = set()
+        self._digests = dict(target.digests)
+
+    def _mismatches(self, target: _Commit) -> tuple[list[int], list[int]]:
+        eng = self.engine
+        bad_anchor = [k for k, (p, d) in enumerate(zip(self._anchor_pages, self._anchor_digests))
+                      if sem.page_digest(eng.page_bytes(p)) != d]
+        table = eng.block_table(self._handle)
+        bad_ctx = [b for b, f in sorted(target.digests.items()) if sem.page_digest(eng.page_bytes(table[b])) != f.result()]
+        return bad_anchor, bad_ctx
+
+    def _repair(self, target: _Commit, info: RollbackInfo) -> None:
+        """Recompute every restored page that differs from its recorded digest."""
+        eng = self.engine
+        bad_anchor, bad_ctx = self._mismatches(target)
+        if bad_anchor:
+            scratch = eng.add_anchors(list(self._anchor_info.tokens))
+            for k in bad_anchor:
+                eng.page_tensor(self._anchor_pages[k]).copy_(eng.page_tensor(scratch.pages[k]))
+            eng.release_anchors(scratch)
+            info.repaired_anchor_pages = bad_anchor
+        if bad_ctx:
+            context = self._prompt_tokens + self._generated[:target.end_step - 1]
+            s = eng.add_sequence(context, max_new_tokens=1, sequence=self.sequence, anchors=self._anchor_info,
+                                 window=self.window, eos_token_ids=())
+            eng.prefill([s])
+            src, dst = eng.block_table(s), eng.block_table(self._handle)
+            for b in bad_ctx:
+                eng.page_tensor(dst[b]).copy_(eng.page_tensor(src[b]))
+            eng.release(s)
+            info.repaired_blocks = bad_ctx
+        if any(self._mismatches(target)):
+            raise RuntimeFailure(f"restored state of commit {target.number} still differs after recomputation")
+
+    # ----------------------------------------------------------------------------- run
+    def _start(self, prompt) -> None:
+        eng = self.engine
+        kw = dict(sampling=self.sampling, max_new_tokens=self.max_new_tokens, sequence=self.sequence,
+                  window=self.window, stop=self.stop)
+        if self.eos_token_ids is not None:
+            kw["eos_token_ids"] = self.eos_token_ids
+        self._handle = eng.add_sequence(prompt, **kw)
+        first = eng.result(self._handle)
+        self._prompt_tokens = list(first.prompt_tokens)
+        self._prompt_len = len(self._prompt_tokens)
+        self._anchor_info = first.anchors
+        self.page_tokens = int(getattr(eng, "page_tokens", 16))
+        anchors = list(first.anchors.tokens) if first.anchors is not None else []
+        self._anchor_pages = list(first.anchors.pages) if first.anchors is not None else []
+        self._anchor_digests = [self.hasher.page_digest_now(eng.page_tensor(p)) for p in self._anchor_pages]
+        eos = self.eos_token_ids if self.eos_token_ids is not None else sorted(getattr(eng, "eos_token_ids", ()))
+        inputs = sem.ReplayInputs(prompt_tokens=self._prompt_tokens, anchor_tokens=anchors, window=self.window,
+                                  eos_token_ids=list(eos), stop=self.stop)
+        self.inputs_path = sem.inputs_path(self.ledger_path)
+        tmp = self.inputs_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(inputs.to_json())
+        os.replace(tmp, self.inputs_path)
+        commitment = self.model_commitment if self.model_commitment is not None else sem.model_commitment(eng.model)
+        genesis = Genesis(
+            seq=0, spec_version=SPEC_VERSION, hash_profile=self.hash_profile, nonce=self.nonce or os.urandom(32),
+            sequence=self.sequence, model_commitment=commitment,
+            anchor_commitment=sem.anchor_commitment(anchors, self._anchor_digests, self.hasher_fn),
+            prompt_commitment=sem.prompt_commitment(self._prompt_tokens), prompt_length=self._prompt_len,
+            page_tokens=self.page_tokens, sampling=sampling_record(self.sampling, self.max_new_tokens),
+            commit_policy=self.policy, engine=engine_identity(eng), key_name=self.key.name,
+            public_key=self.key.public_key)
+        self.sink.append(lambda seq: genesis)
+        for k, d in enumerate(self._anchor_digests):
+            used = min(self.page_tokens, len(anchors) - k * self.page_tokens)
+            self._page("anchor", k, used, done(d))
+
+    def run(self, prompt) -> SessionResult:
+        """Generate for ``prompt`` (text or token ids); return the live branch and ledger facts."""
+        t0 = time.perf_counter()
+        eng = self.engine
+        self.hasher = PageHasher()
+        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
+        self.validation = ValidationRunner(eng, self.validators)
+        self._generated, self._seg_tokens, self._seg_pages = [], [], []
+        self._seg_first, self._next_commit, self._attempt = 0, 0, 0
+        self._dirty, self._digests = set(), {}
+        self._commits, self._pending = [], []
+        self.rollbacks, self.validations = [], []
+        self._handle = None
+        finish, end = None, "error"
+        try:
+            self._start(prompt)
+            while True:
+                out = eng.step([self._handle], chunk_size=self.chunk_size)
+                if not out:
+                    if sem.finish_reason(eng, self._handle) is not None:
+                        raise RuntimeFailure("the engine finished the sequence without a final step")
+                    continue  # a prefill chunk that did not reach the last prompt token
+                rec = out[0][1]
+                self._token(rec)
+                if self.on_step is not None:
+                    self.on_step(rec)
+                self.faults.after_step(rec.step, eng, self._handle, self._anchor_pages, self._wait_validations)
+                finish = sem.finish_reason(eng, self._handle)
+                reason = sem.commit_reason(self.policy, step=rec.step, generated=self._generated,
+                                           filled_page=any(w.full for w in rec.writes), finished=finish is not None)
+                if reason is None:
+                    continue
+                c = self._commit(reason, rec.step)
+                due = [x for x in self._pending if x is not c]
+                if reason in ("prefill", "end_of_generation"):
+                    due.append(c)  # validated before going on
+                failed = self._record_validations(due)
+                if failed is not None:
+                    try:
+                        self._rollback(failed)
+                    except RuntimeFailure:
+                        end = "error"
+                        break
+                    finish = None
+                    continue
+                if finish is not None:
+                    end = sem.end_reason(finish)
+                    break
+        finally:
+            if self._handle is not None:
+                self._close(end, finish)
+        return SessionResult(
+            ledger=self.ledger_path, inputs=self.inputs_path, tokens=list(self._generated),
+            text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,
+            end_reason=end, commits=self._next_commit, rollbacks=self.rollbacks, records=len(self.sink.records),
+            checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations)
+
+    def _close(self, end: str, finish) -> None:
+        try:
+            self._wait_validations()
+            if self._commits and not self._seg_tokens:  # at a commit boundary: seal the ledger
+                last = self._commits[-1]
+                n = len(self._generated)
+                self.sink.append(lambda seq: End(seq=seq, reason=end, num_tokens=n, live_state=last.live_state()))
+                self.sink.checkpoint()
+            self.sink.flush()
+        finally:
+            self.sink.close()
+            self.validation.close()
+            self.hasher.close()
+            for c in self._commits:
+                if c.snapshot is not None:
+                    self.engine.release(c.snapshot)
+            self.engine.release(self._handle)

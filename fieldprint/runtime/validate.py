@@ -1,0 +1,111 @@
+"""Validation at each commit, asynchronous: page re-hash and pluggable policy validators.
+
+When commit ``c`` is written the runtime submits one validation job to a worker thread and
+keeps generating. The job runs, in order:
+
+1. ``kv-rehash``: re-hash every page of the commit's state - the anchor pages and every live
+   context page of the commit's copy-on-write snapshot - and compare each with the digest
+   the ledger recorded for it. Snapshot pages are never written again (the engine copies a
+   shared page before writing it), so any difference is corruption: a flipped bit in memory,
+   a buggy kernel writing out of bounds, a page freed and reused too early.
+2. each policy validator, a user function over the commit's new text (``CommitView``),
+   returning ``True``/``False`` or ``(passed, detail)``; an exception counts as a failure.
+
+The job's result is a list of ``(validator name, passed, detail)``; the runtime records it in
+the ledger at the next commit boundary (at once for the prefill and the final commit).
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from auditor.semantics import page_digest
+
+REHASH = "kv-rehash"  # name of the page re-hash validator in validation records
+
+
+@dataclass(frozen=True)
+class CommitView:
+    """What a policy validator sees of a commit."""
+
+    commit: int
+    reason: str
+    first_step: int
+    end_step: int
+    tokens: tuple[int, ...]  # the commit's new tokens
+    text: str | None  # their text (None without a tokenizer)
+    generated: tuple[int, ...]  # every token of the live branch so far
+    full_text: str | None
+
+
+class Validator:
+    """A named policy validator: ``fn(view) -> bool | (bool, str)``."""
+
+    def __init__(self, name: str, fn: Callable[[CommitView], object]):
+        self.name = name
+        self.fn = fn
+
+    def __call__(self, view: CommitView) -> tuple[bool, str]:
+        try:
+            out = self.fn(view)
+        except Exception as e:  # a crashing validator rejects the commit
+            return False, f"validator raised {type(e).__name__}: {e}"
+        if isinstance(out, tuple):
+            return bool(out[0]), str(out[1])
+        return bool(out), "ok" if out else "rejected"
+
+
+def as_validator(v) -> Validator:
+    """Return ``v`` as a Validator (plain functions are named after themselves)."""
+    return v if isinstance(v, Validator) else Validator(getattr(v, "__name__", "policy"), v)
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """One page to re-hash: where it is, which block it holds, the recorded digest."""
+
+    kind: str  # "anchor" | "context"
+    block: int
+    page: int  # physical page id
+    expected: Future  # Future[bytes] of the recorded digest
+
+
+def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
+    """Re-hash every page and compare with its recorded digest; name the first mismatch."""
+    bad = []
+    for c in checks:
+        actual = page_digest(engine.page_bytes(c.page))
+        if actual != c.expected.result():
+            bad.append((c, actual))
+    if not bad:
+        return True, f"{len(checks)} pages match their recorded digests"
+    c, actual = bad[0]
+    return False, (f"{len(bad)} of {len(checks)} pages differ from their recorded digests; first: {c.kind} block "
+                   f"{c.block} (physical page {c.page}) hashes to {actual.hex()[:16]}, recorded "
+                   f"{c.expected.result().hex()[:16]}")
+
+
+class ValidationRunner:
+    """One worker thread running validation jobs in commit order."""
+
+    def __init__(self, engine, validators: Sequence = ()):
+        self.engine = engine
+        self.validators = [as_validator(v) for v in validators]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-validate")
+
+    def names(self) -> list[str]:
+        return [REHASH] + [v.name for v in self.validators]
+
+    def _job(self, checks, view) -> list[tuple[str, bool, str]]:
+        out = [(REHASH, *rehash(self.engine, checks))]
+        for v in self.validators:
+            out.append((v.name, *v(view)))
+        return out
+
+    def submit(self, checks: Sequence[PageCheck], view: CommitView) -> Future:
+        """Queue the validation of one commit; return a Future of its results."""
+        return self._pool.submit(self._job, list(checks), view)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
