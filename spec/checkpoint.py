@@ -74,11 +74,15 @@ def checkpoint_hash(body: bytes, hasher: Hasher) -> bytes:
     return hasher(body)
 
 
+def sign_note(text: bytes, key: SigningKey) -> bytes:
+    """Return a signed note: ``text`` (ending in a newline), a blank line, one signature line by ``key``."""
+    sig = key_id_bytes(key.verifier) + key.sign(text)
+    return text + f"\n{SIGNATURE_DASH} {key.name} {b64encode(sig)}\n".encode("utf-8")
+
+
 def sign_checkpoint(checkpoint: Checkpoint, key: SigningKey) -> bytes:
-    """Return the signed note: note text, blank line, one signature line by ``key``."""
-    body = checkpoint.body()
-    sig = key_id_bytes(key.verifier) + key.sign(body)
-    return body + f"\n{SIGNATURE_DASH} {key.name} {b64encode(sig)}\n".encode("utf-8")
+    """Return the signed checkpoint: its note text, a blank line, one signature line by ``key``."""
+    return sign_note(checkpoint.body(), key)
 
 
 def key_id_bytes(verifier: Verifier) -> bytes:
@@ -130,10 +134,8 @@ def _parse_signature_line(line: str) -> NoteSignature:
     return NoteSignature(parts[0], int.from_bytes(raw[:4], "big"), raw[4:])
 
 
-def parse_signed_checkpoint(note: bytes) -> tuple[Checkpoint, bytes, list[NoteSignature]]:
-    """Parse a signed checkpoint strictly; return (checkpoint, note text, signatures).
-
-    Signatures are not checked here; use ``verify_signed_checkpoint``."""
+def parse_note(note: bytes) -> tuple[bytes, list[NoteSignature]]:
+    """Split a signed note strictly into (note text, signatures); signatures are not checked."""
     note = bytes(note)
     if len(note) > MAX_NOTE_BYTES:
         raise _fail("checkpoint-format", f"signed note is {len(note)} bytes, more than {MAX_NOTE_BYTES}")
@@ -150,16 +152,15 @@ def parse_signed_checkpoint(note: bytes) -> tuple[Checkpoint, bytes, list[NoteSi
     sig_lines = sig_block[:-1].split("\n") if sig_block else []
     if not sig_lines or len(sig_lines) > MAX_SIGNATURES:
         raise _fail("checkpoint-format", f"signed note has {len(sig_lines)} signature lines")
-    sigs = [_parse_signature_line(line) for line in sig_lines]
-    return _parse_body(body), body.encode("utf-8"), sigs
+    return body.encode("utf-8"), [_parse_signature_line(line) for line in sig_lines]
 
 
-def verify_signed_checkpoint(note: bytes, verifier: Verifier) -> tuple[Checkpoint, bytes]:
-    """Parse ``note`` and check it carries a valid signature by ``verifier``; return (checkpoint, note text).
+def open_note(note: bytes, verifier: Verifier) -> bytes:
+    """Return the text of ``note`` if it carries a valid signature by ``verifier``.
 
     As signed-note requires, lines by other keys (other name or key ID) are ignored; a line
     by the trusted key that fails to verify rejects the note."""
-    checkpoint, body, sigs = parse_signed_checkpoint(note)
+    body, sigs = parse_note(note)
     mine = [s for s in sigs if s.name == verifier.name and s.key_id == verifier.key_id]
     if not mine:
         names = ", ".join(f"{s.name}/{s.key_id:08x}" for s in sigs)
@@ -168,4 +169,18 @@ def verify_signed_checkpoint(note: bytes, verifier: Verifier) -> tuple[Checkpoin
     for s in mine:
         if not verifier.verify(body, s.signature):
             raise _fail("checkpoint-signature", f"signature by {verifier.name} does not verify")
-    return checkpoint, body
+    return body
+
+
+def parse_signed_checkpoint(note: bytes) -> tuple[Checkpoint, bytes, list[NoteSignature]]:
+    """Parse a signed checkpoint strictly; return (checkpoint, note text, signatures).
+
+    Signatures are not checked here; use ``verify_signed_checkpoint``."""
+    body, sigs = parse_note(note)
+    return _parse_body(body.decode("utf-8")), body, sigs
+
+
+def verify_signed_checkpoint(note: bytes, verifier: Verifier) -> tuple[Checkpoint, bytes]:
+    """Check ``note`` is a checkpoint validly signed by ``verifier``; return (checkpoint, note text)."""
+    body = open_note(note, verifier)
+    return _parse_body(body.decode("utf-8")), body

@@ -146,3 +146,25 @@ def test_parser_only_raises_checkpoint_error(data):
         parse_signed_checkpoint(data)
     except CheckpointError:
         pass
+
+
+# The signed-note example of golang.org/x/mod/sumdb/note (package documentation, "Example";
+# also ExampleSign in its example_test.go): a key whose signer string's base64 contains "+",
+# and the signature Go's implementation produces. Ed25519 is deterministic (RFC 8032), so
+# signing the same text with the same key must give the same line byte for byte.
+GO_SIGNER = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+GO_VERIFIER = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_TEXT = b"If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
+GO_NOTE = GO_TEXT + "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n".encode()
+
+
+def test_interoperates_with_go_sumdb_note():
+    from spec.checkpoint import open_note, sign_note
+
+    signer, verifier = parse_signer(GO_SIGNER), parse_verifier(GO_VERIFIER)
+    assert signer.verifier == verifier and f"{verifier.key_id:08x}" == "c74f20a3"
+    assert signer.to_string() == GO_SIGNER and verifier.to_string() == GO_VERIFIER
+    assert sign_note(GO_TEXT, signer) == GO_NOTE
+    assert open_note(GO_NOTE, verifier) == GO_TEXT
+    with pytest.raises(CheckpointError):
+        open_note(GO_NOTE.replace(b"cryptography", b"cryptographY"), verifier)
