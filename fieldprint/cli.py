@@ -34,6 +34,10 @@ def _decimal(name: str, lo: Fraction, hi: Fraction | None = None, lo_open: bool 
             v = Fraction(text.strip())
         except (ValueError, ZeroDivisionError):
             raise argparse.ArgumentTypeError(f"{name} must be a decimal number, got {text!r}") from None
+        if v.numerator > 2**16 or v.denominator > 2**16:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a decimal whose reduced numerator and denominator are <= 65536, got {text}"
+            )
         if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
             rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
             raise argparse.ArgumentTypeError(f"{name} must be in {rng}, got {text}")
@@ -136,7 +140,10 @@ def cmd_quantize(args) -> int:
 def _sampling(args):
     from spec.sampling import SamplingParams
 
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(f"--temperature/--top-k/--top-p/--seed: {e}") from None
 
 
 def _load(args, quiet: bool):

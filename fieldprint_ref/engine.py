@@ -318,11 +318,13 @@ class RefEngine:
                 take = min(take, chunk_size)
             if take == 0:
                 continue
-            chunks.append(self._prepare_chunk(s, start, take))
-            fed.append((s, start, take))
+            chunk, writes = self._prepare_chunk(s, start, take)
+            chunks.append(chunk)
+            fed.append((s, start, take, writes))
         if chunks:
             logits = self.ops.forward(self.model, self.pool, chunks)
-            for (s, start, take), lg in zip(fed, logits):
+            for (s, start, take, writes), lg in zip(fed, logits):
+                s.writes += writes  # recorded only once the forward has written them
                 s.cached = start + take
                 if s.cached == len(s.context):
                     s.pending_logits = lg[-1]
@@ -333,7 +335,8 @@ class RefEngine:
         return out
 
     def _prepare_chunk(self, s: _Sequence, start: int, take: int):
-        """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches."""
+        """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches; return
+        the chunk and the page writes it will make."""
         pt = self.page_tokens
         table = s.table
         dead = [b for b in dead_blocks(start, s.window, pt) if b < len(table) and table.pages[b] != EVICTED]
@@ -347,16 +350,18 @@ class RefEngine:
             fresh = self.allocator.alloc(end - len(table))
             self.ops.zero_pages(self.pool, fresh)
             table.pages += fresh
+        writes = []
         for b in range(first, end):
             lo, hi = max(start, b * pt) - b * pt, min(start + take, (b + 1) * pt) - b * pt
-            s.writes.append(PageWrite(page=table.pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))
-        return self.ops.SequenceChunk(
+            writes.append(PageWrite(page=table.pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))
+        chunk = self.ops.SequenceChunk(
             tokens=torch.tensor(s.context[start : start + take], dtype=torch.int64, device=self.device),
             start=start,
             block_table=torch.tensor(table.pages, dtype=torch.int64, device=self.device),
             anchors=self._anchor_ref(s.anchors),
             window=s.window,
         )
+        return chunk, writes
 
     def _sample(self, s: _Sequence) -> StepRecord:
         logits = s.pending_logits

@@ -90,6 +90,8 @@ def test_console_script_end_to_end(artifact):
     [
         ("--temperature", "-1", "--temperature"),
         ("--temperature", "hot", "--temperature"),
+        ("--temperature", "0.1234567", "--temperature"),
+        ("--top-p", "1/0", "--top-p"),
         ("--top-p", "0", "--top-p"),
         ("--top-p", "1.5", "--top-p"),
         ("--top-k", "0", "--top-k"),

@@ -82,3 +82,16 @@ def test_select_engine_swaps_with_one_flag(model):
     for name in ("ref", "fast"):
         e = load_engine(name, model, num_pages=4)
         assert isinstance(e, Engine) and e.name == name
+
+
+def test_out_of_pages_mid_round_leaves_consistent_records(model):
+    e = RefEngine(model, num_pages=3)
+    h1, h2 = e.add_sequence(list(range(20))), e.add_sequence(list(range(20, 40)))
+    with pytest.raises(OutOfPagesError):
+        e.step([h1, h2])  # h1 gets 2 pages, h2 finds 1
+    e.release(h2)
+    rec = e.prefill([h1])[h1]
+    assert [(w.block, w.slot_start, w.slot_end) for w in rec.writes] == [(0, 0, 16), (1, 0, 4)]
+    want = RefEngine(model, num_pages=3).generate(list(range(20)), max_new_tokens=1)
+    assert rec.token == want.tokens[0]
+    e.check_pages()
