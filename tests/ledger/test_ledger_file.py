@@ -271,7 +271,9 @@ def test_writer_appends_fsyncs_and_recovers_a_torn_tail(tmp_path):
         LedgerWriter.create(tmp_path / "x.fpl").append_record(FULL[1])  # seq 1 first
 
 
-SEEDS = [SMALL_FILE, build_ledger_bytes(SMALL[:3], KEY, [0, 2]), FULL_FILE[:700]]
+# Seeds: every prefix of 1..8 records of the worked example (each with its checkpoints), and
+# the small sealed ledger.
+SEEDS = [SMALL_FILE] + [build_ledger_bytes(FULL[:k], KEY, checkpoint_indices(FULL[:k])) for k in range(1, 9)]
 
 
 @st.composite
