@@ -92,3 +92,27 @@ def test_window_larger_than_context_changes_nothing(model):
     a = e.generate(list(range(20)), max_new_tokens=4)
     b = e.generate(list(range(20)), max_new_tokens=4, window=1000)
     assert a.tokens == b.tokens and all(not r.evicted for r in b.steps)
+
+
+def test_fork_shares_pages_copy_on_write(model):
+    prompt = list(range(21))  # 2 blocks, the second one partly filled: the first write into it copies
+    hot = SamplingParams(temperature=1, seed=11)
+    e = RefEngine(model, num_pages=16, page_seed=4)
+    h = e.add_sequence(prompt, max_new_tokens=6, sampling=hot, sequence=0)
+    e.prefill([h])
+    f = e.fork(h, sequence=1)
+    assert e.block_table(f) == e.block_table(h)
+    assert all(e.allocator.refcount[p] == 2 for p in e.block_table(h))
+    e.check_pages()
+    while e.result(h).finish_reason is None or e.result(f).finish_reason is None:
+        e.decode([x for x in (h, f) if e.result(x).finish_reason is None])
+        e.check_pages()
+    assert e.block_table(f)[0] == e.block_table(h)[0]  # the full first page is still shared
+    assert e.block_table(f)[1] != e.block_table(h)[1]  # the partial one was copied before writing
+    alone = RefEngine(model, num_pages=16).generate(prompt, max_new_tokens=6, sampling=hot, sequences=[0])
+    assert e.result(h).tokens == alone.tokens  # the fork changed nothing for the parent
+    assert e.result(f).tokens[0] == alone.tokens[0]  # token 0 was sampled before the fork
+    e.release(h)
+    e.release(f)
+    e.check_pages()
+    assert e.allocator.num_free == 16
