@@ -11,7 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fieldprint_ref.engine import RefEngine
@@ -52,6 +52,11 @@ def run(engine, batch, target, *, sequences, sampling, chunk_size, window, max_n
 
 
 @settings(max_examples=FEW)
+# boundaries: a prompt of exactly one page, and one page + 1 with a window of one page
+@example(target=list(range(16)), others=[[5] * 17], where=1, sampling=SamplingParams(), seed_alone=None,
+         seed_batched=3, chunk_alone=None, chunk_batched=16, window=None, max_new_tokens=2)
+@example(target=list(range(17)), others=[[1], [2] * 15], where=0, sampling=SamplingParams(), seed_alone=7,
+         seed_batched=8, chunk_alone=3, chunk_batched=None, window=16, max_new_tokens=4)
 @given(
     target=prompts,
     others=st.lists(prompts, max_size=3),
