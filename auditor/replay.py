@@ -347,7 +347,10 @@ class Replayer:
         if r.reason != "error" and sem.end_reason(fin) != r.reason:
             raise self.fail("end-reason", f"end reason {r.reason}, the replay finished with {fin}", field="reason",
                             expected=r.reason, actual=sem.end_reason(fin))
-        unresolved = [c.commit for c in self.snaps if c.commit.commit in self.failed]
+        unresolved = [c.commit.commit for c in self.snaps if c.commit.commit in self.failed]
+        if r.reason == "error":
+            self.result.notes.append(f"the generation ended with reason error after {r.num_tokens} tokens "
+                                     f"(live commits that failed validation: {unresolved or 'none'})")
         if unresolved and r.reason != "error":
             raise self.fail("end-unresolved", f"generation ended although live commits {unresolved} failed "
                             "validation and were not rolled back", field="reason")

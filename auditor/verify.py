@@ -183,6 +183,7 @@ def _verify(report, path, model, trusted_key, inputs, anchors_text, replay, prog
         report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
                          "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}
         report.explained_divergences = [d.to_dict() for d in res.explained]
+        report.notes += res.notes
         if res.divergence is not None:
             d = res.divergence
             report.verdict, report.reason, report.message = "invalid", d.reason, d.message
