@@ -129,9 +129,18 @@ def train(cfg: TrainConfig, out: Path, log=print, on_step=None) -> dict:
     log(text) receives progress lines; on_step(step, steps, loss), if given, is called after
     every optimizer step (fieldprint.demo drives a progress bar with it).
     """
-    t0 = time.time()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, Path(out), log, on_step)
+    finally:  # leave the process as we found it (tests train in-process)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig, out: Path, log, on_step) -> dict:
+    t0 = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 import torch
-from conftest import edit_config, hf_model, save_hf
+from ckpts import edit_config, hf_model, save_hf
 from safetensors.torch import load_file, save_file
 
 from fieldprint.errors import CheckpointError, UnsupportedArchitectureError
