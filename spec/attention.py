@@ -36,7 +36,8 @@ class KVPool:
     @classmethod
     def allocate(cls, config, profile, num_pages: int, device="cpu") -> "KVPool":
         """Return a zeroed pool of `num_pages` pages for `config` (profile.kv_bits must be 8)."""
-        assert profile.kv_bits == 8, "the page format stores int8 K/V"
+        if profile.kv_bits != 8:
+            raise ValueError("the page format stores int8 K/V (profile.kv_bits must be 8)")
         shape = (num_pages, config.num_layers, 2, PAGE_TOKENS, config.num_kv_heads, config.head_dim + KV_SCALE_BYTES)
         return cls(torch.zeros(shape, dtype=torch.int8, device=device))
 

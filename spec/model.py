@@ -121,8 +121,7 @@ class QuantizedModel:
     def linear(self, name: str, x: torch.Tensor, act_bits: int) -> torch.Tensor:
         """Apply linear `name` to rows x (Q16) with inputs quantized to act_bits."""
         t = self.tensors
-        w = t["embed.weight"] if name == "lm_head" and self.config.tie_embeddings else t[f"{name}.weight"]
-        return ops.linear(x, act_bits, w, t[f"{name}.mul"], t[f"{name}.shift"], t.get(f"{name}.bias"))
+        return ops.linear(x, act_bits, t[f"{name}.weight"], t[f"{name}.mul"], t[f"{name}.shift"], t.get(f"{name}.bias"))
 
 
 def _positions(chunk: SequenceChunk) -> torch.Tensor:
@@ -191,5 +190,6 @@ def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk]) -> list[to
         x = ops.residual_add(x, _attention_block(model, pool, n, x, pos, chunks))
         x = ops.residual_add(x, _mlp_block(model, n, x))
     h = ops.rms_norm(x, t["final_norm.gamma"], t["rms.eps"])
-    logits = model.linear("lm_head", h, p.a_lm_head)
+    w = t["embed.weight"] if model.config.tie_embeddings else t["lm_head.weight"]
+    logits = ops.lm_head(h, p.a_lm_head, w, t["lm_head.mul"], t["lm_head.shift"])
     return list(logits.split([ch.tokens.numel() for ch in chunks]))

@@ -64,8 +64,9 @@ def rms_norm(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tensor) -> tor
 
 def sigmoid(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Return sigmoid(x) in Q16 (0..2**16) by linear interpolation in `table` (2049 entries,
-    step 2**-6 over [-16, 16]); x (Q16) is clamped to [-16, 16]. Max error vs sigmoid: 2**-16
-    (interpolation error <= (2**-6)**2 / 8 * max|sigmoid''| < 2**-17 plus table rounding 2**-17).
+    step 2**-6 over [-16, 16]); x (Q16) is clamped to [-16, 16]. Error vs sigmoid <= 1.5 * 2**-16:
+    interpolation (2**-6)**2 / 8 * max|sigmoid''| < 2**-17, table and result roundings 2**-17 each,
+    clamping sigmoid(-16) = 1.1e-7 < 2**-17.
     """
     lim = SIGMOID_DOMAIN << ACT_FRAC_BITS
     u = x.clamp(-lim, lim) + lim  # 0 .. 2**21
@@ -101,7 +102,8 @@ def exp_neg(d: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     d is clamped to 32 * 2**16 (exp(-32) < 2**-46 rounds to 0 anyway), converted to base 2:
     b = round(d * LOG2E_Q30 * 2**-30) (Q16, < 2**52 before rounding), b = n + f / 2**16; then
     2**-f by linear interpolation in the 257-entry table (index = top 8 bits of f), shifted by n.
-    Relative error < 2**-16 (base-2 rounding 2**-17 * ln 2, interpolation < 2**-19, table 2**-31).
+    |result - 2**30 exp(-d/2**16)| <= 2**-16 * 2**30 exp(-d/2**16) + 2 (base-2 rounding
+    2**-17 * ln 2 relative, interpolation < 2**-19 relative, table and shift roundings 1 unit each).
     """
     b = round_shift(d.clamp(0, 32 << ACT_FRAC_BITS) * LOG2E_Q30, 30)
     n, f = b >> ACT_FRAC_BITS, b & ((1 << ACT_FRAC_BITS) - 1)
@@ -114,5 +116,6 @@ def exp_neg(d: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def lm_head(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Return the Q16 logits [N, vocab] of the final-normed rows x: a `linear` with no bias."""
+    """Return the Q16 logits [N, vocab] of the final-normed rows x: a `linear` with no bias
+    (a tied head passes `embed.weight` with the `lm_head.mul`/`lm_head.shift` multipliers)."""
     return linear(x, act_bits, weight, mul, shift)

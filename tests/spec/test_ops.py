@@ -120,3 +120,39 @@ def test_residual_add_saturates(a, b):
     y = ops.residual_add(a, b)
     assert int(y.abs().max()) <= ACT_MAX
     assert torch.equal(y, (a + b).clamp(-ACT_MAX, ACT_MAX))
+
+
+# -- attention operators ------------------------------------------------------------------------
+from spec import attention  # noqa: E402
+from spec.constants import SCORE_MAX  # noqa: E402
+
+
+@given(int_tensor((3, 4, 8)), int_tensor((5, 2, 8)), st.integers(2, 16))
+def test_scores_range(q, k, q_bits):
+    s = attention.scores(q, q_bits, attention.pack_rows(k))
+    assert s.shape == (4, 3, 5) and int(s.abs().max()) <= SCORE_MAX
+
+
+@given(int_tensor((2, 3, 9), lo=-SCORE_MAX, hi=SCORE_MAX), st.integers(0, 2**31), st.integers(1, 30))
+def test_softmax_range_and_sum(s, seed, prob_bits):
+    vis = torch.rand(2, 3, 9, generator=torch.Generator().manual_seed(seed)) < 0.5
+    vis[..., 0] = True  # every row sees at least one key
+    p = attention.softmax(s, vis, EXP, prob_bits)
+    assert int(p.min()) >= 0 and bool((p.sum(-1) <= 2**prob_bits).all())
+    assert bool((p[~vis] == 0).all())
+    assert bool((p.amax(-1) >= 2**prob_bits // vis.sum(-1)).all())  # the maximum gets >= 1/L
+
+
+@given(int_tensor((4, 3, 6), lo=0, hi=2**15), int_tensor((6, 2, 8)))
+def test_mix_values_range(p, v):
+    p = p * (2**15) // p.sum(-1, keepdim=True).clamp(min=2**15)  # any p >= 0 with sum <= 2**15
+    rows = attention.pack_rows(v)
+    o = attention.mix_values(p, rows, 15)
+    vmax = int(quant_dequant(rows).abs().max())
+    assert o.shape == (3, 4, 8) and int(o.abs().max()) <= vmax <= ACT_MAX
+
+
+def quant_dequant(rows):
+    from spec.quant import dequantize_rows
+
+    return dequantize_rows(*attention.unpack_rows(rows))
