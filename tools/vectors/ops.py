@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import blake3
 import torch
 
 from spec import attention, ops, quant, sampling
+from spec.convert import quantize_model
+from spec.model import AnchorRef, ModelConfig, QuantizedModel, SequenceChunk, forward
+from spec.profiles import PROFILES, PrecisionProfile
 from spec.constants import ACT_MAX, RMS_EPS_FRAC_BITS
 from spec.tables import exp2_table, rope_tables, sigmoid_table
 
@@ -26,7 +30,7 @@ COS, SIN = rope_tables(8, 10000.0, 16)
 def enc(t) -> dict | int:
     """Encode a tensor (or pass an int through)."""
     if not isinstance(t, torch.Tensor):
-        return int(t)
+        return t
     out = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "data": t.flatten().tolist()}
     if t.dtype == torch.int8:
         out["hex"] = t.contiguous().numpy().tobytes().hex()
@@ -55,6 +59,70 @@ def _extreme_rows(k: int) -> torch.Tensor:
     return torch.stack([torch.full((k,), ACT_MAX), torch.full((k,), -ACT_MAX), torch.zeros(k, dtype=torch.int64), spike, alt])
 
 
+# -- an end-to-end case: a tiny random model, anchors, a window, chunked prefill and decode ------
+TINY = ModelConfig(arch="qwen2", vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2, num_heads=4,
+                   num_kv_heads=2, head_dim=4, rope_theta=10000.0, rms_norm_eps=1e-5, max_position=48,
+                   tie_embeddings=False, qkv_bias=True)
+
+
+def _tiny_state(c: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Return float32 weights (HF Llama names) drawn N(0, 0.3) from one generator, in a fixed order."""
+    g, st = torch.Generator().manual_seed(seed), {}
+    kvd, qd = c.num_kv_heads * c.head_dim, c.num_heads * c.head_dim
+
+    def put(name, *shape, mean=0.0):
+        st[name] = torch.randn(*shape, generator=g) * 0.3 + mean
+
+    put("model.embed_tokens.weight", c.vocab_size, c.hidden_size)
+    for n in range(c.num_layers):
+        p = f"model.layers.{n}."
+        for s_, o in (("q", qd), ("k", kvd), ("v", kvd)):
+            put(f"{p}self_attn.{s_}_proj.weight", o, c.hidden_size)
+            put(f"{p}self_attn.{s_}_proj.bias", o)
+        put(f"{p}self_attn.o_proj.weight", c.hidden_size, qd)
+        put(f"{p}mlp.gate_proj.weight", c.intermediate_size, c.hidden_size)
+        put(f"{p}mlp.up_proj.weight", c.intermediate_size, c.hidden_size)
+        put(f"{p}mlp.down_proj.weight", c.hidden_size, c.intermediate_size)
+        put(f"{p}input_layernorm.weight", c.hidden_size, mean=1.0)
+        put(f"{p}post_attention_layernorm.weight", c.hidden_size, mean=1.0)
+    put("model.norm.weight", c.hidden_size, mean=1.0)
+    put("lm_head.weight", c.vocab_size, c.hidden_size)
+    return st
+
+
+def _chunk_json(tokens, start, table, anchor_table=None, anchor_len=0, window=None) -> dict:
+    return {"tokens": tokens, "start": start, "block_table": table, "anchor_block_table": anchor_table,
+            "anchor_length": anchor_len, "window": window}
+
+
+def run_forward(a: dict) -> dict:
+    """Run `calls` (a list of forward calls, each a list of chunks) on a fresh pool; return every
+    call's logits and the BLAKE3 of every page afterwards."""
+    tensors = {k: dec(v) for k, v in a["tensors"].items()}
+    model = QuantizedModel(ModelConfig.from_dict(a["config"]), PrecisionProfile.from_dict(a["profile"]), tensors)
+    pool = attention.KVPool.allocate(model.config, model.profile, a["num_pages"])
+    logits = []
+    for call in a["calls"]:
+        chunks = [SequenceChunk(torch.tensor(c["tokens"]), c["start"], torch.tensor(c["block_table"]),
+                                AnchorRef(torch.tensor(c["anchor_block_table"]), c["anchor_length"]) if c["anchor_length"] else None,
+                                c["window"]) for c in call]
+        logits += forward(model, pool, chunks)
+    pages = [blake3.blake3(pool.page_bytes(p)).hexdigest() for p in range(a["num_pages"])]
+    return {f"logits_{i}": t for i, t in enumerate(logits)} | {"page_blake3": pages}
+
+
+def _forward_args(profile: str) -> dict:
+    model = quantize_model(TINY, _tiny_state(TINY, 20), PROFILES[profile])
+    toks = _rand(21, (40,), 0, TINY.vocab_size - 1).tolist()
+    calls = [  # anchors (5 tokens) into page 3; two sequences over pages [0, 1] and [2, 4]
+        [_chunk_json(toks[:5], 0, [3])],
+        [_chunk_json(toks[5:22], 0, [0, 1], [3], 5, None), _chunk_json(toks[22:30], 0, [2, 4], [3], 5, 6)],
+        [_chunk_json(toks[30:31], 17, [0, 1], [3], 5, None), _chunk_json(toks[31:40], 8, [2, 4], [3], 5, 6)],
+    ]
+    return {"config": TINY.to_dict(), "profile": model.profile.to_dict(), "num_pages": 5, "calls": calls,
+            "tensors": {k: enc(v) for k, v in sorted(model.tensors.items())}}
+
+
 # -- how each operator is called: args dict -> expected dict ------------------------------------
 CALL = {
     "round_shift": lambda a: {"y": quant.round_shift(a["x"], a["s"])},
@@ -79,6 +147,7 @@ CALL = {
     "mix_values": lambda a: {"o": attention.mix_values(a["p"], a["v_rows"], a["prob_bits"])},
     "tables": lambda a: {"exp2": exp2_table(), "sigmoid": sigmoid_table()},
     "rng_u128": lambda a: {"u_hex": format(sampling.rng_u128(a["seed"], a["sequence"], a["step"], a["attempt"]), "032x")},
+    "forward": run_forward,
     "sample": lambda a: {"token": sampling.sample(a["logits"], sampling.SamplingParams.from_dict(a["params"]),
                                                   a["sequence"], a["step"], a["attempt"])},
 }
@@ -149,6 +218,11 @@ def _cases() -> dict[str, dict[str, tuple[str, dict]]]:
         "softmax": {"anchors-and-causal": ("2 anchors + 5 context keys, causal rows", dict(s=s, visible=vis, table=EXP, prob_bits=15))},
         "mix_values": {"gqa": ("probabilities times dequantized V", dict(p=p, v_rows=vrows, prob_bits=15))},
         "tables": {"exp2-sigmoid": ("the 2**-f and sigmoid tables", {})},
+        "forward": {
+            "tiny-qwen2-default": ("2-layer qwen2 (biases, GQA 4/2): anchors, a window of 6, batched chunked prefill, decode",
+                                   _forward_args("default")),
+            "tiny-qwen2-int8": ("the same calls under the int8 profile", _forward_args("int8")),
+        },
         "rng_u128": {"counters": ("counter (seed, sequence, step, attempt)", dict(seed=2**64 - 1, sequence=1, step=2, attempt=3))},
         "sample": {
             "greedy-tie": ("ties go to the lowest id", dict(logits=torch.tensor([5, 9, 9, -1]), params=sampling.SamplingParams().to_dict(), sequence=0, step=0, attempt=0)),
@@ -160,8 +234,8 @@ def _cases() -> dict[str, dict[str, tuple[str, dict]]]:
 
 def case_json(op: str, desc: str, args: dict) -> dict:
     """Return the JSON object of one case: inputs and what the spec computes from them."""
-    expected = {k: enc(v) if not isinstance(v, str) else v for k, v in CALL[op](args).items()}
-    enc_args = {k: v if isinstance(v, (dict, str)) and not isinstance(v, torch.Tensor) else enc(v) for k, v in args.items()}
+    expected = {k: v if isinstance(v, (str, list)) else enc(v) for k, v in CALL[op](args).items()}
+    enc_args = {k: enc(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     return {"desc": desc, "op": op, "args": enc_args, "expected": expected}
 
 
