@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -204,3 +205,51 @@ def load_signing_key(data: bytes, name: str | None = None) -> SigningKey:
     if len(data) == SEED_SIZE:
         return SigningKey(check_key_name(name), bytes(data))
     raise KeyFormatError("key-format", "key file is neither a signer string, a PEM key nor a 32-byte seed")
+
+
+# -- key files (`fieldprint keygen` writes these; engines and auditors read them) ---------
+
+
+def write_private_key_file(path, key: SigningKey, fmt: str = "note") -> None:
+    """Write ``key`` to a new file readable only by its owner: ``note`` (signer string) or ``pem``."""
+    if fmt not in ("note", "pem"):
+        raise KeyFormatError("key-format", f"unknown private key format {fmt!r} (note or pem)")
+    data = (key.to_string() + "\n").encode() if fmt == "note" else key.to_pem()
+    _write_new(path, data, 0o600)
+
+
+def write_public_key_file(path, verifier: Verifier) -> None:
+    """Write the verifier string of a public key to a new file."""
+    _write_new(path, (verifier.to_string() + "\n").encode(), 0o644)
+
+
+def read_private_key_file(path, name: str | None = None) -> SigningKey:
+    """Read a private key file (signer string, PKCS#8 PEM or raw seed; see ``load_signing_key``)."""
+    return load_signing_key(_read(path), name)
+
+
+def read_public_key_file(path) -> Verifier:
+    """Read a public key file holding one verifier string."""
+    try:
+        return parse_verifier(_read(path).decode("ascii"))
+    except UnicodeDecodeError:
+        raise KeyFormatError("key-format", f"{os.fspath(path)} is not an ASCII verifier string") from None
+
+
+def _write_new(path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:
+        raise KeyFormatError("io", f"cannot create {os.fspath(path)}: {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise KeyFormatError("io", f"cannot read {os.fspath(path)}: {e.strerror}") from None

@@ -168,3 +168,23 @@ def test_interoperates_with_go_sumdb_note():
     assert open_note(GO_NOTE, verifier) == GO_TEXT
     with pytest.raises(CheckpointError):
         open_note(GO_NOTE.replace(b"cryptography", b"cryptographY"), verifier)
+
+
+def test_key_files(tmp_path):
+    import os
+    import stat
+
+    from spec.keys import read_private_key_file, read_public_key_file, write_private_key_file, write_public_key_file
+
+    key = generate_signing_key("example.com/engine-1")
+    write_private_key_file(tmp_path / "k.key", key)
+    write_private_key_file(tmp_path / "k.pem", key, fmt="pem")
+    write_public_key_file(tmp_path / "k.pub", key.verifier)
+    assert stat.S_IMODE(os.stat(tmp_path / "k.key").st_mode) == 0o600
+    assert read_private_key_file(tmp_path / "k.key") == key
+    assert read_private_key_file(tmp_path / "k.pem", name=key.name) == key
+    assert read_public_key_file(tmp_path / "k.pub") == key.verifier
+    with pytest.raises(KeyFormatError):
+        write_private_key_file(tmp_path / "k.key", key)  # never overwrites
+    with pytest.raises(KeyFormatError):
+        read_public_key_file(tmp_path / "missing.pub")
