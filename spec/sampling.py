@@ -99,8 +99,9 @@ def keep_mask(logits: torch.Tensor, w: torch.Tensor, top_k: int | None, top_p: F
         keep[order[:top_k]] = True
     if top_p is not None and top_p < 1:
         order = torch.sort(-torch.where(keep, w, -1), stable=True).indices[: int(keep.sum())]
-        run = torch.cumsum(w[order], 0)  # <= vocab * 2**30; times denominator <= 2**16: < 2**63
-        cut = int(torch.nonzero(run * top_p.denominator >= top_p.numerator * int(run[-1]))[0, 0]) + 1
+        run = torch.cumsum(w[order], 0)  # <= vocab * 2**30 < 2**63
+        need = -(-top_p.numerator * int(run[-1]) // top_p.denominator)  # ceil(c W / d), exact Python int
+        cut = int(torch.nonzero(run >= need)[0, 0]) + 1  # S >= ceil(cW/d)  <=>  S d >= c W
         keep = torch.zeros_like(keep)
         keep[order[:cut]] = True
     return keep

@@ -89,3 +89,11 @@ def test_params_canonical_forms():
     p = SamplingParams(temperature=0.7, top_k=5, top_p="0.90", seed=1)
     assert p.temperature == Fraction(7, 10) and p.top_p == Fraction(9, 10)
     assert SamplingParams.from_dict(p.to_dict()) == p
+
+
+def test_top_p_exact_for_large_vocab():
+    """200k equal weights: W ~ 2**47.6, so c * W would overflow int64 with d = 2**16."""
+    logits = torch.zeros(200_000, dtype=torch.int64)
+    p = Fraction(65535, 65536)
+    keep = keep_mask(logits, weights(logits, Fraction(1)), None, p)
+    assert int(keep.sum()) == -(-200_000 * 65535 // 65536)  # the smallest count reaching p
