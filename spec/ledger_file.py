@@ -50,9 +50,10 @@ from spec.checkpoint import (
     sign_checkpoint,
     verify_signed_checkpoint,
 )
-from spec.keys import SigningKey, Verifier
+from spec.keys import SigningKey, Verifier, check_key_name
 from spec.ledger import (
     HASH_PROFILES,
+    SPEC_VERSION,
     ZERO_DIGEST,
     Commit,
     End,
@@ -568,6 +569,13 @@ class _Walk:
 
 def _start(read: LedgerRead, e: Entry, trusted: Verifier | None, report: LedgerReport):
     genesis: Genesis = e.record
+    if genesis.spec_version != SPEC_VERSION:
+        raise SequenceError("spec-version", f"genesis names spec {genesis.spec_version!r}, this verifier "
+                            f"implements {SPEC_VERSION!r}", index=0, offset=e.offset)
+    try:
+        check_key_name(genesis.key_name)
+    except LedgerError as err:
+        raise SequenceError("genesis-key", err.message, index=0, offset=e.offset) from None
     if genesis.hash_profile != read.hash_profile:
         raise SequenceError("profile-mismatch", f"genesis names {genesis.hash_profile}, file header "
                             f"{read.hash_profile}", index=0, offset=e.offset)
