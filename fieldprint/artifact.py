@@ -297,7 +297,7 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
             raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
         st.stage("hashing source files", 2)
         source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]}}
-        extra = {"eos_token_ids": ckpt.eos_token_ids, "bos_token_id": ckpt.bos_token_id,
+        extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id,
                  "sliding_window": ckpt.sliding_window}
         st.stage(f"committing and writing {out_dir}", 3)
         return save_artifact(model, out_dir, ckpt.tokenizer_path, source=source, extra=extra)

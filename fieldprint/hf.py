@@ -246,9 +246,9 @@ def check_safetensors(path: Path, error=CheckpointError) -> dict[str, dict]:
         pos = end
     data = size - 8 - n
     if data < pos:
-        last = spans[-1][2] if spans else "?"
+        cut = next(name for b, end, name in spans if end > data)
         raise error(f"{path}: truncated safetensors file ({data} data bytes, header needs {pos}; "
-                    f"tensor '{last}' is cut off)")
+                    f"tensor '{cut}' is cut off)")
     if data > pos:
         raise error(f"{path}: corrupt safetensors file ({data - pos} trailing bytes after the last tensor)")
     return header

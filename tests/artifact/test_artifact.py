@@ -202,3 +202,17 @@ def test_refuses_to_replace_other_folders(_art, tmp_path):
     with pytest.raises(ArtifactError, match="not a Fieldprint artifact"):
         save_artifact(load_artifact(_art[0]).model, out, _art[0] / "tokenizer.json")
     assert (out / "notes.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("arch,kv,tied", [("llama", 4, True), ("mistral", 2, False), ("qwen2", 2, True)])
+def test_quantize_every_architecture(arch, kv, tied, tmp_path):
+    from ckpts import hf_model, save_hf
+
+    hf = save_hf(hf_model(arch, kv, tied, sliding_window=16) if arch == "mistral" else hf_model(arch, kv, tied),
+                 tmp_path / "hf")
+    info = quantize_checkpoint(hf, tmp_path / "art", "int8", progress=False)
+    loaded = load_artifact(tmp_path / "art")
+    assert loaded.commitment == info.commitment
+    assert (loaded.model.config.arch, loaded.model.config.qkv_bias) == (arch, arch == "qwen2")
+    assert loaded.manifest["sliding_window"] == (16 if arch == "mistral" else None)
+    assert ("layers.0.q.bias" in loaded.model.tensors) == (arch == "qwen2")
