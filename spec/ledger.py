@@ -252,10 +252,9 @@ class Wire:
 
 def _from_hex(value):
     if isinstance(value, str):
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            raise ValueError("expected lowercase hex") from None
+        if len(value) % 2 or value.strip("0123456789abcdef"):
+            raise ValueError("expected lowercase hex")
+        return bytes.fromhex(value)
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     return value

@@ -95,7 +95,8 @@ def test_json_rejects_malformed():
     good = TokenStep(seq=1, step=0, attempt=0, token=5, logits_digest=bytes(32))
     d = json.loads(record_to_json(good))
     for bad in ({**d, "token": -1}, {**d, "token": 2**32}, {**d, "logits_digest": "00"}, {**d, "extra": 1},
-                {**d, "type": "nope"}, {**d, "token": "5"}, {**d, "logits_digest": "zz" * 32}):
+                {**d, "type": "nope"}, {**d, "token": "5"}, {**d, "logits_digest": "zz" * 32},
+                {**d, "logits_digest": "AB" * 32}, {**d, "logits_digest": " " + "ab" * 31 + "a"}):
         with pytest.raises(EncodingError):
             record_from_json(json.dumps(bad))
 
