@@ -13,6 +13,7 @@ this same class over ``fieldprint_fast.ops``.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -514,4 +515,6 @@ def _model_on(model, device: torch.device):
     """Return ``model`` with its tensors on ``device`` (the same object when already there)."""
     if all(t.device == device for t in model.tensors.values()):
         return model
-    return type(model)(model.config, model.profile, {k: v.to(device) for k, v in model.tensors.items()})
+    moved = copy.copy(model)  # already validated: only the tensors move
+    moved.tensors = {k: v.to(device) for k, v in model.tensors.items()}
+    return moved
