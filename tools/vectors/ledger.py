@@ -249,7 +249,7 @@ def layouts_markdown() -> str:
             out.append(f"| {offset if offset is not None else '…'} | `{name}` | {desc} |")
             offset = None if offset is None or size is None else offset + size
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
