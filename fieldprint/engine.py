@@ -77,6 +77,9 @@ class Engine(Protocol):
     model: object  # spec.model.QuantizedModel
     pool: object  # spec.attention.KVPool
     tokenizer: object | None  # tokenizers.Tokenizer, or None (token ids only)
+    page_tokens: int  # spec.constants.PAGE_TOKENS
+    eos_token_ids: frozenset[int]  # default end-of-sequence ids of new sequences
+    device: torch.device
 
     def __init__(
         self,
@@ -152,6 +155,12 @@ class Engine(Protocol):
 
     def fork(self, handle: int, *, sequence: int | None = None, sampling=None) -> int:
         """Return a new sequence sharing ``handle``'s pages copy-on-write."""
+
+    def set_attempt(self, handle: int, attempt: int) -> None:
+        """Sample the sequence's next tokens with RNG counter ``attempt`` (a rollback's retry)."""
+
+    def finish_reason(self, handle: int) -> str | None:
+        """Return why a sequence finished ("eos", "stop", "length", "max_position"), or None."""
 
     def release(self, handle: int) -> list[int]:
         """Free a sequence's pages and its hold on its anchors; return the pages freed."""

@@ -272,6 +272,16 @@ class RefEngine:
         )
         return new
 
+    def set_attempt(self, handle: int, attempt: int) -> None:
+        """Sample the sequence's next tokens with RNG counter ``attempt`` (a rollback's retry)."""
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 2**64:
+            raise SamplingParamError(f"attempt must be an integer in [0, 2**64), got {attempt!r}")
+        self._seq(handle).attempt = attempt
+
+    def finish_reason(self, handle: int) -> str | None:
+        """Return why the sequence finished ("eos", "stop", "length", "max_position"), or None."""
+        return self._sequences[handle].finish_reason if handle in self._sequences else self._seq(handle).finish_reason
+
     def release(self, handle: int) -> list[int]:
         """Free a sequence's pages (and its hold on its anchors); return the pages freed."""
         s = self._seq(handle)

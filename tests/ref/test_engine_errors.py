@@ -95,3 +95,23 @@ def test_out_of_pages_mid_round_leaves_consistent_records(model):
     want = RefEngine(model, num_pages=3).generate(list(range(20)), max_new_tokens=1)
     assert rec.token == want.tokens[0]
     e.check_pages()
+
+
+def test_set_attempt_changes_the_rng_counter_only(model):
+    from spec.sampling import SamplingParams
+
+    hot = SamplingParams(temperature=2, seed=5)
+    e = RefEngine(model, num_pages=8)
+    runs = []
+    for attempt in (0, 0, 1):
+        h = e.add_sequence([1, 2, 3], sampling=hot, max_new_tokens=6, sequence=0)
+        e.set_attempt(h, attempt)
+        e.prefill([h])
+        while e.finish_reason(h) is None:
+            e.decode([h])
+        assert e.finish_reason(h) == "length"
+        runs.append(([r.attempt for r in e.result(h).steps], e.result(h).tokens))
+        e.release(h)
+    assert runs[0] == runs[1] and runs[2][0] == [1] * 6 and runs[2][1] != runs[0][1]
+    with pytest.raises(SamplingParamError, match="attempt"):
+        e.set_attempt(e.add_sequence([1]), -1)
