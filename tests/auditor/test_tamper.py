@@ -1,0 +1,347 @@
+"""Tamper suite on a real generated ledger: every mutation is rejected with a precise reason,
+none crashes the auditor, none is accepted.
+
+Byte-level damage (flips, truncations, reordering, deletion, duplication) is caught before the
+replay, so those cases run with ``replay=False``; forgeries that keep every frame, signature and
+sequence rule intact (an engine that signs a lie with its own key) need the replay."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fp_fixtures as fx
+from auditor.semantics import ReplayInputs, read_inputs
+from auditor.verify import verify_ledger
+from fieldprint.runtime.faults import FaultPlan
+from spec.keys import SigningKey
+from spec.ledger import Commit, Genesis, KVPage, Rollback, TokenStep, Validation
+from spec.ledger_file import FRAME_CHECK_SIZE, FRAME_HEADER_SIZE, HEADER_SIZE, build_ledger_bytes, parse_ledger_bytes
+
+STRUCTURAL = {"frame-checksum", "frame-header-checksum", "frame-reserved", "frame-kind", "frame-too-large",
+              "truncated-frame", "record-seq", "step-order", "commit-range", "commit-tokens", "commit-pages",
+              "checkpoint-missing", "checkpoint-root", "checkpoint-size", "checkpoint-prev", "checkpoint-origin",
+              "checkpoint-signature", "checkpoint-untrusted-key", "checkpoint-format", "checkpoint-consistency",
+              "checkpoint-before-genesis", "genesis-not-first", "duplicate-genesis", "record-after-end",
+              "validation-commit", "rollback-target", "rollback-uncommitted", "rollback-attempt", "end-count",
+              "end-uncommitted", "step-attempt", "key-mismatch", "not-sealed", "commit-index"}
+
+
+@pytest.fixture(scope="module")
+def ledgers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tamper")
+    clean = fx.generate(d / "clean.fpl")
+    other = fx.generate(d / "other.fpl", nonce=b"\x08" * 32)  # same run, another origin
+    rolled = fx.generate(d / "rolled.fpl", faults=FaultPlan(reject_commits={2}))
+    return {"clean": clean, "other": other, "rolled": rolled}
+
+
+def frames(data: bytes) -> list[tuple[int, int, object]]:
+    """Return (start, end, entry) for every frame of a ledger."""
+    read = parse_ledger_bytes(data)
+    return [(e.offset, e.offset + FRAME_HEADER_SIZE + len(e.payload) + FRAME_CHECK_SIZE, e) for e in read.entries]
+
+
+def check(tmp_path, data: bytes, inputs, name="t.fpl", replay=False, **kw):
+    """Verify ``data``; it must not be accepted and must say why."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier, inputs=inputs, replay=replay, **kw)
+    assert rep.verdict != "valid", f"accepted: {rep.to_json()}"
+    assert rep.reason and rep.message, rep.to_json()
+    return rep
+
+
+def rebuild(records, key: SigningKey, cps) -> bytes:
+    return build_ledger_bytes(records, key, checkpoint_after=cps)
+
+
+def layout(data: bytes):
+    """Return (records, indices of records followed by a checkpoint)."""
+    recs, cps = [], []
+    for e in parse_ledger_bytes(data).entries:
+        if e.record is not None:
+            recs.append(e.record)
+        else:
+            cps.append(len(recs) - 1)
+    return recs, cps
+
+
+# -- bytes ---------------------------------------------------------------------------------------------
+
+
+def test_rebuild_reproduces_the_file(ledgers):
+    data = open(ledgers["clean"].ledger, "rb").read()
+    recs, cps = layout(data)
+    assert rebuild(recs, fx.key(), cps) == data
+
+
+def test_every_header_bit_flip(tmp_path, ledgers):
+    data = open(ledgers["clean"].ledger, "rb").read()
+    for bit in range(HEADER_SIZE * 8):
+        b = bytearray(data)
+        b[bit // 8] ^= 1 << (bit % 8)
+        rep = check(tmp_path, bytes(b), ledgers["clean"].inputs)
+        assert rep.reason in {"bad-magic", "header-checksum", "bad-version", "bad-profile"}, rep.reason
+
+
+def test_a_bit_flip_in_every_byte_of_every_frame(tmp_path, ledgers):
+    """One flip per byte after the header (bit = offset mod 8, so all 8 positions occur in every
+    field): the report names the frame that holds the flipped byte."""
+    data = open(ledgers["clean"].ledger, "rb").read()
+    fr = frames(data)
+    kinds = set()
+    for start, end, entry in fr:
+        kinds.add(type(entry.record).__name__ if entry.record is not None else "checkpoint")
+        for i in range(start, end):
+            b = bytearray(data)
+            b[i] ^= 1 << (i % 8)
+            rep = check(tmp_path, bytes(b), ledgers["clean"].inputs)
+            assert rep.verdict == "invalid" and rep.reason in STRUCTURAL, (i, rep.reason)
+            assert rep.divergence["offset"] == start, (i, rep.divergence)
+    assert kinds == {"Genesis", "TokenStep", "KVPage", "Commit", "Validation", "End", "checkpoint"}
+
+
+def test_every_truncation_point(tmp_path, ledgers):
+    data = open(ledgers["clean"].ledger, "rb").read()
+    fr = frames(data)
+    signed_at = {}  # file length -> records covered by the last checkpoint within it
+    n, signed = 0, 0
+    for start, end, entry in fr:
+        if entry.record is not None:
+            n += 1
+        else:
+            signed = entry.checkpoint.size
+        signed_at[end] = signed
+    for cut in range(len(data)):
+        rep = check(tmp_path, data[:cut], ledgers["clean"].inputs)
+        if cut < HEADER_SIZE:
+            assert rep.verdict == "unreadable" and rep.reason in ("truncated-header", "bad-magic")
+            continue
+        assert rep.verdict == "incomplete" and rep.exit_code == 3, (cut, rep.to_json())
+        expect = max([v for e, v in signed_at.items() if e <= cut], default=0)
+        assert rep.verified_records == expect, (cut, rep.verified_records, expect)
+
+
+def test_truncated_at_each_checkpoint_replays_the_signed_prefix(tmp_path, ledgers):
+    data = open(ledgers["clean"].ledger, "rb").read()
+    cuts = [end for start, end, e in frames(data) if e.checkpoint is not None][:-1]
+    for cut in cuts[::2]:
+        rep = check(tmp_path, data[:cut], ledgers["clean"].inputs, replay=True)
+        assert rep.verdict == "incomplete" and rep.replay["steps"] > 0, rep.to_json()
+        assert rep.unsigned_records == 0 and "did not finish" in rep.message
+
+
+@pytest.mark.parametrize("op", ["delete", "duplicate", "swap"])
+def test_record_and_checkpoint_frames_reordered_deleted_duplicated(tmp_path, ledgers, op):
+    data = open(ledgers["rolled"].ledger, "rb").read()
+    fr = frames(data)
+    for k in range(len(fr) - (op == "swap")):
+        parts = [data[s:e] for s, e, _ in fr]
+        if op == "delete":
+            del parts[k]
+        elif op == "duplicate":
+            parts.insert(k, parts[k])
+        else:
+            if parts[k] == parts[k + 1]:
+                continue
+            parts[k], parts[k + 1] = parts[k + 1], parts[k]
+        rep = check(tmp_path, data[:HEADER_SIZE] + b"".join(parts), ledgers["rolled"].inputs)
+        assert rep.reason in STRUCTURAL, (op, k, rep.reason)
+        last_checkpoint = op == "delete" and k == len(fr) - 1
+        assert rep.verdict == ("incomplete" if last_checkpoint else "invalid"), (op, k, rep.to_json())
+
+
+def test_resigned_with_another_key(tmp_path, ledgers):
+    data = open(ledgers["clean"].ledger, "rb").read()
+    recs, cps = layout(data)
+    mallory = SigningKey("mallory.example/engine", b"\x33" * 32)
+    rep = check(tmp_path, rebuild(recs, mallory, cps), ledgers["clean"].inputs)
+    assert rep.reason == "checkpoint-untrusted-key" and rep.divergence["record"] == cps[0] + 1
+    g = recs[0].model_copy(update=dict(key_name=mallory.name, public_key=mallory.public_key))
+    rep = check(tmp_path, rebuild([g] + recs[1:], mallory, cps), ledgers["clean"].inputs)
+    assert rep.reason == "key-mismatch" and rep.divergence["record"] == 0
+
+
+def test_checkpoint_from_another_generation_spliced_in(tmp_path, ledgers):
+    a = open(ledgers["clean"].ledger, "rb").read()
+    b = open(ledgers["other"].ledger, "rb").read()
+    fa, fb = frames(a), frames(b)
+    cpa = [i for i, (_, _, e) in enumerate(fa) if e.checkpoint is not None]
+    cpb = [i for i, (_, _, e) in enumerate(fb) if e.checkpoint is not None]
+    for i, j in zip(cpa, cpb):
+        parts = [a[s:e] for s, e, _ in fa]
+        parts[i] = b[fb[j][0]:fb[j][1]]
+        rep = check(tmp_path, a[:HEADER_SIZE] + b"".join(parts), ledgers["clean"].inputs)
+        assert rep.reason == "checkpoint-origin" and rep.divergence["offset"] == fa[i][0]
+
+
+# -- inputs ----------------------------------------------------------------------------------------------
+
+
+def test_changed_model_artifact(tmp_path, ledgers):
+    rep = verify_ledger(ledgers["clean"].ledger, model=fx.artifact(seed=1), trusted_key=fx.key().verifier)
+    assert rep.verdict == "invalid" and rep.reason == "model-commitment"
+    assert rep.divergence["field"] == "model_commitment" and rep.divergence["record"] == 0
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("anchor_tokens", fx.ANCHORS[:-1] + [3], "anchor-commitment"),
+    ("anchor_tokens", [], "anchor-commitment"),
+    ("prompt_tokens", fx.PROMPT[:-1], "prompt-commitment"),
+    ("window", 4, ("replay-token", "replay-logits", "replay-page")),
+])
+def test_changed_inputs(tmp_path, ledgers, field, value, reason):
+    inp = read_inputs(ledgers["clean"].inputs)
+    setattr(inp, field, value)
+    rep = fx.verify(ledgers["clean"].ledger, inputs=inp)
+    assert rep.verdict == "invalid" and rep.reason in (reason if isinstance(reason, tuple) else (reason,)), rep.to_json()
+
+
+def test_changed_anchor_file(tmp_path, ledgers):
+    text = " ".join(f"w{t}" for t in fx.ANCHORS)
+    assert fx.verify(ledgers["clean"].ledger, anchors_text=text).verdict == "valid"
+    rep = fx.verify(ledgers["clean"].ledger, anchors_text=text.replace("w41", "w42"))
+    assert rep.verdict == "invalid" and rep.reason == "anchor-commitment"
+
+
+# -- forgeries signed with the engine's own key: only the replay can see them --------------------------------
+
+
+def _forge(ledger, edit):
+    recs, cps = layout(open(ledger.ledger, "rb").read())
+    return rebuild(edit(list(recs)), fx.key(), cps)
+
+
+def _retoken(recs, step, token):
+    """Change token ``step`` and the commit that lists it, keeping every structural rule."""
+    out = []
+    for r in recs:
+        if isinstance(r, TokenStep) and r.step == step and r.attempt == 0:
+            r = r.model_copy(update=dict(token=token))
+        if isinstance(r, Commit) and r.first_step <= step < r.end_step:
+            toks = list(r.tokens)
+            toks[step - r.first_step] = token
+            r = r.model_copy(update=dict(tokens=tuple(toks)))
+        out.append(r)
+    return out
+
+
+def test_forged_token(tmp_path, ledgers):
+    clean = ledgers["clean"]
+    data = _forge(clean, lambda recs: _retoken(recs, 5, (clean.tokens[5] + 1) % 64))
+    rep = check(tmp_path, data, clean.inputs, replay=True)
+    d = rep.divergence
+    assert rep.reason == "replay-token" and (d["step"], d["field"]) == (5, "token")
+    assert (d["expected"], d["actual"]) == ((clean.tokens[5] + 1) % 64, clean.tokens[5])
+
+
+def test_forged_logits_digest(tmp_path, ledgers):
+    def edit(recs):
+        return [r.model_copy(update=dict(logits_digest=bytes(32))) if isinstance(r, TokenStep) and r.step == 7 else r
+                for r in recs]
+
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    assert rep.reason == "replay-logits" and rep.divergence["step"] == 7
+
+
+def test_forged_page_digest(tmp_path, ledgers):
+    from spec.ledger import pages_root
+
+    def edit(recs):
+        out, pages = [], []
+        for r in recs:
+            if isinstance(r, KVPage) and r.kind == "context":
+                if r.block == 1 and r.used == 3:  # the prompt's partial page, recorded at the prefill commit
+                    r = r.model_copy(update=dict(digest=b"\x01" * 32))
+                pages.append(r.digest)
+            elif isinstance(r, KVPage):
+                pages.append(r.digest)
+            if isinstance(r, Commit):
+                r = r.model_copy(update=dict(pages_root=pages_root(pages)))
+                pages = []
+            out.append(r)
+        return out
+
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    d = rep.divergence
+    assert rep.reason == "replay-page" and (d["block"], d["page_kind"], d["field"]) == (1, "context", "digest")
+
+
+def test_forged_commit_policy(tmp_path, ledgers):
+    def edit(recs):
+        pol = recs[0].commit_policy.model_copy(update=dict(every_n_tokens=5))
+        return [recs[0].model_copy(update=dict(commit_policy=pol))] + recs[1:]
+
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    assert rep.reason == "commit-unexpected" and rep.divergence["commit"] == 1
+
+
+def test_forged_rollback_without_failure(tmp_path, ledgers):
+    def edit(recs):
+        return [r.model_copy(update=dict(passed=True)) if isinstance(r, Validation) else r for r in recs]
+
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    assert rep.reason == "rollback-unexplained"
+
+
+def test_forged_rollback_state(tmp_path, ledgers):
+    def edit(recs):
+        return [r.model_copy(update=dict(live_state=b"\x02" * 32)) if isinstance(r, Rollback) else r for r in recs]
+
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    assert rep.reason == "rollback-state"
+
+
+def test_retry_must_follow_the_stated_attempt(tmp_path, ledgers):
+    """Claiming attempt 2 for a retry that was sampled under attempt 1 breaks the replay."""
+    def edit(recs):
+        out = []
+        for r in recs:
+            if isinstance(r, (Rollback, TokenStep)) and r.attempt == 1:
+                r = r.model_copy(update=dict(attempt=2))
+            out.append(r)
+        return out
+
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    rb = ledgers["rolled"].rollbacks[0]
+    assert rep.reason in ("replay-token", "replay-logits") and rep.divergence["step"] == rb.to_step
+
+
+# -- unreadable inputs and fuzzing ---------------------------------------------------------------------------
+
+
+def test_unreadable_inputs(tmp_path, ledgers):
+    clean = ledgers["clean"]
+    assert fx.verify(tmp_path / "missing.fpl").verdict == "unreadable"
+    (tmp_path / "junk.fpl").write_bytes(b"hello, not a ledger" * 3)
+    assert fx.verify(tmp_path / "junk.fpl").reason == "bad-magic"
+    (tmp_path / "moved.fpl").write_bytes(open(clean.ledger, "rb").read())
+    rep = fx.verify(tmp_path / "moved.fpl")
+    assert rep.verdict == "unreadable" and rep.reason == "inputs-io"
+    rep = fx.verify(clean.ledger, trusted_key="not a key")
+    assert rep.verdict == "unreadable" and rep.reason == "key-format"
+    rep = verify_ledger(clean.ledger, model=str(tmp_path / "no-artifact"), trusted_key=fx.key().verifier)
+    assert rep.verdict == "unreadable" and rep.reason == "model-artifact"
+    (tmp_path / "bad.inputs.json").write_text(json.dumps({"version": 1, "prompt_tokens": "x"}))
+    rep = fx.verify(clean.ledger, inputs=str(tmp_path / "bad.inputs.json"))
+    assert rep.verdict == "unreadable" and rep.reason == "inputs-format"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_bytes_never_crash_the_auditor(tmp_path, ledgers, data):
+    raw = bytearray(open(ledgers["rolled"].ledger, "rb").read())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    p = tmp_path / "fuzz.fpl"
+    p.write_bytes(bytes(raw))
+    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier, inputs=ledgers["rolled"].inputs,
+                        replay=False)
+    assert rep.verdict in ("valid", "invalid", "incomplete", "unreadable")
+    if rep.verdict == "valid":
+        assert bytes(raw) == open(ledgers["rolled"].ledger, "rb").read()
