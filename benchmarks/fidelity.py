@@ -45,7 +45,7 @@ def prompts(tokenizer, n: int) -> torch.Tensor:
     eot = tokenizer.token_to_id(EOT)
     rows = []
     for doc in corpus.documents(200_000, PROMPT_SEED):
-        ids = tokenizer.encode(doc).ids
+        ids = tokenizer.encode(doc, add_special_tokens=False).ids
         if len(ids) >= PROMPT_TOKENS - 1:
             rows.append([eot] + ids[:PROMPT_TOKENS - 1])
         if len(rows) == n:

@@ -13,7 +13,8 @@ fixed seeds, so two builds on the same software stack produce the same checkpoin
 
     python -m tools.train_demo --out build/demo-hf          # about 3 minutes on 2 cores
 
-Documents are separated by the ``<|endoftext|>`` token (id 0), which is also BOS/EOS.
+Documents are separated by the ``<|endoftext|>`` token (id 0), which is also BOS/EOS: the
+tokenizer prepends it when special tokens are added, so a prompt looks like a document start.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class TrainConfig:
 
 def train_tokenizer(docs: list[str], vocab_size: int):
     """Return a byte-level BPE tokenizer trained on docs, with EOT as token 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,6 +73,8 @@ def train_tokenizer(docs: list[str], vocab_size: int):
         vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(docs, trainer=trainer)
+    # Like a Llama BOS: encode(text) starts with EOT, as every training document does.
+    tok.post_processor = processors.TemplateProcessing(single=f"{EOT} $A", special_tokens=[(EOT, 0)])
     return tok
 
 
@@ -79,7 +82,7 @@ def token_stream(tok, docs: list[str]) -> torch.Tensor:
     """Return all documents as one int64 stream, each document preceded by EOT."""
     eot = tok.token_to_id(EOT)
     ids: list[int] = []
-    for enc in tok.encode_batch(docs):
+    for enc in tok.encode_batch(docs, add_special_tokens=False):
         ids.append(eot)
         ids.extend(enc.ids)
     return torch.tensor(ids, dtype=torch.int64)
