@@ -1,7 +1,7 @@
 """The quantized model, its configuration, and the integer forward pass."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -35,6 +35,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """Return the config of `to_dict` output; missing or unknown fields are refused by name."""
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            raise ValueError(f"model config: missing {sorted(names - set(d))}, unknown {sorted(set(d) - names)}")
         return cls(**d)
 
 

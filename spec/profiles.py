@@ -7,7 +7,7 @@ layer is the most sensitive (measured, see docs/spec/numerics.md).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from spec.constants import MAX_HIDDEN, SCALE_MANT_BITS, WEIGHT_MANT_BITS
 
@@ -50,6 +50,12 @@ class PrecisionProfile:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrecisionProfile":
+        """Return the profile of `to_dict` output; unknown fields or non-integer widths are refused."""
+        names = {f.name for f in fields(cls)}
+        if set(d) - names or "name" not in d:
+            raise ProfileError(f"profile fields: unknown {sorted(set(d) - names)}, name required")
+        if any(type(v) is not int for k, v in d.items() if k != "name"):
+            raise ProfileError("profile widths must be integers")
         return cls(**d)
 
 

@@ -72,3 +72,12 @@ def test_constant_annotations_are_correct():
     assert len(found) >= 5
     for name, shown in found:
         assert getattr(constants, name) == int(shown.replace(",", "")), name
+
+
+def test_from_dict_refuses_unknown_or_missing_fields():
+    with pytest.raises(ProfileError):
+        PrecisionProfile.from_dict({**PROFILES["int8"].to_dict(), "w_foo": 8})
+    with pytest.raises(ProfileError):
+        PrecisionProfile.from_dict({**PROFILES["int8"].to_dict(), "a_o": 8.0})
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelConfig.from_dict({k: v for k, v in DEMO.to_dict().items() if k != "vocab_size"})
