@@ -21,7 +21,7 @@ def test_fast_ops_mirror_ref_ops():
         assert hasattr(fast_ops, name), name
 
 
-@settings(max_examples=max(3, settings.default.max_examples // 6))
+@settings(max_examples=max(2, settings.default.max_examples // 10))
 @given(
     prompts=st.lists(st.lists(st.integers(0, 95), min_size=1, max_size=20), min_size=1, max_size=3),
     temperature=st.sampled_from([Fraction(0), Fraction(1, 2), Fraction(1)]),
