@@ -176,7 +176,7 @@ def cmd_generate(args) -> int:
     try:
         device = torch.device(args.device)
         torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as e:
+    except Exception as e:  # torch raises RuntimeError, ValueError or AssertionError here
         raise UsageError(f"--device: {args.device!r} is not available ({str(e).splitlines()[0]})") from None
     sampling = _sampling(args)
     model_path, art = _load(args, quiet=args.json)

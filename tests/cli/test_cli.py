@@ -131,8 +131,11 @@ def test_prompt_too_long_and_device(capsys, artifact, tmp_path):
     assert_user_error(code, err, "prompt too long", "129 prompt tokens", "max_position 128")
     code, _, err = cli(capsys, "generate", "--model", artifact, "--anchors", "w3 " * 100, "--prompt", "w2 " * 40)
     assert_user_error(code, err, "prompt too long", "100 anchor tokens")
-    code, _, err = cli(capsys, "generate", "--model", artifact, "--prompt", "a", "--device", "tpu:9")
-    assert_user_error(code, err, "--device")
+    import torch
+
+    for device in ("tpu:9", "cuda:x") + (() if torch.cuda.is_available() else ("cuda",)):
+        code, _, err = cli(capsys, "generate", "--model", artifact, "--prompt", "a", "--device", device)
+        assert_user_error(code, err, "--device")
     p = tmp_path / "empty.txt"
     p.write_text("")
     code, _, err = cli(capsys, "generate", "--model", artifact, "--prompt-file", p)
