@@ -61,7 +61,36 @@ class SequenceChunk:
     window: int | None = None  # sliding window over the context (anchors always visible)
 
 
-def tensor_specs(config: ModelConfig, profile: PrecisionProfile) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+Spec = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def _weight_dtype(bits: int) -> torch.dtype:
+    """Return the storage dtype of `bits`-bit weights: int8 up to 8 bits, else int16."""
+    return torch.int8 if bits <= 8 else torch.int16
+
+
+def _linear_specs(name: str, out_dim: int, in_dim: int, bits: int, bias: bool = False) -> Spec:
+    """Return the tensors of linear `name`: weight [out, in], mul/shift [out] (+ bias [out])."""
+    out = {f"{name}.weight": (_weight_dtype(bits), (out_dim, in_dim)),
+           f"{name}.mul": (torch.int32, (out_dim,)), f"{name}.shift": (torch.int32, (out_dim,))}
+    return out | ({f"{name}.bias": (torch.int32, (out_dim,))} if bias else {})
+
+
+def _layer_specs(c: "ModelConfig", profile: PrecisionProfile, n: int) -> Spec:
+    """Return the tensors of decoder layer n."""
+    p, h, qd, kvd = f"layers.{n}.", c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    wq, wo = profile.linear_bits("qkv", n)[0], profile.linear_bits("o", n)[0]
+    wg, wd = profile.linear_bits("gate_up", n)[0], profile.linear_bits("down", n)[0]
+    out = {p + "attn_norm.gamma": (torch.int32, (h,)), p + "mlp_norm.gamma": (torch.int32, (h,))}
+    for name, o, i, bits, bias in (("q", qd, h, wq, c.qkv_bias), ("k", kvd, h, wq, c.qkv_bias),
+                                   ("v", kvd, h, wq, c.qkv_bias), ("o", h, qd, wo, False),
+                                   ("gate", c.intermediate_size, h, wg, False), ("up", c.intermediate_size, h, wg, False),
+                                   ("down", h, c.intermediate_size, wd, False)):
+        out |= _linear_specs(p + name, o, i, bits, bias)
+    return out
+
+
+def tensor_specs(config: "ModelConfig", profile: PrecisionProfile) -> Spec:
     """Return the name -> (dtype, shape) of every tensor of a QuantizedModel (the normative list).
 
     A linear `X` stores `X.weight` [out, in] (int8 when its width is <= 8 bits, else int16),
@@ -69,36 +98,16 @@ def tensor_specs(config: ModelConfig, profile: PrecisionProfile) -> dict[str, tu
     q/k/v with qkv_bias `X.bias` [out] int32 Q16. Norm gains are int32 Q16. `lm_head.weight` is
     absent when embeddings are tied (the lm_head then reads `embed.weight`).
     """
-    c, out = config, {}
-    wdt = lambda bits: torch.int8 if bits <= 8 else torch.int16  # noqa: E731
-    h, d, kvd = c.hidden_size, c.head_dim, c.num_kv_heads * c.head_dim
-
-    def lin(name, o, i, bits, bias=False):
-        out.update({f"{name}.weight": (wdt(bits), (o, i)), f"{name}.mul": (torch.int32, (o,)),
-                    f"{name}.shift": (torch.int32, (o,))})
-        if bias:
-            out[f"{name}.bias"] = (torch.int32, (o,))
-
-    out["embed.weight"] = (wdt(profile.embed_bits), (c.vocab_size, h))
-    out["embed.mul"], out["embed.shift"] = (torch.int32, (c.vocab_size,)), (torch.int32, (c.vocab_size,))
+    c, v = config, config.vocab_size
+    out = {"embed.weight": (_weight_dtype(profile.embed_bits), (v, c.hidden_size)),
+           "embed.mul": (torch.int32, (v,)), "embed.shift": (torch.int32, (v,))}
     for n in range(c.num_layers):
-        p = f"layers.{n}."
-        wq, wo = profile.linear_bits("qkv", n)[0], profile.linear_bits("o", n)[0]
-        wg, wd = profile.linear_bits("gate_up", n)[0], profile.linear_bits("down", n)[0]
-        out[p + "attn_norm.gamma"] = out[p + "mlp_norm.gamma"] = (torch.int32, (h,))
-        lin(p + "q", c.num_heads * d, h, wq, c.qkv_bias)
-        lin(p + "k", kvd, h, wq, c.qkv_bias)
-        lin(p + "v", kvd, h, wq, c.qkv_bias)
-        lin(p + "o", h, c.num_heads * d, wo)
-        lin(p + "gate", c.intermediate_size, h, wg)
-        lin(p + "up", c.intermediate_size, h, wg)
-        lin(p + "down", h, c.intermediate_size, wd)
-    out["final_norm.gamma"] = (torch.int32, (h,))
+        out |= _layer_specs(c, profile, n)
+    out["final_norm.gamma"] = (torch.int32, (c.hidden_size,))
+    out |= _linear_specs("lm_head", v, c.hidden_size, profile.w_lm_head)
     if c.tie_embeddings:
-        out["lm_head.mul"], out["lm_head.shift"] = (torch.int32, (c.vocab_size,)), (torch.int32, (c.vocab_size,))
-    else:
-        lin("lm_head", c.vocab_size, h, profile.w_lm_head)
-    out["rope.cos"] = out["rope.sin"] = (torch.int32, (c.max_position, d // 2))
+        del out["lm_head.weight"]
+    out["rope.cos"] = out["rope.sin"] = (torch.int32, (c.max_position, c.head_dim // 2))
     out["sigmoid.table"] = (torch.int32, (2 * SIGMOID_DOMAIN * (1 << SIGMOID_STEP_BITS) + 1,))
     out["exp2.table"] = (torch.int32, ((1 << EXP_TABLE_BITS) + 1,))
     out["rms.eps"] = (torch.int64, (1,))
