@@ -262,7 +262,7 @@ class _Stages:
 
             self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=not sys.stderr.isatty())
+                                console=Console(stderr=True))
             self.bar.__enter__()
             self.task = self.bar.add_task("quantize", total=self.total)
         return self
@@ -287,7 +287,7 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
     if profile_name not in PROFILES:
         raise ConfigError(f"profile: unknown precision profile {profile_name!r} "
                           f"(choose one of {', '.join(sorted(PROFILES))})")
-    with _Stages(progress, 4) as st:
+    with _Stages(progress and sys.stderr.isatty(), 4) as st:
         st.stage(f"reading {hf_dir}", 0)
         ckpt = load_hf_checkpoint(hf_dir)
         st.stage(f"quantizing ({profile_name} profile)", 1)
