@@ -15,7 +15,7 @@ import torch
 
 from tiny import pair, run
 
-BOUNDS = {"default": (0.06, 0.99, 0.85), "int8": (0.10, 0.975, 0.75)}
+BOUNDS = {"default": (0.06, 0.99, 0.8), "int8": (0.10, 0.96, 0.7)}
 MARGIN = {"default": 0.25, "int8": 0.5}
 MODELS = [("llama", 4, False), ("llama", 2, False), ("llama", 2, True), ("qwen2", 2, False)]
 
