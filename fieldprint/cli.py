@@ -292,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FieldprintError, EngineError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:  # the file system refused (no such folder, permission, disk full)
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename is not None else "")
+        if args.command == "quantize":
+            print(f"error: {args.out}: cannot write the artifact ({what})", file=sys.stderr)
+        else:
+            print(f"error: {what}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

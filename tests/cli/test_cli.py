@@ -171,3 +171,6 @@ def test_quantize_refuses_bad_checkpoints(capsys, hf_dir, tmp_path):
     assert_user_error(*cli(capsys, "quantize", d, tmp_path / "o2")[::2], "model.safetensors")
     code, _, err = cli(capsys, "quantize", hf_dir, tmp_path / "o3", "--profile", "int4")
     assert_user_error(code, err, "--profile")
+    (tmp_path / "afile").write_text("x")
+    code, _, err = cli(capsys, "quantize", hf_dir, tmp_path / "afile" / "out")
+    assert_user_error(code, err, "afile")
