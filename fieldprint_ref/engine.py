@@ -212,6 +212,9 @@ class RefEngine:
             raise EngineError(f"window must be an integer >= 1, got {window!r}")
         if any(not isinstance(s, str) or not s for s in stop):
             raise SamplingParamError("stop strings must be non-empty strings")
+        if sequence is not None and (isinstance(sequence, bool) or not isinstance(sequence, int)
+                                     or not 0 <= sequence < 2**64):
+            raise SamplingParamError(f"sequence index must be an integer in [0, 2**64), got {sequence!r}")
         if stop and self.tokenizer is None:
             raise EngineError("stop strings need a tokenizer (this engine has none)")
         handle = self._next_handle
@@ -320,6 +323,7 @@ class RefEngine:
         """
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise EngineError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        handles = list(dict.fromkeys(handles))  # a sequence joins a round once
         active = [s for s in (self._seq(h) for h in handles) if s.finish_reason is None]
         chunks, fed = [], []
         for s in active:

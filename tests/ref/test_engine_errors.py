@@ -43,6 +43,8 @@ def test_out_of_pages_is_a_clear_error(model):
         (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
         (dict(prompt=[1], window=0), "window must be an integer >= 1"),
         (dict(prompt=[1], stop=[""]), "stop strings must be non-empty"),
+        (dict(prompt=[1], sequence=-1), "sequence index must be an integer"),
+        (dict(prompt=[1], sequence=2**64), "sequence index must be an integer"),
     ],
 )
 def test_bad_sequence_arguments(model, kwargs, match):
