@@ -91,11 +91,14 @@ class Engine(Protocol):
         page_order: Sequence[int] | None = None,
         page_seed: int | None = None,
         eos_token_ids: Iterable[int] = (),
+        keep_logits: bool = True,
     ) -> None:
         """Own ``model`` (moved to ``device``) and a zeroed pool of ``num_pages`` pages.
 
         ``page_order``/``page_seed`` fix the order of the free list (tests use it to place
-        pages anywhere in the pool); ``eos_token_ids`` end a sequence when sampled.
+        pages anywhere in the pool); ``eos_token_ids`` end a sequence when sampled;
+        ``keep_logits=False`` drops each step's logits from stored results once the step has
+        been returned (and passed to ``on_step``), for long runs over large vocabularies.
         """
 
     # -- anchors ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ this same class over ``fieldprint_fast.ops``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -77,6 +78,7 @@ class RefEngine:
         page_order: Sequence[int] | None = None,
         page_seed: int | None = None,
         eos_token_ids: Iterable[int] = (),
+        keep_logits: bool = True,
     ):
         self.device = torch.device(device)
         self.model = _model_on(model, self.device)
@@ -94,6 +96,9 @@ class RefEngine:
         self._next_handle = 0
         self._next_anchor = 0
         self.evict = True  # free pages a sliding window can no longer see (tests turn it off)
+        # keep every step's logits in the sequence's records (results); when False, only the record
+        # returned by `step` / passed to `on_step` carries them (long runs over large vocabularies)
+        self.keep_logits = keep_logits
 
     def _default_num_pages(self) -> int:
         probe = self.ops.allocate_pool(self.config, self.model.profile, 1, device="cpu")
@@ -283,7 +288,9 @@ class RefEngine:
 
     def finish_reason(self, handle: int) -> str | None:
         """Return why the sequence finished ("eos", "stop", "length", "max_position"), or None."""
-        return self._sequences[handle].finish_reason if handle in self._sequences else self._seq(handle).finish_reason
+        if handle not in self._sequences:
+            raise EngineError(f"unknown sequence handle {handle}")
+        return self._sequences[handle].finish_reason
 
     def release(self, handle: int) -> list[int]:
         """Free a sequence's pages (and its hold on its anchors); return the pages freed."""
@@ -395,7 +402,7 @@ class RefEngine:
             logits=logits,
             token=token,
         )
-        s.records.append(rec)
+        s.records.append(rec if self.keep_logits else dataclasses.replace(rec, logits=None))
         s.context.append(token)
         s.pending_logits = None
         s.fed_start = s.cached

@@ -70,7 +70,7 @@ class StepRecord:
     writes: tuple[PageWrite, ...]
     evicted: tuple[int, ...]
     evicted_blocks: tuple[int, ...]
-    logits: torch.Tensor  # int64 [vocab]
+    logits: torch.Tensor | None  # int64 [vocab]; None in stored results when keep_logits=False
     token: int
 
     def logits_bytes(self) -> bytes:

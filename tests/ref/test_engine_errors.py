@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fieldprint.engine import Engine, load_engine, select_engine
 from fieldprint_ref.engine import RefEngine
@@ -117,3 +118,13 @@ def test_set_attempt_changes_the_rng_counter_only(model):
     assert runs[0] == runs[1] and runs[2][0] == [1] * 6 and runs[2][1] != runs[0][1]
     with pytest.raises(SamplingParamError, match="attempt"):
         e.set_attempt(e.add_sequence([1]), -1)
+
+
+def test_keep_logits_false_drops_stored_logits_only(model):
+    seen = []
+    e = RefEngine(model, num_pages=8, keep_logits=False)
+    res = e.generate([1, 2, 3], max_new_tokens=3, on_step=lambda i, r: seen.append(r.logits))
+    assert all(r.logits is None for r in res.steps) and all(lg is not None for lg in seen)
+    full = RefEngine(model, num_pages=8).generate([1, 2, 3], max_new_tokens=3)
+    assert res.tokens == full.tokens
+    assert all(torch.equal(a, b.logits) for a, b in zip(seen, full.steps))
