@@ -189,8 +189,7 @@ def _unpack16(x, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr,
-                WORDS: tl.constexpr, EVEN: tl.constexpr):
+def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr, WORDS: tl.constexpr):
     """Load bytes [byte_off, byte_off + 64) of every lane's message as a [BLOCK, 16] uint32 tile.
 
     ``row_off`` is each lane's message start (in words if WORDS, else in bytes) and ``L`` its
@@ -200,10 +199,7 @@ def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr,
     if WORDS:
         j = tl.arange(0, 16)
         ptrs = src_ptr + (row_off + byte_off // 4)[:, None] + j[None, :]
-        if EVEN:  # whole chunks: only idle lanes are masked
-            mask = lane_ok[:, None]
-        else:
-            mask = lane_ok[:, None] & ((byte_off[:, None] + 4 * j[None, :]) < L[:, None])
+        mask = lane_ok[:, None] & ((byte_off[:, None] + 4 * j[None, :]) < L[:, None])
         x = tl.load(ptrs, mask=mask, other=0).to(tl.uint32, bitcast=True)
     else:
         j = tl.arange(0, 64)
@@ -221,47 +217,13 @@ def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr,
 # %%
 # Helpers: merging chaining values
 # --------------------------------
-# Level by level, pairs (2i, 2i+1) of a [width] vector become one parent; a left child whose
-# right sibling does not exist (the odd last node of a level) moves up unchanged. `valid`
-# marks the nodes that exist; for one message they are always a prefix.
-
-
-@triton.jit
-def _merge(c0, c1, c2, c3, c4, c5, c6, c7, valid, top,
-           k0, k1, k2, k3, k4, k5, k6, k7,
-           LEVELS: tl.constexpr, FLAGS: tl.constexpr):
-    """Merge ``LEVELS`` levels of a [W] vector of nodes into [W >> LEVELS] nodes.
-
-    ``top`` is, per node, the level of its message's root (ceil(log2(chunks))): the parent
-    made at that level gets ROOT.
-    """
-    for lvl in tl.static_range(LEVELS):
-        l0, r0 = tl.split(tl.reshape(c0, [c0.shape[0] // 2, 2]))
-        l1, r1 = tl.split(tl.reshape(c1, [c0.shape[0] // 2, 2]))
-        l2, r2 = tl.split(tl.reshape(c2, [c0.shape[0] // 2, 2]))
-        l3, r3 = tl.split(tl.reshape(c3, [c0.shape[0] // 2, 2]))
-        l4, r4 = tl.split(tl.reshape(c4, [c0.shape[0] // 2, 2]))
-        l5, r5 = tl.split(tl.reshape(c5, [c0.shape[0] // 2, 2]))
-        l6, r6 = tl.split(tl.reshape(c6, [c0.shape[0] // 2, 2]))
-        l7, r7 = tl.split(tl.reshape(c7, [c0.shape[0] // 2, 2]))
-        lv, rv = tl.split(tl.reshape(valid, [c0.shape[0] // 2, 2]))
-        top, top_r = tl.split(tl.reshape(top, [c0.shape[0] // 2, 2]))
-        zero = tl.zeros_like(l0)
-        flags = tl.where(top == lvl + 1, ROOT | PARENT | FLAGS, PARENT | FLAGS).to(tl.uint32)
-        p0, p1, p2, p3, p4, p5, p6, p7 = _compress(
-            zero + k0, zero + k1, zero + k2, zero + k3, zero + k4, zero + k5, zero + k6, zero + k7,
-            l0, l1, l2, l3, l4, l5, l6, l7, r0, r1, r2, r3, r4, r5, r6, r7,
-            zero, zero, zero + BLOCK_LEN, flags)
-        c0 = tl.where(rv, p0, l0)
-        c1 = tl.where(rv, p1, l1)
-        c2 = tl.where(rv, p2, l2)
-        c3 = tl.where(rv, p3, l3)
-        c4 = tl.where(rv, p4, l4)
-        c5 = tl.where(rv, p5, l5)
-        c6 = tl.where(rv, p6, l6)
-        c7 = tl.where(rv, p7, l7)
-        valid = lv
-    return c0, c1, c2, c3, c4, c5, c6, c7
+# Level by level, node pairs (2i, 2i+1) become one parent; a left node whose right sibling
+# does not exist (the odd last node of a level) moves up unchanged. Level `lvl` pairs the
+# lanes `pos` and `pos + 2**lvl` of one message, where `pos` is the lane's node index in its
+# message (2**(lvl+1) divides `pos`); the right node's words pass through a per-lane scratch
+# slot in global memory (written, barrier, read, barrier). The loop over levels is a run-time
+# loop, so the kernel holds two copies of the compression (chunks, parents) whatever the
+# page size: unrolled levels made compile times grow to minutes.
 
 
 @triton.jit
@@ -276,6 +238,54 @@ def _store8(out_ptr, node, mask, c0, c1, c2, c3, c4, c5, c6, c7):
     tl.store(base + 5, c5.to(tl.int32, bitcast=True), mask=mask)
     tl.store(base + 6, c6.to(tl.int32, bitcast=True), mask=mask)
     tl.store(base + 7, c7.to(tl.int32, bitcast=True), mask=mask)
+
+
+@triton.jit
+def _load8(ptr, node, mask):
+    """Load 8 words per node from ptr[node, 0:8] (int32 buffer) as uint32 vectors."""
+    base = ptr + node.to(tl.int64) * 8
+    c0 = tl.load(base + 0, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c1 = tl.load(base + 1, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c2 = tl.load(base + 2, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c3 = tl.load(base + 3, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c4 = tl.load(base + 4, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c5 = tl.load(base + 5, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c6 = tl.load(base + 6, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    c7 = tl.load(base + 7, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _merge(c0, c1, c2, c3, c4, c5, c6, c7, lane, pos, count, top,
+           k0, k1, k2, k3, k4, k5, k6, k7, scratch_ptr, LEVELS, FLAGS):
+    """Merge ``LEVELS`` levels; afterwards the lanes with ``pos % 2**LEVELS == 0`` hold the nodes.
+
+    ``lane`` is the global lane (its scratch slot), ``pos`` the lane's node index in its
+    message, ``count`` the message's number of nodes, and ``top`` the level of the message's
+    root (ceil(log2(chunks))): the parent made at that level gets ROOT.
+    """
+    zero = tl.zeros_like(c0)
+    for lvl in range(0, LEVELS):
+        stride = 1 << lvl
+        has_right = ((pos & (2 * stride - 1)) == 0) & (pos + stride < count)
+        _store8(scratch_ptr, lane, pos < count, c0, c1, c2, c3, c4, c5, c6, c7)
+        tl.debug_barrier()  # the right node's words are in scratch
+        r0, r1, r2, r3, r4, r5, r6, r7 = _load8(scratch_ptr, lane + stride, has_right)
+        tl.debug_barrier()  # read before the next level overwrites
+        flags = (tl.where(top == lvl + 1, ROOT | PARENT, PARENT) | FLAGS).to(tl.uint32)
+        p0, p1, p2, p3, p4, p5, p6, p7 = _compress(
+            zero + k0, zero + k1, zero + k2, zero + k3, zero + k4, zero + k5, zero + k6, zero + k7,
+            c0, c1, c2, c3, c4, c5, c6, c7, r0, r1, r2, r3, r4, r5, r6, r7,
+            zero, zero, zero + BLOCK_LEN, flags)
+        c0 = tl.where(has_right, p0, c0)
+        c1 = tl.where(has_right, p1, c1)
+        c2 = tl.where(has_right, p2, c2)
+        c3 = tl.where(has_right, p3, c3)
+        c4 = tl.where(has_right, p4, c4)
+        c5 = tl.where(has_right, p5, c5)
+        c6 = tl.where(has_right, p6, c6)
+        c7 = tl.where(has_right, p7, c7)
+    return c0, c1, c2, c3, c4, c5, c6, c7
 
 
 # %%
@@ -305,27 +315,25 @@ def _chunk_kernel(
     len_ptr,  # int64 [N]: bytes of message n (RAGGED only)
     key_ptr,  # int32 [8] key words
     out_ptr,  # int32 [N, 8] digests, or [N * SPAN // BLOCK, 8] subtree CVs
+    scratch_ptr,  # int32 [lanes, 8] for the merge
     # -- dimensions ----
     N,  # number of messages
     L,  # bytes per message (not RAGGED)
     row_stride,  # elements of src between rows (not RAGGED)
     NB,  # blocks to run per chunk: min(16, max(1, ceil(max length / 64)))
+    FLAGS,  # mode flags: 0, KEYED_HASH, DERIVE_KEY_CONTEXT or DERIVE_KEY_MATERIAL
+    LOG2_SPAN,  # lanes per message = SPAN = 2**LOG2_SPAN >= chunks of the longest message
+    LEVELS,  # merge levels in a program: log2(min(SPAN, BLOCK))
     # -- meta-parameters ----
-    SPAN: tl.constexpr,  # lanes per message: chunks (the most of any message) rounded up to 2**k
     BLOCK: tl.constexpr,  # lanes per program, a power of two
-    FLAGS: tl.constexpr,  # mode flags: 0, KEYED_HASH, DERIVE_KEY_CONTEXT or DERIVE_KEY_MATERIAL
     HAS_INDEX: tl.constexpr,  # message n is row index[n]
     RAGGED: tl.constexpr,  # message n is bytes index[n] .. index[n] + len[n] of src
     WORDS: tl.constexpr,  # src is int32 words (L and row_stride multiples of 4)
-    EVEN: tl.constexpr,  # L is a positive multiple of CHUNK_LEN
-    LOG2_SPAN: tl.constexpr,
-    LEVELS: tl.constexpr,  # merge levels in a program: log2(min(SPAN, BLOCK))
-    GROUPS: tl.constexpr,  # programs per message: max(1, SPAN // BLOCK)
 ):
     # -- lanes: one chunk each (see `Parallel layout` in the module docstring) ----
     lane = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    msg = lane // SPAN
-    chunk = (lane % SPAN).to(tl.int32)
+    msg = lane >> LOG2_SPAN
+    chunk = (lane & ((1 << LOG2_SPAN) - 1)).to(tl.int32)
     if RAGGED:
         row_off = tl.load(index_ptr + msg, mask=msg < N, other=0)
         length = tl.load(len_ptr + msg, mask=msg < N, other=0)
@@ -336,13 +344,13 @@ def _chunk_kernel(
             row = msg
         row_off = row.to(tl.int64) * row_stride
         length = tl.zeros([BLOCK], tl.int64) + L
-    n_chunks = tl.maximum((length + CHUNK_LEN - 1) // CHUNK_LEN, 1)
+    n_chunks = tl.maximum((length + CHUNK_LEN - 1) // CHUNK_LEN, 1).to(tl.int32)
     lane_ok = (msg < N) & (chunk < n_chunks)
     chunk_len = tl.minimum(tl.maximum(length - chunk * CHUNK_LEN, 0), CHUNK_LEN).to(tl.int32)
     n_blocks = tl.maximum((chunk_len + BLOCK_LEN - 1) // BLOCK_LEN, 1)
     # level of the message's root in the merge: ceil(log2(n_chunks)); 0 = the chunk is the root
     top = tl.zeros([BLOCK], tl.int32)
-    for k in tl.static_range(LOG2_SPAN):
+    for k in range(0, LOG2_SPAN):
         top += (n_chunks > (1 << k)).to(tl.int32)
 
     k0, k1, k2, k3, k4, k5, k6, k7 = _load_key(key_ptr)
@@ -354,11 +362,11 @@ def _chunk_kernel(
 
     # -- chunk stage: up to 16 blocks per chunk; the next block's load is issued first ----
     chunk_off = chunk.to(tl.int64) * CHUNK_LEN
-    tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS, EVEN)
+    tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS)
     for b in range(0, NB):
         m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = _unpack16(tile, BLOCK)
         tile = _load_block(src_ptr, row_off, chunk_off + (b + 1) * BLOCK_LEN,
-                           lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS, EVEN)
+                           lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS)
         block_len = tl.minimum(tl.maximum(chunk_len - b * BLOCK_LEN, 0), BLOCK_LEN)
         flags = tl.where(b == 0, CHUNK_START, 0) | tl.where(b == n_blocks - 1, end_flags, 0) | FLAGS
         g0, g1, g2, g3, g4, g5, g6, g7 = _compress(
@@ -375,13 +383,13 @@ def _chunk_kernel(
         h6 = tl.where(live, g6, h6)
         h7 = tl.where(live, g7, h7)
 
-    # -- merge stage: log2(min(SPAN, BLOCK)) levels of parents inside the program ----
+    # -- merge stage: parents inside the program ----
     h0, h1, h2, h3, h4, h5, h6, h7 = _merge(
-        h0, h1, h2, h3, h4, h5, h6, h7, lane_ok, top, k0, k1, k2, k3, k4, k5, k6, k7, LEVELS, FLAGS)
-    OUT_W: tl.constexpr = tl.constexpr(BLOCK >> LEVELS)
-    node = tl.program_id(0).to(tl.int64) * OUT_W + tl.arange(0, OUT_W)
-    # node = message if SPAN <= BLOCK, else a subtree of BLOCK chunks
-    _store8(out_ptr, node, node < N * GROUPS, h0, h1, h2, h3, h4, h5, h6, h7)
+        h0, h1, h2, h3, h4, h5, h6, h7, lane, chunk, n_chunks, top,
+        k0, k1, k2, k3, k4, k5, k6, k7, scratch_ptr, LEVELS, FLAGS)
+    # one node per 2**LEVELS lanes: the message's digest if SPAN <= BLOCK, else a subtree CV
+    keep = (msg < N) & ((chunk & ((1 << LEVELS) - 1)) == 0)
+    _store8(out_ptr, lane >> LEVELS, keep, h0, h1, h2, h3, h4, h5, h6, h7)
 
 
 @triton.jit
@@ -390,35 +398,29 @@ def _parent_kernel(
     nodes_ptr,  # int32 [N * SPAN, 8] subtree CVs, SPAN per message
     key_ptr,  # int32 [8] key words
     out_ptr,  # int32 [N, 8] digests, or [N * SPAN // BLOCK, 8] CVs
+    scratch_ptr,  # int32 [lanes, 8] for the merge
     # -- dimensions ----
     N,  # number of messages
     COUNT,  # subtrees that exist per message (the rest of SPAN is padding)
+    FLAGS,  # mode flags
+    LOG2_SPAN,  # nodes per message: SPAN = 2**LOG2_SPAN >= 2
+    LEVELS,  # merge levels in a program: log2(min(SPAN, BLOCK))
+    ROOT_LEVEL,  # LEVELS when a program holds whole messages, else LEVELS + 1 (never)
     # -- meta-parameters ----
-    SPAN: tl.constexpr,  # nodes per message, a power of two >= 2
     BLOCK: tl.constexpr,
-    FLAGS: tl.constexpr,
-    LEVELS: tl.constexpr,  # merge levels in a program: log2(min(SPAN, BLOCK))
-    ROOT_LEVEL: tl.constexpr,  # LEVELS when a program holds whole messages, else LEVELS + 1 (never)
-    GROUPS: tl.constexpr,  # programs per message: max(1, SPAN // BLOCK)
 ):
     lane = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = (lane // SPAN < N) & ((lane % SPAN) < COUNT)
-    base = nodes_ptr + lane * 8
-    h0 = tl.load(base + 0, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h1 = tl.load(base + 1, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h2 = tl.load(base + 2, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h3 = tl.load(base + 3, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h4 = tl.load(base + 4, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h5 = tl.load(base + 5, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h6 = tl.load(base + 6, mask=valid, other=0).to(tl.uint32, bitcast=True)
-    h7 = tl.load(base + 7, mask=valid, other=0).to(tl.uint32, bitcast=True)
+    msg = lane >> LOG2_SPAN
+    pos = (lane & ((1 << LOG2_SPAN) - 1)).to(tl.int32)
+    h0, h1, h2, h3, h4, h5, h6, h7 = _load8(nodes_ptr, lane, (msg < N) & (pos < COUNT))
     k0, k1, k2, k3, k4, k5, k6, k7 = _load_key(key_ptr)
+    count = tl.zeros([BLOCK], tl.int32) + COUNT
     top = tl.zeros([BLOCK], tl.int32) + ROOT_LEVEL
     h0, h1, h2, h3, h4, h5, h6, h7 = _merge(
-        h0, h1, h2, h3, h4, h5, h6, h7, valid, top, k0, k1, k2, k3, k4, k5, k6, k7, LEVELS, FLAGS)
-    OUT_W: tl.constexpr = tl.constexpr(BLOCK >> LEVELS)
-    node = tl.program_id(0).to(tl.int64) * OUT_W + tl.arange(0, OUT_W)
-    _store8(out_ptr, node, node < N * GROUPS, h0, h1, h2, h3, h4, h5, h6, h7)
+        h0, h1, h2, h3, h4, h5, h6, h7, lane, pos, count, top,
+        k0, k1, k2, k3, k4, k5, k6, k7, scratch_ptr, LEVELS, FLAGS)
+    keep = (msg < N) & ((pos & ((1 << LEVELS) - 1)) == 0)
+    _store8(out_ptr, lane >> LEVELS, keep, h0, h1, h2, h3, h4, h5, h6, h7)
 
 
 # %%
@@ -453,38 +455,40 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
-def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, block, num_warps):
+def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, block, num_warps, maxnreg=None):
     """Run the chunk stage and as many parent stages as needed; return int32 [N, 8] digests."""
     device = src.device
     C = max(1, -(-max_len // CHUNK_LEN.value))
     SPAN = _next_pow2(C)
     NB = min(CHUNK_LEN.value // BLOCK_LEN.value, max(1, -(-max_len // BLOCK_LEN.value)))
     groups = max(1, SPAN // block)
+    grid = triton.cdiv(N * SPAN, block)
+    # (2) allocate the digests, the merge scratch, and subtree CVs when a message spans programs
     out = torch.empty((N, 8), dtype=torch.int32, device=device)
-    # (2) allocate the subtree buffer when a message spans several programs
+    scratch = torch.empty((grid * block, 8), dtype=torch.int32, device=device)
     nodes = out if groups == 1 else torch.empty((N * groups, 8), dtype=torch.int32, device=device)
     # (3) launch the chunk stage, then parent stages until one node per message is left
     dummy = out  # stands for the pointers a variant does not read
-    _chunk_kernel[(triton.cdiv(N * SPAN, block),)](
-        src, dummy if index is None else index, dummy if lengths is None else lengths, key, nodes,
-        N, L, row_stride, NB,
-        SPAN=SPAN, BLOCK=block, FLAGS=flags, HAS_INDEX=index is not None and lengths is None,
-        RAGGED=lengths is not None, WORDS=words, EVEN=(lengths is None and L > 0 and L % CHUNK_LEN.value == 0),
-        LOG2_SPAN=_log2(SPAN), LEVELS=_log2(min(SPAN, block)), GROUPS=groups, num_warps=num_warps)
+    opts = {} if maxnreg is None else {"maxnreg": maxnreg}
+    _chunk_kernel[(grid,)](
+        src, dummy if index is None else index, dummy if lengths is None else lengths, key, nodes, scratch,
+        N, L, row_stride, NB, flags, _log2(SPAN), _log2(min(SPAN, block)),
+        BLOCK=block, HAS_INDEX=index is not None and lengths is None, RAGGED=lengths is not None,
+        WORDS=words, num_warps=num_warps, **opts)
     span, count = groups, -(-C // block)
     while span > 1:
         levels, groups = _log2(min(span, block)), max(1, span // block)
         nxt = out if groups == 1 else torch.empty((N * groups, 8), dtype=torch.int32, device=device)
         _parent_kernel[(triton.cdiv(N * span, block),)](
-            nodes, key, nxt, N, count, SPAN=span, BLOCK=block, FLAGS=flags, LEVELS=levels,
-            ROOT_LEVEL=levels if groups == 1 else levels + 1, GROUPS=groups, num_warps=num_warps)
+            nodes, key, nxt, scratch, N, count, flags, _log2(span), levels,
+            levels if groups == 1 else levels + 1, BLOCK=block, num_warps=num_warps, **opts)
         nodes, span, count = nxt, groups, -(-count // block)
     return out
 
 
 def blake3_rows(rows: torch.Tensor, *, index: torch.Tensor | None = None,
                 key: torch.Tensor | None = None, flags: int = 0,
-                block: int = 128, num_warps: int = 4) -> torch.Tensor:
+                block: int = 128, num_warps: int = 4, maxnreg: int | None = None) -> torch.Tensor:
     """Hash rows of a uint8 [R, L] tensor (rows ``index`` if given, else all); return int32 [N, 8].
 
     ``key`` is an int32 [8] tensor of key words on the rows' device (IV when None) and
@@ -504,7 +508,7 @@ def blake3_rows(rows: torch.Tensor, *, index: torch.Tensor | None = None,
     src, row_stride, words = rows, rows.stride(0), False
     if L > 0 and L % 4 == 0 and row_stride % 4 == 0 and rows.data_ptr() % 4 == 0:
         src, row_stride, words = rows.view(torch.int32), row_stride // 4, True
-    return _launch(src, index, None, key, flags, N, L, row_stride, L, words, block, num_warps)
+    return _launch(src, index, None, key, flags, N, L, row_stride, L, words, block, num_warps, maxnreg)
 
 
 def blake3_ragged(data: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, *,
@@ -549,7 +553,7 @@ def mode(key: bytes | None, derive_key_context: str | bytes | None, device, bloc
 
 def blake3(pages: torch.Tensor, *, index: torch.Tensor | None = None, key: bytes | None = None,
            derive_key_context: str | bytes | None = None, block: int = 128,
-           num_warps: int = 4) -> torch.Tensor:
+           num_warps: int = 4, maxnreg: int | None = None) -> torch.Tensor:
     """Return the BLAKE3 digests, uint8 [N, 32], of the byte images of ``pages[n]`` (or ``pages[index[n]]``).
 
     Matches ``blake3.blake3(bytes(page), key=key, derive_key_context=...).digest()``; at most
@@ -558,7 +562,8 @@ def blake3(pages: torch.Tensor, *, index: torch.Tensor | None = None, key: bytes
     """
     rows = _as_rows(pages)
     kw, flags = mode(key, derive_key_context, rows.device, block)
-    out = blake3_rows(rows, index=index, key=kw, flags=flags, block=block, num_warps=num_warps)
+    out = blake3_rows(rows, index=index, key=kw, flags=flags, block=block, num_warps=num_warps,
+                      maxnreg=maxnreg)
     return out.view(torch.uint8)
 
 
