@@ -34,6 +34,9 @@ def run(engine, batch, target, *, sequences, sampling, chunk_size, window, max_n
     snaps, tables = [], {}
 
     def on_step(i, rec):
+        # the writes tile exactly the fed context range, in order
+        covered = [w.block * 16 + k for w in rec.writes for k in range(w.slot_start, w.slot_end)]
+        assert covered == list(range(rec.fed_start, rec.fed_end)) and len(rec.fed_tokens) == len(covered)
         if i != target:
             return
         for w in rec.writes:
