@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from spec.attention import KVPool, pack_rows, unpack_rows
 from spec.constants import PAGE_TOKENS
 from spec.model import AnchorRef, SequenceChunk, forward
-from tiny import pair
+from numeric_models import pair
 
 MODEL = pair("llama", 2, False, "default")[1]
 CFG = MODEL.config

@@ -13,7 +13,7 @@ Bounds, per profile, over 48 teacher-forced positions (measured values in docs/s
 import pytest
 import torch
 
-from tiny import pair, run
+from numeric_models import pair, run
 
 BOUNDS = {"default": (0.06, 0.99, 0.8), "int8": (0.10, 0.96, 0.7)}
 MARGIN = {"default": 0.25, "int8": 0.5}

@@ -5,7 +5,7 @@ from torch.utils._pytree import tree_flatten
 
 from spec import quant
 from spec.sampling import SamplingParams, sample
-from tiny import pair, run
+from numeric_models import pair, run
 
 
 class DtypeAudit(TorchDispatchMode):

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 from spec import ops
 from spec.constants import ACT_MAX, EXP_FRAC_BITS, LOG2E_Q30
 from spec.tables import exp2_table, rope_tables, sigmoid_table
-from strategies import int_tensor
+from numeric_strategies import int_tensor
 
 EXP, SIG = exp2_table(), sigmoid_table()
 COS, SIN = rope_tables(8, 10000.0, 64)

@@ -9,7 +9,7 @@ import torch
 from spec import constants
 from spec.model import ModelConfig, QuantizedModel
 from spec.profiles import ACC_LIMIT, PROFILES, PrecisionProfile, ProfileError, stage_bounds, validate_profile
-from tiny import pair
+from numeric_models import pair
 
 DEMO = ModelConfig("llama", 2048, 256, 768, 4, 4, 2, 64, 10000.0, 1e-5, 512, True, False)
 LLAMA_7B = ModelConfig("llama", 32000, 4096, 11008, 32, 32, 32, 128, 10000.0, 1e-5, 4096, False, False)

@@ -12,7 +12,7 @@ from spec.quant import (
     bit_length, ceil_div, div_round, int_matmul, isqrt, qmax, quantize_rows, requantize, round_shift, row_scale,
     shift_round,
 )
-from strategies import int_tensor
+from numeric_strategies import int_tensor
 
 
 def _round_away(fr: Fraction) -> int:

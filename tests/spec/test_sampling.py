@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from spec.sampling import SamplingParams, keep_mask, rng_u128, sample, weights
-from strategies import int_tensor
+from numeric_strategies import int_tensor
 
 
 @given(int_tensor((40,), lo=-(2**24), hi=2**24), st.integers(0, 2**64 - 1), st.integers(0, 100))
