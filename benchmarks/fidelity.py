@@ -102,11 +102,20 @@ def compare(ref: torch.Tensor, test: torch.Tensor, seqs: torch.Tensor, first: in
             "argmax_agreement": agree, "kl_float_quant": kl}
 
 
+def _display(path: Path) -> str:
+    """Return path relative to the repository when it lies inside it (results stay portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def run(hf_dir: Path, profiles: list[str], samples: int, tokens: int, seed: int, log=print) -> dict:
     """Measure every profile on one set of float samples; return the JSON report."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
+    from fieldprint.artifact import file_hash
     from fieldprint.hf import load_hf_checkpoint
     from spec.commitment import model_commitment
     from spec.convert import quantize_model
@@ -124,7 +133,8 @@ def run(hf_dir: Path, profiles: list[str], samples: int, tokens: int, seed: int,
     ref = float_logits(fmodel, seqs)
     log(f"sampled {samples} x {tokens} tokens from the float model ({time.time() - t0:.1f}s)")
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "checkpoint": str(hf_dir), "samples": samples, "tokens": tokens, "prompt_tokens": PROMPT_TOKENS,
+              "checkpoint": _display(hf_dir), "checkpoint_files": {f.name: file_hash(f) for f in ckpt.weight_files},
+              "samples": samples, "tokens": tokens, "prompt_tokens": PROMPT_TOKENS,
               "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "accept_delta_ce_pct": ACCEPT_DELTA_CE, "profiles": {}}
     for name in profiles:
