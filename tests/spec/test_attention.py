@@ -72,6 +72,29 @@ def test_any_chunking_and_batching_gives_same_logits_and_pages(schedule, seed):
     assert torch.equal(pool.data, ref_pool.data)
 
 
+@given(_schedule(), st.integers(0, 2**31), st.integers(1, 20), st.one_of(st.none(), st.integers(1, 20)))
+def test_chunking_with_anchors_and_window(schedule, seed, a, window):
+    """Chunk invariance also holds with shared anchor pages and a sliding window."""
+    lens, order = schedule
+    toks = [_tokens(lens[0], seed), _tokens(lens[1], seed + 1)]
+    nb = [_blocks(n) for n in lens]
+    tables = [torch.arange(nb[0]), torch.arange(nb[1]) + nb[0]]
+    anchor_table = torch.arange(_blocks(a)) + nb[0] + nb[1]
+    pools = [_pool(nb[0] + nb[1] + _blocks(a)) for _ in range(2)]
+    for pool in pools:
+        _prefill(_tokens(a, seed + 2), anchor_table, pool)
+    anchors = AnchorRef(anchor_table, a)
+    ref = [_prefill(toks[i], tables[i], pools[0], anchors=anchors, window=window) for i in (0, 1)]
+    got = [[], []]
+    for step in order:
+        chunks = [SequenceChunk(toks[i][x:y], x, tables[i], anchors, window) for i, (x, y) in step]
+        for (i, _), out in zip(step, forward(MODEL, pools[1], chunks)):
+            got[i].append(out)
+    for i in (0, 1):
+        assert torch.equal(torch.cat(got[i]), ref[i])
+    assert torch.equal(pools[1].data, pools[0].data)
+
+
 def test_token_by_token_decode_equals_prefill():
     toks = _tokens(20, 7)
     ref_pool = _pool(2)
