@@ -78,9 +78,8 @@ def _field(cfg: dict, name: str, path: Path, kind=int, default=..., positive=Tru
             raise CheckpointError(f"{path}: missing field '{name}'")
         return default
     v = cfg[name]
-    ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float else \
-        (isinstance(v, kind) and not (kind is int and isinstance(v, bool)))
-    if not ok:
+    accepted = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}[kind]  # JSON 10000 is a float too
+    if not isinstance(v, accepted) or (kind is not bool and isinstance(v, bool)):
         raise CheckpointError(f"{path}: field '{name}' must be {kind.__name__}, got {v!r}")
     if positive and kind in (int, float) and not v > 0:
         raise CheckpointError(f"{path}: field '{name}' must be > 0, got {v!r}")
