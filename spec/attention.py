@@ -15,7 +15,7 @@ import torch
 
 from spec.constants import ACT_FRAC_BITS, KV_SCALE_BYTES, PAGE_TOKENS, SCORE_FRAC_BITS, SCORE_MAX
 from spec.ops import exp_neg
-from spec.quant import absmax, dequantize_rows, int_matmul, quantize_rows, round_shift, saturate, shift_round
+from spec.quant import absmax, dequantize_rows, floor_div, int_matmul, quantize_rows, round_shift, saturate, shift_round
 
 
 class KVPool:
@@ -118,7 +118,7 @@ def softmax(s: torch.Tensor, visible: torch.Tensor, exp_table: torch.Tensor, pro
     m = torch.where(visible, s, -SCORE_MAX - 1).amax(-1, keepdim=True)
     e = torch.where(visible, exp_neg(m - s, exp_table), 0)
     z = e.sum(-1, keepdim=True)  # >= 2**30: the maximum contributes exactly 2**30
-    return torch.div(e << prob_bits, z, rounding_mode="floor")
+    return floor_div(e << prob_bits, z)
 
 
 def mix_values(p: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.Tensor:

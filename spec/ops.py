@@ -13,7 +13,7 @@ from spec.constants import (
     SIGMOID_DOMAIN, SIGMOID_FRAC_BITS, SIGMOID_STEP_BITS,
 )
 from spec.quant import (
-    bit_length, div_round, int_matmul, isqrt, quantize_rows, requantize, round_shift, saturate, shift_round,
+    bit_length, div_round, floor_div, int_matmul, isqrt, quantize_rows, requantize, round_shift, saturate, shift_round,
 )
 
 
@@ -56,7 +56,7 @@ def rms_norm(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tensor) -> tor
     assert h <= MAX_HIDDEN
     s = (bit_length(x.abs().amax(-1, keepdim=True)) - RMS_NORM_BITS).clamp(min=-16)
     xs = shift_round(x, s)
-    msq = torch.div((xs * xs).sum(-1, keepdim=True), h, rounding_mode="floor")
+    msq = floor_div((xs * xs).sum(-1, keepdim=True), h)
     eps = shift_round(eps_q48.to(torch.int64).expand_as(s), 16 + 2 * s)
     r = isqrt(msq + eps).clamp(min=1)
     return saturate(div_round(xs * gamma.to(torch.int64), r))

@@ -10,6 +10,10 @@ Because both operands are non-negative, floor division, C/Triton truncating divi
 arithmetic or logical shifts all agree, so engines need no care about the sign conventions of
 `//` (torch floors, C truncates) or `>>` on negative numbers.
 
+Three places truncate instead, each on non-negative numbers: `floor_div` for the RMSNorm mean of
+squares and for softmax probabilities (so they sum to at most 1), `ceil_div` for row scales
+(rounded up so quantized values never saturate), and `isqrt` (floor of the square root).
+
 A *dynamic row scale* is an integer pair (m, e) meaning step = m * 2**e input units, with
 2**(SCALE_MANT_BITS-2) < m <= 2**SCALE_MANT_BITS. A *static weight multiplier* is a pair
 (mul, shift) meaning c = mul * 2**-shift, with 2**(WEIGHT_MANT_BITS-1) <= mul < 2**WEIGHT_MANT_BITS.
@@ -70,6 +74,11 @@ def div_round(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Return n / d rounded half away from zero. Requires d >= 1 and 2|n| + d < 2**63."""
     mag = torch.div(2 * n.abs() + d, 2 * d, rounding_mode="floor")
     return torch.where(n < 0, -mag, mag)
+
+
+def floor_div(n: torch.Tensor, d) -> torch.Tensor:
+    """Return floor(n / d). Requires n >= 0 and d >= 1 (so truncation and floor agree)."""
+    return torch.div(n, d, rounding_mode="floor")
 
 
 def ceil_div(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
