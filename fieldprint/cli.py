@@ -146,7 +146,7 @@ def _sampling(args):
         raise UsageError(f"--temperature/--top-k/--top-p/--seed: {e}") from None
 
 
-def _load(args, quiet: bool):
+def _load(args):
     """Return a LoadedArtifact for --model, or for the demo model (built on first use)."""
     from fieldprint.artifact import load_artifact
 
@@ -179,7 +179,7 @@ def cmd_generate(args) -> int:
     except Exception as e:  # torch raises RuntimeError, ValueError or AssertionError here
         raise UsageError(f"--device: {args.device!r} is not available ({str(e).splitlines()[0]})") from None
     sampling = _sampling(args)
-    model_path, art = _load(args, quiet=args.json)
+    model_path, art = _load(args)
     engine = load_engine(args.engine, art, num_pages=args.num_pages, device=device)
     info = engine.set_anchors(anchors) if anchors is not None else None
     window = args.window if args.window is not None else (art.manifest or {}).get("sliding_window")
