@@ -17,6 +17,7 @@ read gives the verdict ``unreadable``.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -223,5 +224,6 @@ def verify_many(paths, *, jobs: int | None = None, **kw) -> list[Report]:
     kw = dict(kw, progress=False)
     if isinstance(kw.get("trusted_key"), Verifier):
         kw["trusted_key"] = kw["trusted_key"].to_string()
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: forking a process that holds torch's thread pools can deadlock the children
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_verify_one, [(p, kw) for p in paths]))

@@ -113,6 +113,7 @@ class SessionResult:
     checkpoints: int
     seconds: float
     validations: list[tuple[int, str, bool, str]]
+    generation: object = None  # the engine's GenerationResult of the live branch
 
 
 def engine_identity(engine) -> EngineIdentity:
@@ -388,6 +389,7 @@ class VerifyingSession:
         self._commits, self._pending = [], []
         self.rollbacks, self.validations = [], []
         self._handle = None
+        self.generation = None
         finish, end = None, "error"
         try:
             self._start(prompt)
@@ -430,7 +432,8 @@ class VerifyingSession:
             ledger=self.ledger_path, inputs=self.inputs_path, tokens=list(self._generated),
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,
             end_reason=end, commits=self._next_commit, rollbacks=self.rollbacks, records=len(self.sink.records),
-            checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations)
+            checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations,
+            generation=self.generation)
 
     def _close(self, end: str, finish) -> None:
         try:
@@ -442,6 +445,7 @@ class VerifyingSession:
                 self.sink.checkpoint()
             self.sink.flush()
         finally:
+            self.generation = self.engine.result(self._handle)
             self.sink.close()
             self.validation.close()
             self.hasher.close()
