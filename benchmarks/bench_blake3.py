@@ -57,16 +57,16 @@ def _bench_rot(fn, bufs, warmup=50, rep=300) -> float:
 
 def gpu_throughput(rows: list, sweep: list) -> dict:
     best = {}
-    # -- launch-shape sweep at 16 KiB pages, 64 MiB ----
-    bufs = _rotating(64 * MiB, 16384)
+    # -- launch-shape sweep at 16 KiB pages, 1 GiB ----
+    bufs = _rotating(GiB, 16384)
     for block, warps, nreg in sweep:
         t = time.perf_counter()
         K.blake3(bufs[0], block=block, num_warps=warps, maxnreg=nreg)  # compile
         torch.cuda.synchronize()
         compile_s = time.perf_counter() - t
-        ms = _bench_rot(lambda x: K.blake3(x, block=block, num_warps=warps, maxnreg=nreg), bufs)
-        gbs = 64 * MiB / ms / 1e6
-        rows.append(dict(part="gpu-sweep", what=f"16 KiB pages, 64 MiB, block={block} warps={warps} maxnreg={nreg}",
+        ms = _bench_rot(lambda x: K.blake3(x, block=block, num_warps=warps, maxnreg=nreg), bufs, warmup=20, rep=200)
+        gbs = GiB / ms / 1e6
+        rows.append(dict(part="gpu-sweep", what=f"16 KiB pages, 1 GiB, block={block} warps={warps} maxnreg={nreg}",
                          ms=ms, GBps=gbs, compile_s=compile_s))
         print(f"sweep block={block} warps={warps} maxnreg={nreg}: {gbs:.1f} GB/s (first call {compile_s:.1f} s)",
               flush=True)
@@ -111,7 +111,7 @@ def cpu_package(rows: list, L=16384, total=GiB, reps=3):
     threads = os.cpu_count() or 1
     x = torch.randint(0, 256, (total // L, L), dtype=torch.uint8, device="cuda")
     host = torch.empty(x.shape, dtype=torch.uint8, pin_memory=True)
-    copy_s, hash_s, one_s = [], [], []
+    copy_s, hash_s, one_s, single_s = [], [], [], []
     for _ in range(reps):
         torch.cuda.synchronize()
         t = time.perf_counter()
@@ -121,9 +121,14 @@ def cpu_package(rows: list, L=16384, total=GiB, reps=3):
         hash_pages(host, max_threads=blake3.blake3.AUTO)
         hash_s.append(time.perf_counter() - t)
         t = time.perf_counter()
+        hash_pages(host, max_threads=1)
+        single_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
         blake3.blake3(host.numpy(), max_threads=blake3.blake3.AUTO).digest()
         one_s.append(time.perf_counter() - t)
-    c, h, o = (statistics.median(v) for v in (copy_s, hash_s, one_s))
+    c, h, o, h1 = (statistics.median(v) for v in (copy_s, hash_s, one_s, single_s))
+    rows.append(dict(part="cpu", what=f"blake3 package, {L // 1024} KiB pages, 1 thread, hash only",
+                     ms=h1 * 1e3, GBps=total / h1 / 1e9))
     rows.append(dict(part="cpu", what=f"blake3 package, {L // 1024} KiB pages, {threads} threads, hash only",
                      ms=h * 1e3, GBps=total / h / 1e9))
     rows.append(dict(part="cpu", what=f"blake3 package, {L // 1024} KiB pages, {threads} threads, + D2H copy",
@@ -153,43 +158,54 @@ def strawman(rows: list, size=32 * MiB, reps=10):
     print(f"strawman: {size / s / 1e9:.2f} GB/s", flush=True)
 
 
-def overlap(rows: list, cfg: dict, bw: float, L=16384, hash_total=GiB, copy_bytes=GiB, copies=60):
-    """Main stream: `copies` copies of `copy_bytes`. Side stream: 1 GiB page batches, back to back."""
-    main = torch.cuda.current_stream()
+def overlap(rows: list, cfg: dict, bw: float, L=16384, hash_total=GiB, copy_bytes=GiB, copies=60,
+            main_high_priority=False, max_programs=None):
+    """Main stream: `copies` copies of `copy_bytes`. Side stream: 1 GiB page batches, back to back.
+
+    ``main_high_priority`` runs the main work on a stream of the highest priority (the side
+    stream keeps the default, lowest one), so the block scheduler serves main first;
+    ``max_programs`` caps the hashing grid (persistent programs), bounding the SMs it holds.
+    """
+    lo, hi = torch.cuda.Stream.priority_range()
+    main = torch.cuda.Stream(priority=hi) if main_high_priority else torch.cuda.current_stream()
     side = torch.cuda.Stream()
     a = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda").random_(0, 256)
     b = torch.empty_like(a)
     pages = torch.randint(0, 256, (hash_total // L, L), dtype=torch.uint8, device="cuda")
     block, warps, nreg = cfg["block"], cfg["warps"], cfg["maxnreg"]
+    torch.cuda.synchronize()
 
     def main_work():
-        for _ in range(copies):
-            b.copy_(a)
+        with torch.cuda.stream(main):
+            for _ in range(copies):
+                b.copy_(a)
 
     def hash_once():
-        K.blake3(pages, block=block, num_warps=warps, maxnreg=nreg)
+        K.blake3(pages, block=block, num_warps=warps, maxnreg=nreg, max_programs=max_programs)
 
     # -- each alone ----
-    for _ in range(3):
+    for _ in range(2):
         main_work()
         hash_once()
     torch.cuda.synchronize()
-    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     alone = []
     for _ in range(3):
+        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         ev0.record(main)
         main_work()
         ev1.record(main)
         torch.cuda.synchronize()
         alone.append(ev0.elapsed_time(ev1))
     t_main = statistics.median(alone)
-    t_hash = do_bench(hash_once, warmup=5, rep=100, return_mode="median")
+    with torch.cuda.stream(side):
+        t_hash = do_bench(hash_once, warmup=5, rep=100, return_mode="median")
     n_hash = int(1.5 * t_main / t_hash) + 2
     # -- together: both streams released by one event after a sleep, so they start together ----
     results = []
     for _ in range(3):
         torch.cuda.synchronize()
-        torch.cuda._sleep(50_000_000)  # ~25 ms at 2 GHz: lets the host enqueue everything first
+        with torch.cuda.stream(main):
+            torch.cuda._sleep(50_000_000)  # ~25 ms at 2 GHz: lets the host enqueue everything first
         start = torch.cuda.Event(enable_timing=True)
         start.record(main)
         side.wait_event(start)
@@ -222,16 +238,18 @@ def overlap(rows: list, cfg: dict, bw: float, L=16384, hash_total=GiB, copy_byte
     hash_rate = hashed / t1 * 1e3  # bytes/s during overlap
     share = hash_rate / bw  # hashing's reads as a share of the copy bandwidth
     main_loss = 1 - t_main / t1
-    rows.append(dict(part="overlap", what="main copy loop alone", ms=t_main, GBps=main_bytes / t_main / 1e6))
-    rows.append(dict(part="overlap", what="main copy loop with side-stream hashing", ms=t1,
+    tag = f"main {'high' if main_high_priority else 'default'} priority, hash grid {max_programs or 'full'}"
+    rows.append(dict(part="overlap", what=f"[{tag}] main copy loop alone", ms=t_main, GBps=main_bytes / t_main / 1e6))
+    rows.append(dict(part="overlap", what=f"[{tag}] main copy loop + side hashing", ms=t1,
                      GBps=main_bytes / t1 / 1e6))
-    rows.append(dict(part="overlap", what="side-stream hashing during the loop", ms=t1, GBps=hash_rate / 1e9))
-    rows.append(dict(part="overlap", what="hashing alone (same batches)", ms=t_hash, GBps=hash_total / t_hash / 1e6))
-    summary = dict(main_alone_ms=t_main, main_with_hash_ms=t1, main_slowdown=slowdown,
+    rows.append(dict(part="overlap", what=f"[{tag}] side hashing during the loop", ms=t1, GBps=hash_rate / 1e9))
+    rows.append(dict(part="overlap", what=f"[{tag}] hashing alone (same launches)", ms=t_hash,
+                     GBps=hash_total / t_hash / 1e6))
+    summary = dict(variant=tag, main_alone_ms=t_main, main_with_hash_ms=t1, main_slowdown=slowdown,
                    main_throughput_loss=main_loss, hash_GBps_during=hash_rate / 1e9,
                    hash_share_of_bandwidth=share, copy_bandwidth_GBps=bw / 1e9,
                    target_met=main_loss <= share)
-    print(f"overlap: main {t_main:.1f} -> {t1:.1f} ms (+{slowdown * 100:.1f}%, loses {main_loss * 100:.1f}% "
+    print(f"overlap [{tag}]: main {t_main:.1f} -> {t1:.1f} ms (+{slowdown * 100:.1f}%, loses {main_loss * 100:.1f}% "
           f"throughput); hashing {hash_rate / 1e9:.1f} GB/s = {share * 100:.1f}% of {bw / 1e9:.0f} GB/s", flush=True)
     del a, b, pages
     return summary
@@ -261,13 +279,17 @@ def main() -> int:
     torch.manual_seed(0)
     rows: list[dict] = []
     props = torch.cuda.get_device_properties(0)
-    sweep = [(128, 4, None)] if args.quick else [(128, 4, None), (128, 4, 128), (256, 8, 128), (64, 2, None)]
+    sweep = [(128, 4, 128)] if args.quick else [(128, 4, 128), (128, 4, None), (128, 4, 96), (64, 2, 128)]
     bw = copy_bandwidth()
     rows.append(dict(part="ceiling", what="D2D copy, 2 GiB, read + write", ms=4 * GiB / bw * 1e3, GBps=bw / 1e9))
     cfg = gpu_throughput(rows, sweep)
     cpu_package(rows)
     strawman(rows)
-    ov = overlap(rows, cfg, bw)
+    sms = props.multi_processor_count
+    ov = [overlap(rows, cfg, bw),
+          overlap(rows, cfg, bw, main_high_priority=True),
+          overlap(rows, cfg, bw, main_high_priority=True, max_programs=sms),
+          overlap(rows, cfg, bw, main_high_priority=True, max_programs=sms // 4)]
     print_table(rows)
     meta = dict(device=torch.cuda.get_device_name(), sms=props.multi_processor_count,
                 cpu_cores=os.cpu_count(), torch=torch.__version__, triton=triton.__version__,

@@ -47,18 +47,19 @@ def mismatches(gpu: torch.Tensor, ref: list[bytes]) -> tuple[int, int | None]:
     return len(bad), (bad[0] if bad else None)
 
 
-def case_pages(results, L, total, modes=("hash",), g=None):
+def case_pages(results, L, total, modes=("hash",), g=None, max_programs=None):
     n = max(1, total // max(L, 1))
     x = torch.randint(0, 256, (n, L), dtype=torch.uint8, device="cuda", generator=g)
     x_np = x.cpu().numpy()
     for m in modes:
         kw = {"key": KEY} if m == "keyed_hash" else {"derive_key_context": CONTEXT} if m == "derive_key" else {}
         t = time.perf_counter()
-        d, ev = hash_pages(x, **kw)
+        d, ev = hash_pages(x, max_programs=max_programs, **kw)
         ev.synchronize()
         gpu_s = time.perf_counter() - t
         bad, first = mismatches(d, cpu_digests(x_np, range(n), **kw))
-        results.append(dict(case="pages", L=L, n=n, mode=m, mismatches=bad, first_bad=first,
+        results.append(dict(case="pages" if max_programs is None else f"pages, grid {max_programs}",
+                            L=L, n=n, mode=m, mismatches=bad, first_bad=first,
                             gpu_wall_s=round(gpu_s, 4)))
         print(f"pages L={L:>9} n={n:>7} {m:<10} mismatches={bad}", flush=True)
 
@@ -133,6 +134,8 @@ def main() -> int:
         case_pages(results, L, 8 << 20 if L > 1000 else 4096 * max(L, 1), modes=("hash", "keyed_hash"), g=g)
     for L in (1 << 20, (16 << 20) + 1, 256 << 20):
         case_pages(results, L, max(L, 64 << 20) if L < (256 << 20) else L, g=g)
+    case_pages(results, 16384, 64 << 20, g=g, max_programs=132)  # persistent programs
+    case_pages(results, 4096, 64 << 20, g=g, max_programs=7)
     case_pool(results, 16384, 8192, 4096, g=g)
     case_pool(results, 4096, 65536, 50_000, g=g)
     case_misaligned(results, 16384, 2048, g=g)

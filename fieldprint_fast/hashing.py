@@ -50,20 +50,21 @@ class HashResult(NamedTuple):
 def hash_pages(pages: torch.Tensor, *, key: bytes | None = None,
                derive_key_context: str | bytes | None = None,
                stream: "torch.cuda.Stream | None" = None,
-               max_threads: int | None = 1) -> HashResult:
+               max_threads: int | None = 1, max_programs: int | None = None) -> HashResult:
     """Return the BLAKE3 digest of every page ``pages[n]``. Requires a leading page axis.
 
     ``key`` (32 bytes) selects keyed hashing and ``derive_key_context`` key derivation, as
-    in ``blake3.blake3``; at most one of them. ``stream`` applies to CUDA tensors and
-    ``max_threads`` to CPU tensors; each is ignored by the other path.
+    in ``blake3.blake3``; at most one of them. ``stream`` and ``max_programs`` (a cap on the
+    kernel's grid, to leave SMs to other streams) apply to CUDA tensors, ``max_threads`` to
+    CPU tensors; each path ignores the other's.
     """
-    return _hash(pages, None, key, derive_key_context, stream, max_threads)
+    return _hash(pages, None, key, derive_key_context, stream, max_threads, max_programs)
 
 
 def hash_pool_pages(pool: torch.Tensor, page_indices: torch.Tensor | list[int], *,
                     key: bytes | None = None, derive_key_context: str | bytes | None = None,
                     stream: "torch.cuda.Stream | None" = None,
-                    max_threads: int | None = 1) -> HashResult:
+                    max_threads: int | None = 1, max_programs: int | None = None) -> HashResult:
     """Return the BLAKE3 digest of ``pool[i]`` for each ``i`` in ``page_indices``, read in place.
 
     Requires ``pool`` with a leading physical-page axis (a KV pool's ``data``); on CUDA the
@@ -72,20 +73,20 @@ def hash_pool_pages(pool: torch.Tensor, page_indices: torch.Tensor | list[int], 
     index = torch.as_tensor(page_indices, dtype=torch.int64).reshape(-1)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= pool.shape[0]):
         raise IndexError(f"page index out of range for a pool of {pool.shape[0]} pages")
-    return _hash(pool, index, key, derive_key_context, stream, max_threads)
+    return _hash(pool, index, key, derive_key_context, stream, max_threads, max_programs)
 
 
-def _hash(pages, index, key, derive_key_context, stream, max_threads) -> HashResult:
+def _hash(pages, index, key, derive_key_context, stream, max_threads, max_programs) -> HashResult:
     if pages.dim() < 1:
         raise ValueError("pages need a leading page axis")
     if key is not None and derive_key_context is not None:
         raise ValueError("give at most one of key and derive_key_context")
     if pages.is_cuda:
-        return _hash_cuda(pages, index, key, derive_key_context, stream)
+        return _hash_cuda(pages, index, key, derive_key_context, stream, max_programs)
     return _hash_cpu(pages, index, key, derive_key_context, max_threads)
 
 
-def _hash_cuda(pages, index, key, derive_key_context, stream) -> HashResult:
+def _hash_cuda(pages, index, key, derive_key_context, stream, max_programs) -> HashResult:
     from fieldprint_fast.kernels.blake3 import blake3 as _kernel
 
     current = torch.cuda.current_stream(pages.device)
@@ -95,7 +96,8 @@ def _hash_cuda(pages, index, key, derive_key_context, stream) -> HashResult:
     with torch.cuda.stream(stream):
         if index is not None:
             index = index.to(pages.device, non_blocking=True)
-        digests = _kernel(pages, index=index, key=key, derive_key_context=derive_key_context)
+        digests = _kernel(pages, index=index, key=key, derive_key_context=derive_key_context,
+                          max_programs=max_programs)
         event = torch.cuda.Event()
         event.record(stream)
     if stream != current:

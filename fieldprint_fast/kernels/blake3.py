@@ -307,7 +307,9 @@ def _load_key(key_ptr):
     return k0, k1, k2, k3, k4, k5, k6, k7
 
 
-@triton.jit
+# Integer arguments are not specialized (Triton would otherwise compile a variant per
+# "== 1" / "multiple of 16" pattern of N, L, strides and levels: dozens of compiles).
+@triton.jit(do_not_specialize=["N", "L", "row_stride", "NB", "FLAGS", "LOG2_SPAN", "LEVELS", "TILES"])
 def _chunk_kernel(
     # -- pointers ----
     src_ptr,  # uint8 (or int32 if WORDS) base of the messages
@@ -324,75 +326,79 @@ def _chunk_kernel(
     FLAGS,  # mode flags: 0, KEYED_HASH, DERIVE_KEY_CONTEXT or DERIVE_KEY_MATERIAL
     LOG2_SPAN,  # lanes per message = SPAN = 2**LOG2_SPAN >= chunks of the longest message
     LEVELS,  # merge levels in a program: log2(min(SPAN, BLOCK))
+    TILES,  # tiles of BLOCK lanes: ceil(N * SPAN / BLOCK)
     # -- meta-parameters ----
     BLOCK: tl.constexpr,  # lanes per program, a power of two
     HAS_INDEX: tl.constexpr,  # message n is row index[n]
     RAGGED: tl.constexpr,  # message n is bytes index[n] .. index[n] + len[n] of src
     WORDS: tl.constexpr,  # src is int32 words (L and row_stride multiples of 4)
 ):
-    # -- lanes: one chunk each (see `Parallel layout` in the module docstring) ----
-    lane = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    msg = lane >> LOG2_SPAN
-    chunk = (lane & ((1 << LOG2_SPAN) - 1)).to(tl.int32)
-    if RAGGED:
-        row_off = tl.load(index_ptr + msg, mask=msg < N, other=0)
-        length = tl.load(len_ptr + msg, mask=msg < N, other=0)
-    else:
-        if HAS_INDEX:
-            row = tl.load(index_ptr + msg, mask=msg < N, other=0)
+    # -- persistent loop: program p takes tiles p, p + programs, ... (one tile each unless the
+    #    launcher caps the grid, e.g. to leave SMs to a main stream) ----
+    for tile in range(tl.program_id(0), TILES, tl.num_programs(0)):
+        # -- lanes: one chunk each (see `Parallel layout` in the module docstring) ----
+        lane = (tile * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)  # < 2**31 lanes (2 TiB)
+        msg = lane >> LOG2_SPAN
+        chunk = (lane & ((1 << LOG2_SPAN) - 1)).to(tl.int32)
+        if RAGGED:
+            row_off = tl.load(index_ptr + msg, mask=msg < N, other=0)
+            length = tl.load(len_ptr + msg, mask=msg < N, other=0)
         else:
-            row = msg
-        row_off = row.to(tl.int64) * row_stride
-        length = tl.zeros([BLOCK], tl.int64) + L
-    n_chunks = tl.maximum((length + CHUNK_LEN - 1) // CHUNK_LEN, 1).to(tl.int32)
-    lane_ok = (msg < N) & (chunk < n_chunks)
-    chunk_len = tl.minimum(tl.maximum(length - chunk * CHUNK_LEN, 0), CHUNK_LEN).to(tl.int32)
-    n_blocks = tl.maximum((chunk_len + BLOCK_LEN - 1) // BLOCK_LEN, 1)
-    # level of the message's root in the merge: ceil(log2(n_chunks)); 0 = the chunk is the root
-    top = tl.zeros([BLOCK], tl.int32)
-    for k in range(0, LOG2_SPAN):
-        top += (n_chunks > (1 << k)).to(tl.int32)
+            if HAS_INDEX:
+                row = tl.load(index_ptr + msg, mask=msg < N, other=0)
+            else:
+                row = msg
+            row_off = row.to(tl.int64) * row_stride
+            length = tl.zeros([BLOCK], tl.int64) + L
+        n_chunks = tl.maximum((length + CHUNK_LEN - 1) // CHUNK_LEN, 1).to(tl.int32)
+        lane_ok = (msg < N) & (chunk < n_chunks)
+        chunk_len = tl.minimum(tl.maximum(length - chunk * CHUNK_LEN, 0), CHUNK_LEN).to(tl.int32)
+        n_blocks = tl.maximum((chunk_len + BLOCK_LEN - 1) // BLOCK_LEN, 1)
+        # level of the message's root in the merge: ceil(log2(n_chunks)); 0 = the chunk is the root
+        top = tl.zeros([BLOCK], tl.int32)
+        for k in range(0, LOG2_SPAN):
+            top += (n_chunks > (1 << k)).to(tl.int32)
 
-    k0, k1, k2, k3, k4, k5, k6, k7 = _load_key(key_ptr)
-    zero = tl.zeros([BLOCK], tl.uint32)
-    h0, h1, h2, h3 = zero + k0, zero + k1, zero + k2, zero + k3
-    h4, h5, h6, h7 = zero + k4, zero + k5, zero + k6, zero + k7
-    counter_lo = chunk.to(tl.uint32)
-    end_flags = (top == 0).to(tl.int32) * ROOT + CHUNK_END  # the last block of a lone chunk is the root
+        k0, k1, k2, k3, k4, k5, k6, k7 = _load_key(key_ptr)
+        zero = tl.zeros([BLOCK], tl.uint32)
+        h0, h1, h2, h3 = zero + k0, zero + k1, zero + k2, zero + k3
+        h4, h5, h6, h7 = zero + k4, zero + k5, zero + k6, zero + k7
+        counter_lo = chunk.to(tl.uint32)
+        end_flags = (top == 0).to(tl.int32) * ROOT + CHUNK_END  # the last block of a lone chunk is the root
 
-    # -- chunk stage: up to 16 blocks per chunk; the next block's load is issued first ----
-    chunk_off = chunk.to(tl.int64) * CHUNK_LEN
-    tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS)
-    for b in range(0, NB):
-        m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = _unpack16(tile, BLOCK)
-        tile = _load_block(src_ptr, row_off, chunk_off + (b + 1) * BLOCK_LEN,
-                           lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS)
-        block_len = tl.minimum(tl.maximum(chunk_len - b * BLOCK_LEN, 0), BLOCK_LEN)
-        flags = tl.where(b == 0, CHUNK_START, 0) | tl.where(b == n_blocks - 1, end_flags, 0) | FLAGS
-        g0, g1, g2, g3, g4, g5, g6, g7 = _compress(
-            h0, h1, h2, h3, h4, h5, h6, h7,
-            m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15,
-            counter_lo, zero, block_len.to(tl.uint32), flags.to(tl.uint32))
-        live = b < n_blocks  # a short last chunk stops early
-        h0 = tl.where(live, g0, h0)
-        h1 = tl.where(live, g1, h1)
-        h2 = tl.where(live, g2, h2)
-        h3 = tl.where(live, g3, h3)
-        h4 = tl.where(live, g4, h4)
-        h5 = tl.where(live, g5, h5)
-        h6 = tl.where(live, g6, h6)
-        h7 = tl.where(live, g7, h7)
+        # -- chunk stage: up to 16 blocks per chunk; the next block's load is issued first ----
+        chunk_off = chunk.to(tl.int64) * CHUNK_LEN
+        tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS)
+        for b in range(0, NB):
+            m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = _unpack16(tile, BLOCK)
+            tile = _load_block(src_ptr, row_off, chunk_off + (b + 1) * BLOCK_LEN,
+                               lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS)
+            block_len = tl.minimum(tl.maximum(chunk_len - b * BLOCK_LEN, 0), BLOCK_LEN)
+            flags = tl.where(b == 0, CHUNK_START, 0) | tl.where(b == n_blocks - 1, end_flags, 0) | FLAGS
+            g0, g1, g2, g3, g4, g5, g6, g7 = _compress(
+                h0, h1, h2, h3, h4, h5, h6, h7,
+                m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15,
+                counter_lo, zero, block_len.to(tl.uint32), flags.to(tl.uint32))
+            live = b < n_blocks  # a short last chunk stops early
+            h0 = tl.where(live, g0, h0)
+            h1 = tl.where(live, g1, h1)
+            h2 = tl.where(live, g2, h2)
+            h3 = tl.where(live, g3, h3)
+            h4 = tl.where(live, g4, h4)
+            h5 = tl.where(live, g5, h5)
+            h6 = tl.where(live, g6, h6)
+            h7 = tl.where(live, g7, h7)
 
-    # -- merge stage: parents inside the program ----
-    h0, h1, h2, h3, h4, h5, h6, h7 = _merge(
-        h0, h1, h2, h3, h4, h5, h6, h7, lane, chunk, n_chunks, top,
-        k0, k1, k2, k3, k4, k5, k6, k7, scratch_ptr, LEVELS, FLAGS)
-    # one node per 2**LEVELS lanes: the message's digest if SPAN <= BLOCK, else a subtree CV
-    keep = (msg < N) & ((chunk & ((1 << LEVELS) - 1)) == 0)
-    _store8(out_ptr, lane >> LEVELS, keep, h0, h1, h2, h3, h4, h5, h6, h7)
+        # -- merge stage: parents inside the program ----
+        h0, h1, h2, h3, h4, h5, h6, h7 = _merge(
+            h0, h1, h2, h3, h4, h5, h6, h7, lane, chunk, n_chunks, top,
+            k0, k1, k2, k3, k4, k5, k6, k7, scratch_ptr, LEVELS, FLAGS)
+        # one node per 2**LEVELS lanes: the message's digest if SPAN <= BLOCK, else a subtree CV
+        keep = (msg < N) & ((chunk & ((1 << LEVELS) - 1)) == 0)
+        _store8(out_ptr, lane >> LEVELS, keep, h0, h1, h2, h3, h4, h5, h6, h7)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "COUNT", "FLAGS", "LOG2_SPAN", "LEVELS", "ROOT_LEVEL"])
 def _parent_kernel(
     # -- pointers ----
     nodes_ptr,  # int32 [N * SPAN, 8] subtree CVs, SPAN per message
@@ -428,6 +434,11 @@ def _parent_kernel(
 # --------
 
 
+# Launch shape measured best on an H100 (benchmarks/results/blake3-H100-*.json): 128 lanes,
+# 4 warps, registers capped at 128 (uncapped, ptxas takes ~196 and fewer programs fit an SM).
+MAXNREG = 128
+
+
 def _next_pow2(x: int) -> int:
     return 1 << (x - 1).bit_length()
 
@@ -455,24 +466,26 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
-def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, block, num_warps, maxnreg=None):
+def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, block, num_warps, maxnreg,
+            max_programs):
     """Run the chunk stage and as many parent stages as needed; return int32 [N, 8] digests."""
     device = src.device
     C = max(1, -(-max_len // CHUNK_LEN.value))
     SPAN = _next_pow2(C)
     NB = min(CHUNK_LEN.value // BLOCK_LEN.value, max(1, -(-max_len // BLOCK_LEN.value)))
     groups = max(1, SPAN // block)
-    grid = triton.cdiv(N * SPAN, block)
+    tiles = triton.cdiv(N * SPAN, block)
     # (2) allocate the digests, the merge scratch, and subtree CVs when a message spans programs
     out = torch.empty((N, 8), dtype=torch.int32, device=device)
-    scratch = torch.empty((grid * block, 8), dtype=torch.int32, device=device)
+    scratch = torch.empty((tiles * block, 8), dtype=torch.int32, device=device)
     nodes = out if groups == 1 else torch.empty((N * groups, 8), dtype=torch.int32, device=device)
     # (3) launch the chunk stage, then parent stages until one node per message is left
     dummy = out  # stands for the pointers a variant does not read
     opts = {} if maxnreg is None else {"maxnreg": maxnreg}
+    grid = tiles if max_programs is None else max(1, min(tiles, max_programs))
     _chunk_kernel[(grid,)](
         src, dummy if index is None else index, dummy if lengths is None else lengths, key, nodes, scratch,
-        N, L, row_stride, NB, flags, _log2(SPAN), _log2(min(SPAN, block)),
+        N, L, row_stride, NB, flags, _log2(SPAN), _log2(min(SPAN, block)), tiles,
         BLOCK=block, HAS_INDEX=index is not None and lengths is None, RAGGED=lengths is not None,
         WORDS=words, num_warps=num_warps, **opts)
     span, count = groups, -(-C // block)
@@ -488,11 +501,14 @@ def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, b
 
 def blake3_rows(rows: torch.Tensor, *, index: torch.Tensor | None = None,
                 key: torch.Tensor | None = None, flags: int = 0,
-                block: int = 128, num_warps: int = 4, maxnreg: int | None = None) -> torch.Tensor:
+                block: int = 128, num_warps: int = 4, maxnreg: int | None = MAXNREG,
+                max_programs: int | None = None) -> torch.Tensor:
     """Hash rows of a uint8 [R, L] tensor (rows ``index`` if given, else all); return int32 [N, 8].
 
     ``key`` is an int32 [8] tensor of key words on the rows' device (IV when None) and
-    ``flags`` the mode flags. Requires ``rows.stride(1) == 1``. Runs on the current stream.
+    ``flags`` the mode flags. ``max_programs`` caps the grid of the chunk stage (each program
+    then loops over tiles), which bounds the SMs hashing takes from other streams.
+    Requires ``rows.stride(1) == 1``. Runs on the current stream.
     """
     # (1) check the shape constraints
     assert rows.dim() == 2 and rows.dtype == torch.uint8, "rows must be uint8 [R, L]"
@@ -508,12 +524,13 @@ def blake3_rows(rows: torch.Tensor, *, index: torch.Tensor | None = None,
     src, row_stride, words = rows, rows.stride(0), False
     if L > 0 and L % 4 == 0 and row_stride % 4 == 0 and rows.data_ptr() % 4 == 0:
         src, row_stride, words = rows.view(torch.int32), row_stride // 4, True
-    return _launch(src, index, None, key, flags, N, L, row_stride, L, words, block, num_warps, maxnreg)
+    return _launch(src, index, None, key, flags, N, L, row_stride, L, words, block, num_warps, maxnreg,
+                   max_programs)
 
 
 def blake3_ragged(data: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, *,
                   key: torch.Tensor | None = None, flags: int = 0,
-                  block: int = 128, num_warps: int = 4) -> torch.Tensor:
+                  block: int = 128, num_warps: int = 4, maxnreg: int | None = MAXNREG) -> torch.Tensor:
     """Hash messages ``data[starts[n] : starts[n] + lengths[n]]`` of a flat uint8 tensor; return int32 [N, 8].
 
     Messages of any lengths share one launch; the program width grows to hold the longest
@@ -529,7 +546,7 @@ def blake3_ragged(data: torch.Tensor, starts: torch.Tensor, lengths: torch.Tenso
     lengths = lengths.to(device=data.device, dtype=torch.int64).contiguous()
     max_len = int(lengths.max())
     block = max(block, _next_pow2(max(1, -(-max_len // CHUNK_LEN.value))))
-    return _launch(data, starts, lengths, key, flags, N, 0, 0, max_len, False, block, num_warps)
+    return _launch(data, starts, lengths, key, flags, N, 0, 0, max_len, False, block, num_warps, maxnreg, None)
 
 
 def context_key(context: str | bytes, device, *, block: int = 128) -> torch.Tensor:
@@ -553,7 +570,7 @@ def mode(key: bytes | None, derive_key_context: str | bytes | None, device, bloc
 
 def blake3(pages: torch.Tensor, *, index: torch.Tensor | None = None, key: bytes | None = None,
            derive_key_context: str | bytes | None = None, block: int = 128,
-           num_warps: int = 4, maxnreg: int | None = None) -> torch.Tensor:
+           num_warps: int = 4, maxnreg: int | None = MAXNREG, max_programs: int | None = None) -> torch.Tensor:
     """Return the BLAKE3 digests, uint8 [N, 32], of the byte images of ``pages[n]`` (or ``pages[index[n]]``).
 
     Matches ``blake3.blake3(bytes(page), key=key, derive_key_context=...).digest()``; at most
@@ -563,7 +580,7 @@ def blake3(pages: torch.Tensor, *, index: torch.Tensor | None = None, key: bytes
     rows = _as_rows(pages)
     kw, flags = mode(key, derive_key_context, rows.device, block)
     out = blake3_rows(rows, index=index, key=kw, flags=flags, block=block, num_warps=num_warps,
-                      maxnreg=maxnreg)
+                      maxnreg=maxnreg, max_programs=max_programs)
     return out.view(torch.uint8)
 
 
