@@ -452,6 +452,8 @@ class RefEngine:
         if len(params) != len(batch):
             raise SamplingParamError(f"got {len(params)} sampling params for {len(batch)} prompts")
         idx = list(sequences) if sequences is not None else list(range(len(batch)))
+        if len(idx) != len(batch):
+            raise SamplingParamError(f"got {len(idx)} sequence indices for {len(batch)} prompts")
         handles = []
         try:
             for i, p in enumerate(batch):

@@ -61,6 +61,8 @@ def test_bad_chunk_size_sampling_list_and_handles(model):
         e.generate([1, 2], chunk_size=0)
     with pytest.raises(SamplingParamError, match="2 sampling params for 1 prompts"):
         e.generate([[1, 2]], sampling=[None, None])
+    with pytest.raises(SamplingParamError, match="1 sequence indices for 2 prompts"):
+        e.generate([[1, 2], [3]], sequences=[0])
     with pytest.raises(EngineError, match="unknown sequence handle 99"):
         e.decode([99])
     h = e.add_sequence([1])
