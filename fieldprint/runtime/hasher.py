@@ -21,16 +21,18 @@ from auditor.semantics import digest
 
 
 def _device_hasher():
-    """Return fieldprint_fast.hashing's page hasher, or None when it is not available."""
+    """Return a CUDA page hasher built on ``fieldprint_fast.hashing.hash_pages``, or None."""
     try:
-        from fieldprint_fast import hashing  # H4's GPU BLAKE3 (optional)
+        from fieldprint_fast.hashing import hash_pages  # GPU BLAKE3 (optional)
     except Exception:
         return None
-    for name in ("hash_pages", "blake3_pages", "page_digests"):
-        fn = getattr(hashing, name, None)
-        if callable(fn):
-            return fn
-    return None
+
+    def digest_on_device(page: torch.Tensor) -> bytes:
+        res = hash_pages(page.unsqueeze(0))
+        res.event.synchronize()
+        return bytes(res.digests[0].cpu().numpy().tobytes())
+
+    return digest_on_device
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -43,13 +45,16 @@ class PageHasher:
 
     def __init__(self, *, device_hashing: bool = True):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-hash")
-        self._device_fn = _device_hasher() if device_hashing else None
+        self._device_hashing = device_hashing
+        self._device_fn = None  # resolved on the first CUDA page (importing it pulls in Triton)
         self.pages = 0  # pages submitted (for reports)
 
     def _digest_tensor(self, t: torch.Tensor) -> bytes:
-        if t.is_cuda and self._device_fn is not None:
-            out = self._device_fn(t.reshape(1, -1).view(torch.uint8))
-            return bytes(out[0]) if not isinstance(out, (bytes, bytearray)) else bytes(out)
+        if t.is_cuda and self._device_hashing:
+            if self._device_fn is None:
+                self._device_fn = _device_hasher() or False
+            if self._device_fn:
+                return self._device_fn(t)
         return digest(tensor_bytes(t))
 
     def submit_page(self, page: torch.Tensor) -> Future:
