@@ -189,17 +189,22 @@ def _unpack16(x, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr, WORDS: tl.constexpr):
+def _load_block(src_ptr, row_off, byte_off, lane_ok, L, BLOCK: tl.constexpr, WORDS: tl.constexpr,
+                FULL: tl.constexpr):
     """Load bytes [byte_off, byte_off + 64) of every lane's message as a [BLOCK, 16] uint32 tile.
 
     ``row_off`` is each lane's message start (in words if WORDS, else in bytes) and ``L`` its
     message length (a [BLOCK] vector); bytes at or past ``L`` read as zero (BLAKE3 pads the
-    last block with zeros).
+    last block with zeros). ``FULL``: every block is whole (L a multiple of 64), so a lane's
+    mask is enough (one predicate per lane instead of one compare per word).
     """
     if WORDS:
         j = tl.arange(0, 16)
         ptrs = src_ptr + (row_off + byte_off // 4)[:, None] + j[None, :]
-        mask = lane_ok[:, None] & ((byte_off[:, None] + 4 * j[None, :]) < L[:, None])
+        if FULL:
+            mask = lane_ok[:, None]  # broadcast over the 16 words by tl.load
+        else:
+            mask = lane_ok[:, None] & ((byte_off[:, None] + 4 * j[None, :]) < L[:, None])
         x = tl.load(ptrs, mask=mask, other=0).to(tl.uint32, bitcast=True)
     else:
         j = tl.arange(0, 64)
@@ -332,6 +337,7 @@ def _chunk_kernel(
     HAS_INDEX: tl.constexpr,  # message n is row index[n]
     RAGGED: tl.constexpr,  # message n is bytes index[n] .. index[n] + len[n] of src
     WORDS: tl.constexpr,  # src is int32 words (L and row_stride multiples of 4)
+    FULL: tl.constexpr,  # WORDS and L a positive multiple of BLOCK_LEN: no partial block
 ):
     # -- persistent loop: program p takes tiles p, p + programs, ... (one tile each unless the
     #    launcher caps the grid, e.g. to leave SMs to a main stream) ----
@@ -368,11 +374,11 @@ def _chunk_kernel(
 
         # -- chunk stage: up to 16 blocks per chunk; the next block's load is issued first ----
         chunk_off = chunk.to(tl.int64) * CHUNK_LEN
-        tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS)
+        tile = _load_block(src_ptr, row_off, chunk_off, lane_ok, length, BLOCK, WORDS, FULL)
         for b in range(0, NB):
             m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = _unpack16(tile, BLOCK)
             tile = _load_block(src_ptr, row_off, chunk_off + (b + 1) * BLOCK_LEN,
-                               lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS)
+                               lane_ok & (b + 1 < n_blocks), length, BLOCK, WORDS, FULL)
             block_len = tl.minimum(tl.maximum(chunk_len - b * BLOCK_LEN, 0), BLOCK_LEN)
             flags = tl.where(b == 0, CHUNK_START, 0) | tl.where(b == n_blocks - 1, end_flags, 0) | FLAGS
             g0, g1, g2, g3, g4, g5, g6, g7 = _compress(
@@ -487,7 +493,7 @@ def _launch(src, index, lengths, key, flags, N, L, row_stride, max_len, words, b
         src, dummy if index is None else index, dummy if lengths is None else lengths, key, nodes, scratch,
         N, L, row_stride, NB, flags, _log2(SPAN), _log2(min(SPAN, block)), tiles,
         BLOCK=block, HAS_INDEX=index is not None and lengths is None, RAGGED=lengths is not None,
-        WORDS=words, num_warps=num_warps, **opts)
+        WORDS=words, FULL=words and lengths is None and L % BLOCK_LEN.value == 0, num_warps=num_warps, **opts)
     span, count = groups, -(-C // block)
     while span > 1:
         levels, groups = _log2(min(span, block)), max(1, span // block)
