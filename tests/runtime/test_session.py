@@ -206,3 +206,18 @@ def test_flip_bit_flips_exactly_one_bit():
     assert t.view(torch.uint8).view(-1).tolist() == [0, 0, 0, 0, 128, 0]
     with pytest.raises(ValueError):
         flip_bit(t, 6, 0)
+
+
+def test_fast_engine_ledger_is_verified_by_the_reference_replay(tmp_path, clean):
+    from fieldprint.engine import select_engine
+    from fieldprint.runtime.session import VerifyingSession
+
+    art = fx.artifact()
+    eng = select_engine("fast")(art.model, tokenizer=art.tokenizer, num_pages=48)
+    eng.set_anchors(fx.ANCHORS)
+    out = VerifyingSession(eng, key=fx.key(), ledger_path=tmp_path / "fast.fpl", policy=make_policy(4),
+                           sampling=SamplingParams(temperature="4/5", seed=7), max_new_tokens=16,
+                           model_commitment=art.commitment, nonce=b"\x07" * 32, fsync="none").run(fx.PROMPT)
+    assert out.tokens == clean.tokens
+    rep = fx.verify(out.ledger, progress=True)
+    assert rep.verdict == "valid", rep.message
