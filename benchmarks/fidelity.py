@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hf-dir", type=Path, default=REPO / "build" / "demo-hf")
     p.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: every profile")
-    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--samples", type=int, default=32)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
