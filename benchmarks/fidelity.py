@@ -13,6 +13,7 @@ Method (one number per profile, no hand-picked text):
 
     python -m benchmarks.fidelity                       # demo model, every profile in spec.profiles
     python -m benchmarks.fidelity --hf-dir DIR --samples 32 --tokens 128
+    python -m benchmarks.fidelity --sweep 6           # which stage is sensitive: one width at a time -> 6 bits
 
 Writes a rich table and benchmarks/results/fidelity-<UTC date>.json. The acceptance bar is
 ΔCE < 1% for the ``default`` profile.
@@ -110,8 +111,23 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def run(hf_dir: Path, profiles: list[str], samples: int, tokens: int, seed: int, log=print) -> dict:
-    """Measure every profile on one set of float samples; return the JSON report."""
+def sweep_profiles(base, bits: int) -> dict:
+    """Return {label: profile}: base, then base with one width field at a time set to `bits`."""
+    from dataclasses import replace
+
+    fields = [k for k, v in base.to_dict().items()
+              if (k.startswith(("w_", "a_")) or k in ("embed_bits", "q_bits")) and v != bits]
+    if base.edge_layers == 0:
+        fields = [f for f in fields if not f.endswith("_edge")]
+    out = {base.name: base}
+    for f in fields:
+        out[f"{base.name}:{f}={bits}"] = replace(base, **{f: bits})
+    return out
+
+
+def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print) -> dict:
+    """Measure every profile (names in spec.profiles, or a {label: PrecisionProfile} dict) on one
+    set of float samples; return the JSON report."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -137,12 +153,19 @@ def run(hf_dir: Path, profiles: list[str], samples: int, tokens: int, seed: int,
               "samples": samples, "tokens": tokens, "prompt_tokens": PROMPT_TOKENS,
               "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "accept_delta_ce_pct": ACCEPT_DELTA_CE, "profiles": {}}
-    for name in profiles:
+    if not isinstance(profiles, dict):
+        profiles = {name: PROFILES[name] for name in profiles}
+    for name, profile in profiles.items():
         t1 = time.time()
-        q = quantize_model(ckpt.config, ckpt.state, PROFILES[name])
+        try:
+            q = quantize_model(ckpt.config, ckpt.state, profile)
+        except ValueError as e:  # spec.profiles.ProfileError: this variant cannot run the model
+            report["profiles"][name] = {"error": str(e), "profile": profile.to_dict()}
+            log(f"{name}: refused ({e})")
+            continue
         res = compare(ref, spec_logits(q, seqs), seqs, PROMPT_TOKENS)
         res.update(seconds=round(time.time() - t1, 1), commitment=model_commitment(q).hex(),
-                   profile=PROFILES[name].to_dict())
+                   profile=profile.to_dict())
         report["profiles"][name] = res
         log(f"{name}: ΔCE {res['delta_ce_pct']:+.3f}%  agreement {res['argmax_agreement']:.4f}  ({res['seconds']}s)")
     return report
@@ -155,8 +178,11 @@ def table(report: dict):
     t = Table(title=f"Fidelity vs float ({report['samples']} samples x {report['tokens']} tokens, "
                     f"{report['checkpoint']})")
     for col in ("profile", "CE float", "CE quant", "ΔCE %", "argmax agree", "KL", "time s"):
-        t.add_column(col, justify="right" if col != "profile" else "left")
+        t.add_column(col, justify="right" if col != "profile" else "left", no_wrap=col == "profile")
     for name, r in report["profiles"].items():
+        if "error" in r:
+            t.add_row(name, "-", "-", "[red]refused[/]", "-", "-", "-")
+            continue
         ok = name != "default" or r["delta_ce_pct"] < report["accept_delta_ce_pct"]
         t.add_row(name, f"{r['ce_float']:.4f}", f"{r['ce_quant']:.4f}",
                   f"[{'green' if ok else 'red'}]{r['delta_ce_pct']:+.3f}[/]", f"{r['argmax_agreement']:.4f}",
@@ -176,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sweep", type=int, metavar="BITS", default=None,
+                   help="sensitivity: lower one width field of the first --profile (default: default) to BITS at a time")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity-<date>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -184,15 +212,18 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_demo_model()
     console = Console(stderr=True)
-    report = run(args.hf_dir, args.profile or list(PROFILES), args.samples, args.tokens, args.seed,
-                 log=lambda s: console.print(s))
+    profiles = args.profile or list(PROFILES)
+    if args.sweep is not None:
+        profiles = sweep_profiles(PROFILES[(args.profile or ["default"])[0]], args.sweep)
+    report = run(args.hf_dir, profiles, args.samples, args.tokens, args.seed, log=lambda s: console.print(s))
     Console().print(table(report))
-    out = args.out or REPO / "benchmarks" / "results" / f"fidelity-{report['date'][:10]}.json"
+    kind = "fidelity" if args.sweep is None else f"fidelity-sweep{args.sweep}"
+    out = args.out or REPO / "benchmarks" / "results" / f"{kind}-{report['date'][:10]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {out}")
     d = report["profiles"].get("default")
-    return 0 if d is None or d["delta_ce_pct"] < ACCEPT_DELTA_CE else 1
+    return 0 if d is None or args.sweep is not None or d["delta_ce_pct"] < ACCEPT_DELTA_CE else 1
 
 
 if __name__ == "__main__":
