@@ -84,3 +84,17 @@ def test_fidelity_smoke(tiny_ckpt):
     seqs = torch.randint(0, 9, (2, 6))
     same = compare(logits, logits, seqs, 2)
     assert same["delta_ce_pct"] == 0 and same["argmax_agreement"] == 1
+
+
+def test_sweep_profiles_change_one_field_each():
+    from benchmarks.fidelity import sweep_profiles
+    from spec.profiles import PROFILES
+
+    base = PROFILES["default"]
+    variants = sweep_profiles(base, 6)
+    assert variants[base.name] == base
+    for label, p in variants.items():
+        if label == base.name:
+            continue
+        diff = {k for k, v in p.to_dict().items() if v != base.to_dict()[k]}
+        assert diff == {label.split(":")[1].split("=")[0]} and label.endswith("=6"), label
