@@ -7,9 +7,16 @@ Which implementation runs is decided by the device of the input tensor, never by
   once the returned ``event`` has completed (``event.synchronize()``, or
   ``other_stream.wait_event(event)``). When ``stream`` is not the current stream it first
   waits for the current stream, so pages written there are hashed as written.
-* **CPU tensor** -> the ``blake3`` package (the official Rust implementation), synchronously,
-  spread over ``max_threads`` threads (``blake3.AUTO`` or ``None`` = every core). The
-  returned ``event`` is a :class:`CompletedEvent`, already complete, with the same methods.
+  The CUDA path never waits for the device: keys and context keys are cached on the device
+  after their first use (an upload from pageable memory would block the host until the
+  stream drains), and nothing is read back.
+* **CPU tensor** -> the ``blake3`` package (the official Rust implementation), synchronously.
+  ``max_threads`` (``blake3.AUTO`` or ``None`` = every core) goes to the package's own
+  multithreading for pages of ``THREADED_PAGE_BYTES`` or more; smaller pages are hashed one
+  after the other on the calling thread, since a Python thread pool over them was slower
+  than one thread on a 16-core H100 host (1.7 vs 3.1 GB/s for 16 KiB pages:
+  benchmarks/results/blake3-H100-*.json). The returned ``event`` is a
+  :class:`CompletedEvent`, already complete, with the same methods.
 
 Both return ``HashResult(digests, event)``: ``digests`` is uint8 ``[N, 32]`` on the input's
 device, and ``digests[n]`` equals ``blake3.blake3(page_bytes(n), key=..., derive_key_context=...)
@@ -17,14 +24,13 @@ device, and ``digests[n]`` equals ``blake3.blake3(page_bytes(n), key=..., derive
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import blake3 as _blake3
 import torch
 
 DIGEST_BYTES = 32  # BLAKE3 default output (= 256 bits)
+THREADED_PAGE_BYTES = 1 << 20  # pages this large use the package's threads (= 1 MiB)
 
 
 class CompletedEvent:
@@ -67,11 +73,13 @@ def hash_pool_pages(pool: torch.Tensor, page_indices: torch.Tensor | list[int], 
                     max_threads: int | None = 1, max_programs: int | None = None) -> HashResult:
     """Return the BLAKE3 digest of ``pool[i]`` for each ``i`` in ``page_indices``, read in place.
 
-    Requires ``pool`` with a leading physical-page axis (a KV pool's ``data``); on CUDA the
-    pages are read through the index, without a gather copy.
+    Requires ``pool`` with a leading physical-page axis (a KV pool's ``data``) and indices
+    in ``[0, pool.shape[0])`` (checked for host indices only: checking device indices would
+    wait for the device). On CUDA the pages are read through the index, without a gather
+    copy; pass the indices as a CUDA tensor to keep the call asynchronous.
     """
     index = torch.as_tensor(page_indices, dtype=torch.int64).reshape(-1)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= pool.shape[0]):
+    if not index.is_cuda and index.numel() and (int(index.min()) < 0 or int(index.max()) >= pool.shape[0]):
         raise IndexError(f"page index out of range for a pool of {pool.shape[0]} pages")
     return _hash(pool, index, key, derive_key_context, stream, max_threads, max_programs)
 
@@ -118,19 +126,12 @@ def _hash_cpu(pages, index, key, derive_key_context, max_threads) -> HashResult:
     out = torch.empty((len(order), DIGEST_BYTES), dtype=torch.uint8)
     view = out.numpy()
 
-    def run(lo: int, hi: int) -> None:
-        for j in range(lo, hi):
-            view[j] = memoryview(_blake3.blake3(data[order[j]], **kwargs).digest())
-
     if max_threads is None or max_threads == _blake3.blake3.AUTO:
-        threads = os.cpu_count() or 1
+        threads = _blake3.blake3.AUTO
     else:
         threads = max(1, int(max_threads))
-    n = len(order)
-    if threads == 1 or n < 2:
-        run(0, n)
-    else:  # the package releases the GIL while hashing, so threads run in parallel
-        step = -(-n // threads)
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda lo: run(lo, min(n, lo + step)), range(0, n, step)))
+    if threads != 1 and data.shape[1] >= THREADED_PAGE_BYTES:
+        kwargs["max_threads"] = threads
+    for j, i in enumerate(order):
+        view[j] = memoryview(_blake3.blake3(data[i], **kwargs).digest())
     return HashResult(out, CompletedEvent())

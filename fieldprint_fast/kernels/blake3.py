@@ -449,15 +449,32 @@ def _next_pow2(x: int) -> int:
     return 1 << (x - 1).bit_length()
 
 
+# Key words live on the device and are cached: a host-to-device copy from pageable memory
+# would block the host until the stream drains, serializing a side stream with its caller.
+_KEYS: dict[tuple, torch.Tensor] = {}
+
+
+def _cached(kind: str, value: bytes, device, make) -> torch.Tensor:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    k = (kind, value, str(device))
+    if k not in _KEYS:
+        if len(_KEYS) > 256:
+            _KEYS.clear()
+        _KEYS[k] = make(device)
+    return _KEYS[k]
+
+
 def _iv_words(device) -> torch.Tensor:
-    return torch.from_numpy(np.array(IV, dtype=np.uint32).view(np.int32)).to(device)
+    return _cached("iv", b"", device, lambda d: torch.from_numpy(np.array(IV, dtype=np.uint32).view(np.int32)).to(d))
 
 
 def key_words(key: bytes, device) -> torch.Tensor:
-    """Return the 32-byte ``key`` as int32 [8] little-endian words on ``device``."""
+    """Return the 32-byte ``key`` as int32 [8] little-endian words on ``device`` (cached)."""
     if len(key) != KEY_LEN.value:
         raise ValueError(f"a BLAKE3 key is {KEY_LEN.value} bytes, got {len(key)}")
-    return torch.frombuffer(bytearray(key), dtype=torch.int32).to(device)
+    return _cached("key", bytes(key), device, lambda d: torch.frombuffer(bytearray(key), dtype=torch.int32).to(d))
 
 
 def _as_rows(pages: torch.Tensor) -> torch.Tensor:
@@ -556,11 +573,15 @@ def blake3_ragged(data: torch.Tensor, starts: torch.Tensor, lengths: torch.Tenso
 
 
 def context_key(context: str | bytes, device, *, block: int = 128) -> torch.Tensor:
-    """Return the derive-key context key, hash(context) in DERIVE_KEY_CONTEXT mode, as int32 [8]."""
+    """Return the derive-key context key, hash(context) in DERIVE_KEY_CONTEXT mode, as int32 [8] (cached)."""
     data = context.encode("utf-8") if isinstance(context, str) else bytes(context)
-    row = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(1, -1).to(device) if data \
-        else torch.empty((1, 0), dtype=torch.uint8, device=device)
-    return blake3_rows(row, flags=DERIVE_KEY_CONTEXT.value, block=block).reshape(8)
+
+    def make(d):
+        row = torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(1, -1).to(d) if data \
+            else torch.empty((1, 0), dtype=torch.uint8, device=d)
+        return blake3_rows(row, flags=DERIVE_KEY_CONTEXT.value, block=block).reshape(8)
+
+    return _cached("context", data, device, make)
 
 
 def mode(key: bytes | None, derive_key_context: str | bytes | None, device, block: int = 128):
