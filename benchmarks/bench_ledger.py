@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--commit-every", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--engine", choices=["ref", "fast"], default="ref",
+                    help="engine that generates (the auditor always replays on the CPU reference engine)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from rich.console import Console
@@ -103,8 +105,12 @@ def main(argv=None) -> int:
     anchors = prompt_of(art, args.anchor_tokens + 5)[5:]
     eos = []  # run the full token budget every time
 
+    from fieldprint.engine import select_engine
+
+    cls = select_engine(args.engine) if args.engine != "ref" else RefEngine
+
     def engine():
-        eng = RefEngine(art.model, tokenizer=art.tokenizer, num_pages=96, device=args.device, eos_token_ids=eos)
+        eng = cls(art.model, tokenizer=art.tokenizer, num_pages=96, device=args.device, eos_token_ids=eos)
         eng.set_anchors(anchors)
         return eng
 
@@ -156,7 +162,7 @@ def main(argv=None) -> int:
         return 1
     p, l = statistics.median(plain_s), statistics.median(ledger_s)
     result = {
-        "benchmark": "ledger", "date": date.today().isoformat(), "device": args.device,
+        "benchmark": "ledger", "date": date.today().isoformat(), "device": args.device, "engine": args.engine,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "model": model_desc, "model_path": art_path, "config": art.model.config.to_dict(),
         "tokens": len(tokens), "prompt_tokens": len(prompt), "anchor_tokens": len(anchors), "runs": args.runs,
@@ -164,6 +170,7 @@ def main(argv=None) -> int:
         "plain_s": [round(x, 4) for x in plain_s], "ledger_s": [round(x, 4) for x in ledger_s],
         "plain_median_s": round(p, 4), "ledger_median_s": round(l, 4),
         "overhead_pct": round(100 * (l / p - 1), 2),
+        "paired_overhead_pct": round(100 * statistics.median(b / a - 1 for a, b in zip(plain_s, ledger_s)), 2),
         "run_to_run_spread_pct": round(100 * (max(plain_s) - min(plain_s)) / p, 1),
         "engine_thread_outside_step_ms_per_token": {
             "plain": round(1000 * statistics.median(plain_outside) / len(tokens), 3),
@@ -175,13 +182,14 @@ def main(argv=None) -> int:
         "audit_structural_s": round(struct_s, 4), "audit_replay_s": full.replay["seconds"],
         "audit_replay_tokens_per_s": full.replay["tokens_per_s"],
     }
-    t = Table(title=f"Ledger cost on the reference engine ({model_desc}, {args.device}, {len(tokens)} tokens)")
+    t = Table(title=f"Ledger cost, {args.engine} engine ({model_desc}, {args.device}, {len(tokens)} tokens)")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("generate, plain (median)", f"{p:.3f} s  ({result['plain_tokens_per_s']} tok/s)")
     t.add_row("generate, with ledger (median)", f"{l:.3f} s  ({result['ledger_tokens_per_s']} tok/s)")
     t.add_row("ledger overhead (wall, medians)", f"{result['overhead_pct']:+.2f} %  (plain runs spread "
               f"{result['run_to_run_spread_pct']} %)")
+    t.add_row("ledger overhead (median of paired runs)", f"{result['paired_overhead_pct']:+.2f} %")
     ms = result["engine_thread_outside_step_ms_per_token"]
     t.add_row("engine thread outside engine.step", f"plain {ms['plain']} ms/token, ledger {ms['ledger']} ms/token")
     t.add_row("ledger work on the critical path", f"{result['critical_path_overhead_pct']:+.2f} % of generation time")
@@ -189,7 +197,8 @@ def main(argv=None) -> int:
     t.add_row("audit: structure + signatures", f"{struct_s * 1000:.1f} ms")
     t.add_row("audit: full CPU replay", f"{full.replay['seconds']:.3f} s  ({full.replay['tokens_per_s']} tok/s)")
     Console().print(t)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"ledger-{args.device}-{date.today()}.json"
+    name = f"ledger-{args.engine}-{args.device}-{date.today()}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     con.print(f"wrote {out}")
