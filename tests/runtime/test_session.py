@@ -221,3 +221,16 @@ def test_fast_engine_ledger_is_verified_by_the_reference_replay(tmp_path, clean)
     assert out.tokens == clean.tokens
     rep = fx.verify(out.ledger, progress=True)
     assert rep.verdict == "valid", rep.message
+
+
+@pytest.mark.parametrize("kw, end, n", [
+    (dict(stop=["w31"]), "stop_sequence", 3),
+    (dict(eos_token_ids=[59]), "eos", 4),
+    (dict(chunk_size=5), "max_tokens", 16),
+])
+def test_stop_strings_eos_and_chunked_prefill(tmp_path, clean, kw, end, n):
+    assert clean.tokens[2] == 31 and clean.tokens[3] == 59  # the clean run's w31 and w59
+    out = fx.generate(tmp_path / "s.fpl", **kw)
+    assert out.end_reason == end and out.tokens == clean.tokens[:n]
+    rep = fx.verify(out.ledger)
+    assert rep.verdict == "valid", rep.message
