@@ -1,4 +1,5 @@
-"""The ``fieldprint`` command line: quantize a checkpoint, generate text.
+"""The ``fieldprint`` command line: quantize a checkpoint, generate text (optionally with a
+signed ledger, see `fieldprint.ledger_cli`), create signing keys.
 
 Every user error (missing file, unsupported architecture, truncated weights, prompt too long,
 bad sampling option) prints one line, ``error: <what> (<file or field>)``, on stderr and exits
@@ -78,6 +79,7 @@ def _read_text(path: str, flag: str) -> str:
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``fieldprint`` argument parser."""
+    from fieldprint import ledger_cli
     from spec.profiles import PROFILES
 
     parser = _Parser(prog="fieldprint", description="Verification-first LLM inference.")
@@ -112,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-pages", type=_int("--num-pages", 1), default=None, help="KV pool size in pages")
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ledger_cli.add_generate_args(g)
     g.set_defaults(func=cmd_generate)
+
+    ledger_cli.register(sub)  # keygen
     return parser
 
 
@@ -163,8 +168,10 @@ def _load(args):
 def cmd_generate(args) -> int:
     import torch
 
+    from fieldprint import ledger_cli
     from fieldprint.engine import load_engine
 
+    ledger_cli.check_ledger_args(args)
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file, "--prompt-file")
     anchors = args.anchors if args.anchors is not None else (
         _read_text(args.anchors_file, "--anchors-file") if args.anchors_file is not None else None
@@ -191,10 +198,12 @@ def cmd_generate(args) -> int:
             times.append(time.perf_counter())
             advance()
 
-        res = engine.generate(
-            prompt, sampling=sampling, max_new_tokens=args.max_new_tokens, window=window,
-            stop=args.stop, chunk_size=args.chunk_size, on_step=on_step,
-        )
+        kw = dict(sampling=sampling, max_new_tokens=args.max_new_tokens, window=window, stop=args.stop,
+                  chunk_size=args.chunk_size, on_step=on_step)
+        if args.ledger is not None:  # the verifying runtime: signed ledger, commits, rollbacks
+            res = ledger_cli.run_generate_with_ledger(args, engine, art, prompt, **kw)
+        else:
+            res = engine.generate(prompt, **kw)
     timing = _timing(t0, times)
     if args.json:
         print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing, window)))

@@ -174,3 +174,18 @@ def test_quantize_refuses_bad_checkpoints(capsys, hf_dir, tmp_path):
     (tmp_path / "afile").write_text("x")
     code, _, err = cli(capsys, "quantize", hf_dir, tmp_path / "afile" / "out")
     assert_user_error(code, err, "afile")
+
+
+def test_keygen_and_generate_with_a_ledger(capsys, artifact, tmp_path):
+    code, _, err = cli(capsys, "keygen", "cli.example/engine", "--out", tmp_path / "eng")
+    assert code == 0, err
+    ledger = tmp_path / "run.fpl"
+    args = ["generate", "--model", artifact, "--prompt", "once upon a time", "--max-new-tokens", 4,
+            "--ledger", ledger, "--key", tmp_path / "eng.key", "--fsync", "none", "--json"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert ledger.stat().st_size > 0 and "[ledger" in err
+    plain = json.loads(cli(capsys, *args[:7], "--json")[1])
+    assert json.loads(out)["tokens"] == plain["tokens"]  # the ledger does not change the generation
+    assert_user_error(*cli(capsys, *args)[::2], "--ledger", "exists")
+    assert_user_error(*cli(capsys, *args[:7], "--key", tmp_path / "eng.key")[::2], "--key needs --ledger")
