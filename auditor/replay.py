@@ -149,7 +149,11 @@ class Replayer:
         blocks = -(-cfg.max_position // PAGE_TOKENS)
         pages = self.num_pages or (3 * blocks + self.n_commits + 8)
         eos = list(inp.eos_token_ids)
-        self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
+        try:  # the replay needs each step's logits once: do not keep them in the records
+            self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos,
+                                    keep_logits=False)
+        except TypeError:
+            self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
         self.anchor_info = None
         self.anchor_digests = []
         if inp.anchor_tokens:

@@ -16,7 +16,7 @@ field                     definition
 
 It also holds the *inputs* a replay needs but the genesis only commits to (prompt and anchor
 token ids; window, EOS ids and stop strings), written next to the ledger as
-``<ledger>.inputs.json``, and two engine adapters the Engine contract does not offer yet.
+``<ledger>.inputs.json``, and two small engine adapters (``set_attempt``, ``finish_reason``).
 These definitions belong in ``spec/`` (see docs/auditor.md, "Open points"); they live here
 so that the runtime and the auditor share one copy. Imports: ``spec`` only.
 """
@@ -199,10 +199,8 @@ def read_inputs(path: str | os.PathLike) -> ReplayInputs:
 
 
 def set_attempt(engine, handle: int, attempt: int) -> None:
-    """Make the sequence sample its next tokens under RNG ``attempt``.
-
-    Uses ``engine.set_attempt`` when the engine has it; else the reference engine's sequence
-    state (adapter until the Engine contract offers it)."""
+    """Make the sequence sample its next tokens under RNG ``attempt`` (``Engine.set_attempt``;
+    engines older than that method get the reference engine's sequence state set directly)."""
     if hasattr(engine, "set_attempt"):
         engine.set_attempt(handle, attempt)
         return
@@ -210,7 +208,9 @@ def set_attempt(engine, handle: int, attempt: int) -> None:
 
 
 def finish_reason(engine, handle: int) -> str | None:
-    """Return why the sequence finished (None while it runs), without detokenizing."""
+    """Return why the sequence finished (None while it runs): ``Engine.finish_reason``."""
+    if hasattr(engine, "finish_reason"):
+        return engine.finish_reason(handle)
     seqs = getattr(engine, "_sequences", None)
     if seqs is not None and handle in seqs:
         return seqs[handle].finish_reason
