@@ -345,7 +345,8 @@ class VerifyingSession:
                   window=self.window, stop=self.stop)
         if self.eos_token_ids is not None:
             kw["eos_token_ids"] = self.eos_token_ids
-        self._handle = eng.add_sequence(prompt, **kw)
+        self._handle = eng.add_sequence(prompt, **kw)  # bad input raises here, before any file exists
+        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
         first = eng.result(self._handle)
         self._prompt_tokens = list(first.prompt_tokens)
         self._prompt_len = len(self._prompt_tokens)
@@ -380,8 +381,10 @@ class VerifyingSession:
         """Generate for ``prompt`` (text or token ids); return the live branch and ledger facts."""
         t0 = time.perf_counter()
         eng = self.engine
+        if os.path.exists(self.ledger_path):
+            raise FileExistsError(f"ledger {self.ledger_path} exists (ledgers are never overwritten)")
         self.hasher = PageHasher()
-        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
+        self.sink = None
         self.validation = ValidationRunner(eng, self.validators)
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
         self._seg_first, self._next_commit, self._attempt = 0, 0, 0
@@ -426,8 +429,13 @@ class VerifyingSession:
                     end = sem.end_reason(finish)
                     break
         finally:
-            if self._handle is not None:
+            if self.sink is not None:
                 self._close(end, finish)
+            else:
+                self.validation.close()
+                self.hasher.close()
+                if self._handle is not None:
+                    eng.release(self._handle)
         return SessionResult(
             ledger=self.ledger_path, inputs=self.inputs_path, tokens=list(self._generated),
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,

@@ -234,3 +234,14 @@ def test_stop_strings_eos_and_chunked_prefill(tmp_path, clean, kw, end, n):
     assert out.end_reason == end and out.tokens == clean.tokens[:n]
     rep = fx.verify(out.ledger)
     assert rep.verdict == "valid", rep.message
+
+
+def test_refused_input_leaves_no_ledger(tmp_path):
+    from fieldprint_ref.errors import EngineError
+
+    with pytest.raises(EngineError):
+        fx.generate(tmp_path / "long.fpl", prompt=list(range(1, 60)) * 3)
+    assert not (tmp_path / "long.fpl").exists()
+    (tmp_path / "taken.fpl").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        fx.generate(tmp_path / "taken.fpl")
