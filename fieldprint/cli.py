@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from fractions import Fraction
@@ -292,6 +293,9 @@ def _result_json(args, model_path, art, engine, info, res, timing, window) -> di
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    # Before torch loads: OpenMP's active spin-wait stalls every small parallel op on a busy
+    # 2-core machine (decode 0.8-1 s/token instead of ~70 ms; docs/spec/numerics.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from fieldprint.errors import FieldprintError
     from fieldprint_ref.errors import EngineError
 
