@@ -34,10 +34,11 @@ A program owns ``BLOCK`` consecutive lanes (a power of two), so it holds either
    lanes in lock step (vectors of ``BLOCK`` 32-bit words, one per chunk, as SIMD BLAKE3 does on
    CPUs). Block words are loaded as a ``[BLOCK, 16]`` tile (row = 64 bytes of one chunk) and
    split into 16 column vectors, see ``_unpack16``.
-2. *Merge in registers* (``_merge``): ``log2(min(SPAN, BLOCK))`` levels of parent compressions;
-   each level reshapes the CV vectors to ``[width / 2, 2]`` and splits them into left and
-   right children. When the program holds whole messages the last level carries ``ROOT`` and
-   the result is the digest; otherwise it is the CV of a full subtree of ``BLOCK`` chunks.
+2. *Merge in the program* (``_merge``): ``log2(min(SPAN, BLOCK))`` levels of parent
+   compressions; at level ``l`` the lane at node position ``p`` (a multiple of ``2**(l+1)``)
+   takes the node of lane ``p + 2**l`` through a per-lane scratch slot. The parent made at
+   level ``ceil(log2(chunks))`` carries ``ROOT`` and is the digest; when a message spans
+   several programs each program ends with the CV of a full subtree of ``BLOCK`` chunks.
 3. *Parent stage* (``_parent_kernel``), only for messages longer than ``BLOCK`` chunks: the
    same merge over the subtree CVs, repeated until one node per message is left.
 
@@ -49,7 +50,13 @@ Inputs are read in place: a message is row ``n`` of a 2-D byte tensor, or row
 without a gather. When ``L`` and the row stride are multiples of 4 the kernel loads 32-bit
 words (``WORDS``), otherwise bytes, assembled little-endian.
 
-Limits: messages up to 2**32 chunks (4 TiB); 32-byte output only (no extended output).
+A program can also loop over several tiles of ``BLOCK`` lanes (``max_programs``), which
+bounds the SMs hashing holds while another stream runs.
+
+Limits: fewer than 2**31 lanes per launch (2 TiB); 32-byte output only (no extended output).
+Measured on an H100: about 1.2 TB/s for 16 KiB pages, at ~90 % of the INT32 ALU ceiling
+(BLAKE3 is compute-bound on the GPU); method, numbers and the ceiling are in
+``docs/fast/blake3.md``.
 
 Run ``python -m fieldprint_fast.kernels.blake3`` on a CUDA machine for a short benchmark.
 """
@@ -440,8 +447,8 @@ def _parent_kernel(
 # --------
 
 
-# Launch shape measured best on an H100 (benchmarks/results/blake3-H100-*.json): 128 lanes,
-# 4 warps, registers capped at 128 (uncapped, ptxas takes ~196 and fewer programs fit an SM).
+# Launch shape (benchmarks/results/blake3-H100-*.json, 16 KiB pages, 1 GiB): 128 lanes, 4 warps,
+# registers capped at 128 (as fast as uncapped, ~196; a cap of 96 spills and loses 12 %).
 MAXNREG = 128
 
 
