@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_DIR = "build/demo"
 DEMO_HF_DIR = "build/demo-hf"
 
+# The sources each build step depends on: a change to any of them rebuilds that step, so a
+# checkout never reuses a demo model made by an older spec or trainer.
+_TRAIN_SOURCES = ("tools/train_demo.py", "tools/corpus.py")
+_QUANTIZE_SOURCES = ("spec/*.py", "fieldprint/artifact.py", "fieldprint/hf.py")
+
 
 def _resolve(p) -> Path:
     p = Path(p)
@@ -54,6 +59,33 @@ def _train(hf_dir: Path) -> None:
     console.print(f"trained: val cross-entropy {report['val_ce']:.3f} nats/token ({report['seconds']}s)")
 
 
+def _source_stamp(patterns) -> str:
+    """Return a BLAKE3 hex digest over the named source files (path and bytes, sorted by path)."""
+    import blake3
+
+    h = blake3.blake3()
+    for path in sorted(p for pat in patterns for p in REPO.glob(pat)):
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(REPO).as_posix()}\0{len(data)}\0".encode() + data)
+    return h.hexdigest()
+
+
+def _stamp_file(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".sources")
+
+
+def _stamped(folder: Path, patterns) -> bool:
+    stamp = _stamp_file(folder)
+    return stamp.is_file() and stamp.read_text().strip() == _source_stamp(patterns)
+
+
+def _write_stamp(folder: Path, patterns) -> None:
+    stamp = _stamp_file(folder)
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(_source_stamp(patterns) + "\n")
+    tmp.replace(stamp)
+
+
 def _current(out: Path) -> bool:
     """Return whether the artifact at out loads and was quantized with today's default profile."""
     from fieldprint.artifact import load_artifact
@@ -71,11 +103,15 @@ def ensure_demo_model(build_dir=DEMO_DIR, hf_dir=DEMO_HF_DIR, progress: bool = T
     from fieldprint.artifact import MANIFEST_FILE, quantize_checkpoint
 
     out, hf = _resolve(build_dir), _resolve(hf_dir)
-    if (out / MANIFEST_FILE).is_file() and _current(out):
+    trained = _stamped(hf, _TRAIN_SOURCES) and all(
+        (hf / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
+    if trained and _stamped(out, _QUANTIZE_SOURCES) and (out / MANIFEST_FILE).is_file() and _current(out):
         return out
-    if not all((hf / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+    if not trained:
         _train(hf)
+        _write_stamp(hf, _TRAIN_SOURCES)
     quantize_checkpoint(hf, out, profile_name="default", progress=progress)
+    _write_stamp(out, _QUANTIZE_SOURCES)
     if progress:
         _console().print(f"demo model ready: {out}")
     return out

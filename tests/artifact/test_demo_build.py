@@ -59,8 +59,11 @@ def test_ensure_demo_model_quantizes_once(tiny_ckpt, tmp_path):
     from fieldprint.artifact import load_artifact
     from fieldprint.demo import ensure_demo_model
 
+    from fieldprint import demo
+
     hf = tmp_path / "demo-hf"
     shutil.copytree(tiny_ckpt[0], hf)
+    demo._write_stamp(hf, demo._TRAIN_SOURCES)  # as if trained by today's trainer
     out = ensure_demo_model(tmp_path / "demo", hf, progress=False)
     assert out == tmp_path / "demo" and load_artifact(out).model.profile.name == "default"
     stamp = (out / "manifest.json").stat().st_mtime_ns
@@ -71,6 +74,12 @@ def test_ensure_demo_model_quantizes_once(tiny_ckpt, tmp_path):
     (out / "manifest.json").write_text(json.dumps(m))
     ensure_demo_model(tmp_path / "demo", hf, progress=False)
     assert load_artifact(out).manifest["format_version"] == 1
+    # A spec or converter edit since the last build: quantized again, the checkpoint is kept.
+    demo._stamp_file(out).write_text("an older spec\n")
+    before = (out / "manifest.json").stat().st_mtime_ns
+    ensure_demo_model(tmp_path / "demo", hf, progress=False)
+    assert (out / "manifest.json").stat().st_mtime_ns != before
+    assert demo._stamped(out, demo._QUANTIZE_SOURCES) and demo._stamped(hf, demo._TRAIN_SOURCES)
 
 
 def test_fidelity_smoke(tiny_ckpt):
