@@ -352,6 +352,9 @@ class Replayer:
             raise self.fail("end-reason", f"end reason {r.reason}, the replay finished with {fin}", field="reason",
                             expected=r.reason, actual=sem.end_reason(fin))
         unresolved = [c.commit.commit for c in self.snaps if c.commit.commit in self.failed]
+        unvalidated = [c.commit.commit for c in self.snaps if c.commit.commit not in self.validations]
+        if unvalidated:
+            self.result.notes.append(f"live commits {unvalidated} carry no validation record")
         if r.reason == "error":
             self.result.notes.append(f"the generation ended with reason error after {r.num_tokens} tokens "
                                      f"(live commits that failed validation: {unresolved or 'none'})")

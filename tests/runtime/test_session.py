@@ -245,3 +245,10 @@ def test_refused_input_leaves_no_ledger(tmp_path):
     (tmp_path / "taken.fpl").write_bytes(b"")
     with pytest.raises(FileExistsError):
         fx.generate(tmp_path / "taken.fpl")
+
+
+def test_sha256_profile_ledger_verifies(tmp_path):
+    out = fx.generate(tmp_path / "sha.fpl", hash_profile="sha256", max_new_tokens=6)
+    assert read_ledger(out.ledger).hash_profile == "sha256"
+    rep = fx.verify(out.ledger)
+    assert rep.verdict == "valid" and not rep.notes, rep.to_json()
