@@ -75,7 +75,7 @@ def _slots(block_table: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, 
     blocks = idx // PAGE_TOKENS
     if idx.numel() and int(blocks.max()) >= block_table.numel():
         raise ValueError(f"block table of {block_table.numel()} blocks does not cover token {int(idx.max())}")
-    pages = block_table.to(torch.int64)[blocks]
+    pages = block_table.to(device=idx.device, dtype=torch.int64)[blocks]
     if bool((pages < 0).any()):
         raise ValueError(f"a visible block is evicted (block {int(blocks[pages < 0][0])})")
     return pages, idx % PAGE_TOKENS
@@ -83,14 +83,14 @@ def _slots(block_table: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, 
 
 def write_kv(pool: KVPool, layer: int, block_table: torch.Tensor, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
     """Write K and V rows [T, kv_heads, d] (Q16) of tokens start..start+T-1 into their page slots."""
-    pages, offs = _slots(block_table, torch.arange(start, start + k.shape[0]))
+    pages, offs = _slots(block_table, torch.arange(start, start + k.shape[0], device=k.device))
     pool.data[pages, layer, 0, offs] = pack_rows(k)
     pool.data[pages, layer, 1, offs] = pack_rows(v)
 
 
 def read_kv(pool: KVPool, layer: int, block_table: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Return the int8 page rows [hi - lo, 2, kv_heads, d + 4] of logical tokens lo..hi-1."""
-    pages, offs = _slots(block_table, torch.arange(lo, hi))
+    pages, offs = _slots(block_table, torch.arange(lo, hi, device=pool.data.device))
     return pool.data[pages, layer, :, offs]
 
 
@@ -104,7 +104,7 @@ def scores(q: torch.Tensor, q_bits: int, k_rows: torch.Tensor) -> torch.Tensor:
     qq, mq, eq = quantize_rows(q, q_bits)  # [T, H, d], [T, H]
     kq, mk, ek = unpack_rows(k_rows)  # [L, G, d], [L, G]
     h, g = q.shape[1], k_rows.shape[1]
-    kv = torch.arange(h) // (h // g)
+    kv = torch.arange(h, device=q.device) // (h // g)
     acc = torch.stack([int_matmul(qq[:, i], kq[:, kv[i]]) for i in range(h)])  # [H, T, L]
     prod = acc * mq.T[:, :, None] * mk.T[kv][:, None, :]
     sh = 2 * ACT_FRAC_BITS - SCORE_FRAC_BITS - eq.T[:, :, None] - ek.T[kv][:, None, :]
@@ -128,7 +128,7 @@ def mix_values(p: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.T
     vq, mv, ev = unpack_rows(v_rows)
     v = dequantize_rows(vq, mv, ev)  # [L, G, d] Q16
     h, g = p.shape[0], v.shape[1]
-    kv = torch.arange(h) // (h // g)
+    kv = torch.arange(h, device=p.device) // (h // g)
     bound = (1 << prob_bits) * absmax(v)
     out = torch.stack([int_matmul(p[i], v[:, kv[i]].T, bound=bound) for i in range(h)], dim=1)
     return round_shift(out, prob_bits)
@@ -136,11 +136,11 @@ def mix_values(p: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.T
 
 def visibility(query_idx: torch.Tensor, anchor_len: int, lo: int, hi: int, window: int | None) -> torch.Tensor:
     """Return bool [T, A + hi - lo]: anchors always; context j in [lo, hi) iff j <= i and (i - j < window)."""
-    j = torch.arange(lo, hi)
+    j = torch.arange(lo, hi, device=query_idx.device)
     ctx = j[None, :] <= query_idx[:, None]
     if window is not None:
         ctx &= query_idx[:, None] - j[None, :] < window
-    return torch.cat([torch.ones(query_idx.numel(), anchor_len, dtype=torch.bool), ctx], dim=1)
+    return torch.cat([torch.ones(query_idx.numel(), anchor_len, dtype=torch.bool, device=query_idx.device), ctx], dim=1)
 
 
 def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torch.Tensor, start: int,
@@ -157,6 +157,6 @@ def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torc
     a = 0 if anchors is None else anchors.length
     if a:
         rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
-    vis = visibility(torch.arange(start, start + t), a, lo, start + t, window)
+    vis = visibility(torch.arange(start, start + t, device=q.device), a, lo, start + t, window)
     p = softmax(scores(q, q_bits, rows[:, 0]), vis[None], exp_table, prob_bits)
     return mix_values(p, rows[:, 1], prob_bits)

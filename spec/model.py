@@ -140,7 +140,7 @@ class QuantizedModel:
 def _positions(chunk: SequenceChunk) -> torch.Tensor:
     """Return the RoPE positions A + start + t of a chunk's tokens (A = anchor length)."""
     a = 0 if chunk.anchors is None else chunk.anchors.length
-    return torch.arange(chunk.tokens.numel(), dtype=torch.int64) + a + chunk.start
+    return torch.arange(chunk.tokens.numel(), dtype=torch.int64, device=chunk.tokens.device) + a + chunk.start
 
 
 def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: torch.Tensor,

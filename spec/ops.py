@@ -72,7 +72,7 @@ def sigmoid(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     u = x.clamp(-lim, lim) + lim  # 0 .. 2**21
     fb = ACT_FRAC_BITS - SIGMOID_STEP_BITS  # fraction bits inside one table step (= 10)
     idx, frac = u >> fb, u & ((1 << fb) - 1)
-    t = table.to(torch.int64)
+    t = table.to(device=x.device, dtype=torch.int64)
     t0, t1 = t[idx], t[(idx + 1).clamp(max=t.numel() - 1)]
     return t0 + round_shift((t1 - t0) * frac, fb)  # sigmoid rises: t1 >= t0
 
@@ -109,7 +109,7 @@ def exp_neg(d: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     n, f = b >> ACT_FRAC_BITS, b & ((1 << ACT_FRAC_BITS) - 1)
     fb = ACT_FRAC_BITS - EXP_TABLE_BITS  # fraction bits inside one table step (= 8)
     idx, frac = f >> fb, f & ((1 << fb) - 1)
-    t = table.to(torch.int64)
+    t = table.to(device=d.device, dtype=torch.int64)
     t0, t1 = t[idx], t[idx + 1]
     v = t0 - round_shift((t0 - t1) * frac, fb)  # 2**-f falls: t0 >= t1
     return round_shift(v, n.clamp(max=EXP_FRAC_BITS + 2))

@@ -85,7 +85,7 @@ def greedy(logits: torch.Tensor) -> int:
 
 def weights(logits: torch.Tensor, temperature: Fraction) -> torch.Tensor:
     """Return int64 weights round(2**30 * exp((z_i - max z) / 2**16)) of z = logits / temperature."""
-    z = div_round(logits.to(torch.int64) * temperature.denominator, torch.tensor(temperature.numerator))
+    z = div_round(logits.to(torch.int64) * temperature.denominator, torch.tensor(temperature.numerator, device=logits.device))
     return exp_neg(z.max() - z, exp2_table())
 
 
