@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("ledgers", nargs="+", help="ledger files or folders of *.fpl")
     v.add_argument("--model", required=True, help="model artifact folder the ledger must commit to")
     v.add_argument("--trusted-key", required=True, help="public key file (or verifier string) of the engine")
-    v.add_argument("--inputs", help="replay inputs (default: <ledger>.inputs.json)")
-    v.add_argument("--anchors-file", help="anchor text to check against the ledger's anchor commitment")
+    v.add_argument("--anchors-file", help="anchor text to replay instead of the ledger's anchor tokens (checked "
+                   "against its anchor commitment)")
     v.add_argument("--no-replay", action="store_true", help="check signatures and structure only")
     v.add_argument("--jobs", type=int, default=None, help="parallel processes for several ledgers")
     v.add_argument("--json", action="store_true", help="one JSON report per line")
@@ -68,7 +68,7 @@ def cmd_verify(args) -> int:
         return 2
     progress = not args.json and (args.progress or sys.stderr.isatty())
     reports = verify_many(paths, jobs=args.jobs, model=args.model, trusted_key=args.trusted_key,
-                          inputs=args.inputs, anchors_text=anchors, replay=not args.no_replay, progress=progress)
+                          anchors_text=anchors, replay=not args.no_replay, progress=progress)
     for r in reports:
         print(r.to_json() if args.json else render_text(r))
     if len(reports) > 1 and not args.json:

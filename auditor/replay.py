@@ -3,7 +3,8 @@
 The replay re-runs the recorded generation with ``fieldprint_ref.engine.RefEngine`` and
 walks the records in ledger order, checking each against its own state:
 
-* ``genesis``: model, prompt and anchor commitments against the artifact and the inputs;
+* ``genesis``: model and anchor commitments against the artifact and the genesis inputs
+  (``spec.ledger_file`` already bound the inputs to the genesis commitments);
 * ``token_step``: the replay samples the next token itself and compares step, attempt,
   token and logits digest (it never copies a token from the ledger);
 * ``kv_page``: the replay's page of that block: slots used and digest; at each commit the
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from auditor import semantics as sem
+from spec import commits
 from spec.constants import PAGE_TOKENS
 from spec.ledger import (
     SPEC_VERSION,
@@ -99,12 +100,12 @@ class _Snap:
 class Replayer:
     """Replay ``records`` (a verified prefix) with the reference engine over ``model``."""
 
-    def __init__(self, model, tokenizer, commitment: bytes, inputs: sem.ReplayInputs, *, offsets=None,
+    def __init__(self, model, tokenizer, commitment: bytes, *, anchor_tokens=None, offsets=None,
                  progress=None, num_pages: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.commitment = commitment
-        self.inputs = inputs
+        self.anchor_override = None if anchor_tokens is None else [int(t) for t in anchor_tokens]
         self.offsets = offsets or {}
         self.progress = progress  # callable(n) advancing a progress bar, or None
         self.num_pages = num_pages
@@ -121,14 +122,14 @@ class Replayer:
 
     def _pages_live_state(self) -> bytes:
         eng, h = self.engine, self.h
-        ctx = {b: sem.page_digest(eng.page_bytes(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
-        return sem.live_state(self.anchor_digests, ctx, self.hasher)
+        ctx = {b: commits.page_digest(eng.page_bytes(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
+        return commits.live_state(self.anchor_digests, ctx, self.hasher)
 
     # ------------------------------------------------------------------------ genesis
     def _genesis(self, g: Genesis) -> None:
         from fieldprint_ref.engine import RefEngine
 
-        inp = self.inputs
+        inp = g.inputs
         if g.spec_version != SPEC_VERSION:
             raise self.fail("spec-version", f"genesis names {g.spec_version!r}, this auditor checks {SPEC_VERSION!r}",
                             field="spec_version", expected=g.spec_version, actual=SPEC_VERSION)
@@ -138,10 +139,6 @@ class Replayer:
         if g.page_tokens != PAGE_TOKENS:
             raise self.fail("page-tokens", f"ledger pages hold {g.page_tokens} tokens, the spec {PAGE_TOKENS}",
                             field="page_tokens", expected=g.page_tokens, actual=PAGE_TOKENS)
-        pc = sem.prompt_commitment(inp.prompt_tokens)
-        if g.prompt_commitment != pc or g.prompt_length != len(inp.prompt_tokens):
-            raise self.fail("prompt-commitment", "the inputs' prompt is not the prompt the ledger commits to",
-                            field="prompt_commitment", expected=g.prompt_commitment, actual=pc)
         self.genesis = g
         self.hasher = HASHERS[g.hash_profile]
         self.policy = g.commit_policy
@@ -156,18 +153,19 @@ class Replayer:
             self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
         self.anchor_info = None
         self.anchor_digests = []
-        if inp.anchor_tokens:
-            self.anchor_info = self.engine.set_anchors(list(inp.anchor_tokens))
-            self.anchor_digests = [sem.page_digest(self.engine.page_bytes(p)) for p in self.anchor_info.pages]
-        ac = sem.anchor_commitment(inp.anchor_tokens, self.anchor_digests, self.hasher)
+        self.anchor_tokens = list(inp.anchor_tokens) if self.anchor_override is None else self.anchor_override
+        if self.anchor_tokens:
+            self.anchor_info = self.engine.set_anchors(list(self.anchor_tokens))
+            self.anchor_digests = [commits.page_digest(self.engine.page_bytes(p)) for p in self.anchor_info.pages]
+        ac = commits.anchor_commitment(self.anchor_tokens, self.anchor_digests, self.hasher)
         if g.anchor_commitment != ac:
-            raise self.fail("anchor-commitment", "the inputs' anchors (tokens and their KV pages) are not the "
-                            "anchors the ledger commits to", field="anchor_commitment", expected=g.anchor_commitment,
-                            actual=ac)
+            raise self.fail("anchor-commitment", "the anchors (tokens and the KV pages this model computes for "
+                            "them) are not the anchors the ledger commits to", field="anchor_commitment",
+                            expected=g.anchor_commitment, actual=ac)
         try:
             self.h = self.engine.add_sequence(
                 list(inp.prompt_tokens), sampling=sampling_params(g.sampling), max_new_tokens=g.sampling.max_new_tokens,
-                sequence=g.sequence, anchors=self.anchor_info, window=inp.window, stop=list(inp.stop),
+                sequence=g.sequence, anchors=self.anchor_info, window=inp.window or None, stop=list(inp.stop_strings),
                 eos_token_ids=eos)
         except Exception as e:  # the engine refuses the inputs (too long, bad ids, ...)
             raise self.fail("replay-setup", f"the reference engine refuses the ledger's inputs: {e}") from None
@@ -199,8 +197,8 @@ class Replayer:
             return self._diverge("commit-missing", f"the policy requires a commit ({reason}) after step {step}, "
                                  f"the ledger goes on to step {r.step}", step=step, field="commit")
         while True:
-            if sem.finish_reason(eng, self.h) is not None:
-                return self._diverge("replay-finished", f"the replay finished ({sem.finish_reason(eng, self.h)}) "
+            if eng.finish_reason(self.h) is not None:
+                return self._diverge("replay-finished", f"the replay finished ({eng.finish_reason(self.h)}) "
                                      f"before step {r.step}", step=r.step, field="token")
             out = eng.step([self.h])
             if out:
@@ -216,7 +214,7 @@ class Replayer:
         if rec.token != r.token:
             return self._diverge("replay-token", f"step {r.step}: the ledger has token {r.token}, the replay samples "
                                  f"{rec.token}", step=r.step, field="token", expected=r.token, actual=rec.token)
-        ld = sem.logits_digest(rec.logits_bytes())
+        ld = commits.logits_digest(rec.logits_bytes())
         if ld != r.logits_digest:
             return self._diverge("replay-logits", f"step {r.step}: logits digest differs (same token)", step=r.step,
                                  field="logits_digest", expected=r.logits_digest, actual=ld)
@@ -230,8 +228,8 @@ class Replayer:
                 self.expect_pages.append((w.block, PAGE_TOKENS))
             else:
                 self.dirty.add(w.block)
-        finished = sem.finish_reason(eng, self.h) is not None
-        reason = sem.commit_reason(self.policy, step=rec.step, generated=self.generated,
+        finished = eng.finish_reason(self.h) is not None
+        reason = commits.commit_reason(self.policy, step=rec.step, generated=self.generated,
                                    filled_page=any(w.full for w in rec.writes), finished=finished)
         self.commit_due = None if reason is None else (rec.step, reason)
 
@@ -242,7 +240,7 @@ class Replayer:
             if r.block != k or k >= len(self.anchor_digests):
                 raise self.fail("anchor-page", f"anchor page record for block {r.block}, expected block {k} of "
                                 f"{len(self.anchor_digests)}", block=r.block, page_kind="anchor", field="block")
-            used = min(PAGE_TOKENS, len(self.inputs.anchor_tokens) - k * PAGE_TOKENS)
+            used = commits.anchor_slots(k, len(self.anchor_tokens), PAGE_TOKENS)
             if r.used != used or r.digest != self.anchor_digests[k]:
                 raise self.fail("anchor-page", f"anchor block {k}: ledger used={r.used} digest {r.digest.hex()[:16]}, "
                                 f"replay used={used} digest {self.anchor_digests[k].hex()[:16]}", block=k,
@@ -255,12 +253,12 @@ class Replayer:
             return self._diverge("replay-page", f"the ledger records context block {r.block}, which the replay does "
                                  "not hold", step=self.last_step(), block=r.block, page_kind="context", field="block")
         cached = self.prompt_len + (self.last.step if self.last is not None else 0)
-        used = sem.filled_slots(r.block, cached, PAGE_TOKENS)
+        used = commits.filled_slots(r.block, cached, PAGE_TOKENS)
         if r.used != used:
             return self._diverge("replay-page", f"context block {r.block}: ledger says {r.used} slots used, replay "
                                  f"{used}", step=self.last_step(), block=r.block, page_kind="context", field="used",
                                  expected=r.used, actual=used)
-        d = sem.page_digest(self.engine.page_bytes(table[r.block]))
+        d = commits.page_digest(self.engine.page_bytes(table[r.block]))
         if d != r.digest:
             self._diverge("replay-page", f"context block {r.block} (used {used}) after step {self.last_step()}: page "
                           "digest differs", step=self.last_step(), block=r.block, page_kind="context", field="digest",
@@ -271,8 +269,8 @@ class Replayer:
 
     def _commit(self, r: Commit) -> None:
         if self.pending is None and not self._evict_due():
-            expected = self.expect_pages + [(b, sem.filled_slots(b, self.prompt_len + self.last.step, PAGE_TOKENS))
-                                            for b in sorted(self.dirty)]
+            expected = self.expect_pages + commits.commit_partial_pages(self.dirty, self.prompt_len + self.last.step,
+                                                                        PAGE_TOKENS)
             if self.seen_pages != expected:
                 self._diverge("commit-pages", f"commit {r.commit}: pages recorded {self.seen_pages} (block, used), "
                               f"the runtime must record {expected}", commit=r.commit, step=r.end_step - 1, field="pages")
@@ -329,7 +327,7 @@ class Replayer:
                 eng.release(s.handle)
         self.snaps = self.snaps[:idx + 1]
         self.h = eng.fork(target.handle, sequence=self.genesis.sequence)
-        sem.set_attempt(eng, self.h, r.attempt)
+        eng.set_attempt(self.h, r.attempt)
         ls = self._pages_live_state()
         if ls != r.live_state:
             raise self.fail("rollback-state", "the replay's restored state differs from the rollback's live state",
@@ -347,10 +345,10 @@ class Replayer:
         if ls != r.live_state:
             raise self.fail("end-live-state", "the end record's live state differs from the replay's",
                             field="live_state", expected=r.live_state, actual=ls)
-        fin = sem.finish_reason(self.engine, self.h)
-        if r.reason != "error" and sem.end_reason(fin) != r.reason:
+        fin = self.engine.finish_reason(self.h)
+        if r.reason != "error" and commits.end_reason(fin) != r.reason:
             raise self.fail("end-reason", f"end reason {r.reason}, the replay finished with {fin}", field="reason",
-                            expected=r.reason, actual=sem.end_reason(fin))
+                            expected=r.reason, actual=commits.end_reason(fin))
         unresolved = [c.commit.commit for c in self.snaps if c.commit.commit in self.failed]
         unvalidated = [c.commit.commit for c in self.snaps if c.commit.commit not in self.validations]
         if unvalidated:

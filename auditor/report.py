@@ -8,7 +8,7 @@ verdict    exit meaning
 valid         0 sealed, signed by the trusted key, every record checks, the replay matches
 invalid       1 a frame, record, signature, checkpoint, commitment or replayed value is wrong
 unreadable    2 an input cannot be used: the ledger file is missing or not a ledger, the
-                model artifact, the key or the replay inputs cannot be read
+                model artifact or the key cannot be read
 incomplete    3 not sealed (a crash or a torn tail), but its signed prefix verifies and
                 replays; ``verified_records`` says how far
 ========== ==== ==========================================================================

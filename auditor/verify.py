@@ -23,7 +23,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from auditor import semantics as sem
 from auditor.replay import Replayer
 from auditor.report import Report
 from spec.keys import Verifier, parse_verifier
@@ -75,20 +74,13 @@ def load_model(model):
     return model.model, getattr(model, "tokenizer", None), model.commitment
 
 
-def load_inputs(ledger_path, inputs=None, anchors_text: str | None = None, tokenizer=None) -> sem.ReplayInputs:
-    """Return the replay inputs: ``inputs`` (object or path) or ``<ledger>.inputs.json``;
-    ``anchors_text`` replaces the anchor tokens (tokenized like the engine does)."""
-    if not isinstance(inputs, sem.ReplayInputs):
-        try:
-            inputs = sem.read_inputs(inputs or sem.inputs_path(ledger_path))
-        except LedgerError as e:
-            raise _Unreadable(e.reason, e.message) from None
-    if anchors_text is not None:
-        if tokenizer is None:
-            raise _Unreadable("anchors", "an anchor text needs the model's tokenizer")
-        inputs.anchor_tokens = list(tokenizer.encode(anchors_text, add_special_tokens=True).ids)
-        inputs.anchor_text = anchors_text
-    return inputs
+def anchor_override(anchors_text: str | None, tokenizer) -> list[int] | None:
+    """Return the anchor tokens of ``anchors_text`` (tokenized like the engine does), or None."""
+    if anchors_text is None:
+        return None
+    if tokenizer is None:
+        raise _Unreadable("anchors", "an anchor text needs the model's tokenizer")
+    return list(tokenizer.encode(anchors_text, add_special_tokens=True).ids)
 
 
 def _summary(report: Report, records: list) -> None:
@@ -123,18 +115,18 @@ class _Bar:
         return False
 
 
-def verify_ledger(path, *, model, trusted_key, inputs=None, anchors_text: str | None = None, replay: bool = True,
+def verify_ledger(path, *, model, trusted_key, anchors_text: str | None = None, replay: bool = True,
                   progress: bool = False) -> Report:
     """Verify one ledger file; return its Report (see the module docstring)."""
     report = Report(ledger=os.fspath(path))
     try:
-        return _verify(report, path, model, trusted_key, inputs, anchors_text, replay, progress)
+        return _verify(report, path, model, trusted_key, anchors_text, replay, progress)
     except _Unreadable as e:
         report.verdict, report.reason, report.message = "unreadable", e.reason, e.message
         return report
 
 
-def _verify(report, path, model, trusted_key, inputs, anchors_text, replay, progress) -> Report:
+def _verify(report, path, model, trusted_key, anchors_text, replay, progress) -> Report:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -175,11 +167,12 @@ def _verify(report, path, model, trusted_key, inputs, anchors_text, replay, prog
     records = st.records[:st.verified_size]
     if replay:
         qm, tokenizer, commitment = load_model(model)
-        inp = load_inputs(path, inputs, anchors_text, tokenizer)
+        anchors = anchor_override(anchors_text, tokenizer)
         total = sum(isinstance(r, TokenStep) for r in records)
         t0 = time.perf_counter()
         with _Bar(total, progress, os.path.basename(os.fspath(path))) as advance:
-            res = Replayer(qm, tokenizer, commitment, inp, offsets=offsets, progress=advance).run(records)
+            res = Replayer(qm, tokenizer, commitment, anchor_tokens=anchors, offsets=offsets,
+                           progress=advance).run(records)
         secs = time.perf_counter() - t0
         report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
                          "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from auditor.semantics import make_policy  # noqa: E402
 from auditor.verify import verify_ledger  # noqa: E402
 from fieldprint.runtime.session import VerifyingSession  # noqa: E402
 from fieldprint_ref.engine import RefEngine  # noqa: E402
+from spec.commits import make_policy  # noqa: E402
 from spec.keys import SigningKey  # noqa: E402
 from spec.sampling import SamplingParams  # noqa: E402
 

@@ -168,5 +168,5 @@ def run_generate_with_ledger(args, engine, art, prompt, *, sampling, max_new_tok
     rb = "; ".join(f"rollback to commit {r.to_commit} (step {r.to_step}, attempt {r.attempt})" for r in out.rollbacks)
     print(f"[ledger {out.ledger}: {out.records} records, {out.commits} commits ({describe_policy(policy)}), "
           f"{len(out.rollbacks)} rollbacks{': ' + rb if rb else ''}, end {out.end_reason}; key {key.name}/"
-          f"{key.verifier.key_id:08x}; replay inputs {out.inputs}]", file=sys.stderr)
+          f"{key.verifier.key_id:08x}]", file=sys.stderr)
     return res

@@ -6,7 +6,7 @@ canonical encodings of *records*, one record per leaf, in the order they happene
 ========== === ======================================================================
 record     tag meaning
 ========== === ======================================================================
-genesis      1 what runs: spec version, commitments, sampling, commit policy, engine, key
+genesis      1 what runs: spec version, commitments, sampling, commit policy, replay inputs, engine, key
 token_step   2 one generated token (step, attempt, token id, digest of its logits row)
 kv_page      3 the digest of one KV-cache page as written
 commit       4 a commit point: new tokens, pages written since the last commit, live state
@@ -34,9 +34,8 @@ import functools
 import struct
 from fractions import Fraction
 from math import gcd
-from typing import Annotated, Any, Literal, Sequence, Union
+from typing import Annotated, Any, Literal, Union
 
-import blake3 as _blake3
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -49,7 +48,7 @@ from pydantic import (
     model_validator,
 )
 
-from spec.merkle import BLAKE3, HASHERS, Hasher, leaf_hash, merkle_root
+from spec.merkle import BLAKE3, HASHERS, Hasher, leaf_hash
 
 ENCODING_VERSION = 1  # first byte of every canonical record encoding
 SPEC_VERSION = "fieldprint-ledger/1"  # the ledger spec version a genesis names
@@ -291,6 +290,9 @@ TokenIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], .
                      Wire(ListOf(UInt(4), 4))]
 BlockIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...],
                      Wire(ListOf(UInt(4), 4))]
+StopStrings = Annotated[
+    tuple[Annotated[str, Field(strict=True), BeforeValidator(_no_surrogates)], ...],
+    Wire(ListOf(Utf8(), 4))]
 TokenSequences = Annotated[
     tuple[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...], ...],
     Wire(ListOf(ListOf(UInt(4), 4), 4))]
@@ -413,6 +415,22 @@ class CommitPolicy(_Wired):
     on_page_full: Flag
 
 
+class ReplayInputs(_Wired):
+    """What a replay needs besides the ledger and the model, carried in the genesis.
+
+    ``prompt_tokens`` and ``anchor_tokens`` are the token ids the genesis commits to
+    (``prompt_commitment``, ``anchor_commitment``; checked by ``verify_ledger_structure``);
+    ``window`` is the sliding window in tokens (0 = none); ``eos_token_ids`` and
+    ``stop_strings`` end generation. A wrong window, EOS id or stop string makes the replay's
+    tokens, pages or end differ from the ledger's."""
+
+    prompt_tokens: TokenIds
+    anchor_tokens: TokenIds
+    window: U32
+    eos_token_ids: TokenIds
+    stop_strings: StopStrings
+
+
 class EngineIdentity(_Wired):
     """Which engine produced the ledger: name, version and free-form build details."""
 
@@ -430,7 +448,9 @@ class Genesis(_Wired):
     """Leaf 0: everything a verifier needs to know about the run before any token.
 
     ``anchor_commitment`` is ``ZERO_DIGEST`` when the run has no anchors. ``nonce`` is
-    chosen by the runtime (random) so that two ledgers never share an origin."""
+    chosen by the runtime (random) so that two ledgers never share an origin. ``inputs``
+    carries the prompt and anchor token ids and the options that end generation, so the
+    ledger alone (with the model and the key) is enough to replay it."""
 
     type: Literal["genesis"] = "genesis"
     seq: U64
@@ -445,6 +465,7 @@ class Genesis(_Wired):
     page_tokens: U32
     sampling: SamplingRecord
     commit_policy: CommitPolicy
+    inputs: ReplayInputs
     engine: EngineIdentity
     key_name: Text
     public_key: PublicKey
@@ -601,25 +622,6 @@ def record_leaf_hash(record: _Wired, hasher: Hasher = BLAKE3) -> bytes:
 def hasher_for(genesis: Genesis) -> Hasher:
     """Return the hash function named by a genesis record's ``hash_profile``."""
     return HASHERS[genesis.hash_profile]
-
-
-def content_digest(data: bytes) -> bytes:
-    """Return BLAKE3(data), 32 bytes: the digest of a KV page's bytes or a logits row's bytes
-    (int64 little-endian). Content digests are BLAKE3 in both hash profiles."""
-    return _blake3.blake3(bytes(data)).digest()
-
-
-def pages_root(page_digests: Sequence[bytes], hasher: Hasher = BLAKE3) -> bytes:
-    """Return a commit's ``pages_root``: MTH over the 32-byte digests of the pages written since
-    the previous commit, in record order (``H()`` when none were written)."""
-    return merkle_root(list(page_digests), hasher)
-
-
-def live_state(anchor_page_digests: Sequence[bytes], context_page_digests: Sequence[bytes],
-               hasher: Hasher = BLAKE3) -> bytes:
-    """Return a ``live_state`` digest: MTH over the digests of every live page in logical order,
-    anchor blocks first, then the context blocks that are not evicted."""
-    return merkle_root(list(anchor_page_digests) + list(context_page_digests), hasher)
 
 
 def record_layout(cls: type[_Wired]) -> list[tuple[str, str]]:

@@ -50,6 +50,7 @@ from spec.checkpoint import (
     sign_checkpoint,
     verify_signed_checkpoint,
 )
+from spec.commits import anchor_commitment, anchor_pages, anchor_slots, pages_root, prompt_commitment
 from spec.keys import SigningKey, Verifier, check_key_name
 from spec.ledger import (
     HASH_PROFILES,
@@ -68,7 +69,6 @@ from spec.ledger import (
     decode_record,
     encode_record,
     hasher_for,
-    pages_root,
 )
 from spec.merkle import HASHERS, CompactRange, Hasher, leaf_hash
 from spec.proofs import MerkleTree, ProofError, verify_consistency
@@ -399,6 +399,8 @@ class _SequenceState:
         self.live: list[Commit] = []  # the commits of the current branch, oldest first
         self.steps_since_commit: list[int] = []
         self.pages_since_commit: list[bytes] = []
+        self.num_anchor_pages = 0  # anchor kv_page records due right after the genesis
+        self.anchor_digests: list[bytes] = []
         self.ended = False
 
     def feed(self, i: int, r) -> None:
@@ -412,10 +414,12 @@ class _SequenceState:
         if i == 0:
             if not isinstance(r, Genesis):
                 fail("genesis-not-first", f"first record is {r.type}, not genesis")
-            self.genesis = r
+            self._genesis(r, fail)
             return
         if isinstance(r, Genesis):
             fail("duplicate-genesis", "a second genesis record")
+        if isinstance(r, KVPage) and r.kind == "anchor" or len(self.anchor_digests) < self.num_anchor_pages:
+            self._anchor_page(r, fail)
         if isinstance(r, TokenStep):
             if r.step != self.next_step:
                 fail("step-order", f"token step {r.step}, expected step {self.next_step}")
@@ -443,6 +447,39 @@ class _SequenceState:
             if self.steps_since_commit or self.pages_since_commit:
                 fail("end-uncommitted", "tokens or pages after the last commit")
             self.ended = True
+
+    def _genesis(self, g: Genesis, fail) -> None:
+        """Check the replay inputs against the genesis commitments (anchors: see _anchor_page)."""
+        self.genesis = g
+        if g.page_tokens == 0:
+            fail("page-tokens", "genesis says pages hold 0 tokens")
+        prompt = g.inputs.prompt_tokens
+        if len(prompt) != g.prompt_length or prompt_commitment(prompt) != g.prompt_commitment:
+            fail("prompt-commitment", f"the genesis inputs' {len(prompt)} prompt tokens are not the prompt of "
+                 f"length {g.prompt_length} the genesis commits to")
+        self.num_anchor_pages = anchor_pages(len(g.inputs.anchor_tokens), g.page_tokens)
+        if self.num_anchor_pages == 0:
+            self._check_anchor_commitment(fail)
+
+    def _anchor_page(self, r, fail) -> None:
+        """Records 1..n are the n anchor pages, in page order; none appears anywhere else."""
+        k, n = len(self.anchor_digests), self.num_anchor_pages
+        if k >= n or not isinstance(r, KVPage) or r.kind != "anchor" or r.block != k:
+            fail("anchor-page", f"{r.type} record where anchor page {k} of {n} is due" if k < n else
+                 f"anchor page record after the {n} anchor pages that follow the genesis")
+        want = anchor_slots(k, len(self.genesis.inputs.anchor_tokens), self.genesis.page_tokens)
+        if r.used != want:
+            fail("anchor-page", f"anchor page {k} uses {r.used} slots, its anchor tokens fill {want}")
+        self.anchor_digests.append(r.digest)
+        if k + 1 == n:
+            self._check_anchor_commitment(fail)
+
+    def _check_anchor_commitment(self, fail) -> None:
+        g = self.genesis
+        want = anchor_commitment(g.inputs.anchor_tokens, self.anchor_digests, hasher_for(g))
+        if want != g.anchor_commitment:
+            fail("anchor-commitment", "the genesis inputs' anchor tokens and the anchor page records are not "
+                 "the anchors the genesis commits to")
 
     def _commit(self, r: Commit, fail) -> None:
         if r.commit != self.num_commits:
@@ -520,13 +557,13 @@ class _Walk:
     def record(self, e: Entry, nxt: Entry | None) -> None:
         """Apply the sequence rules to one record and add it to the tree."""
         i = self.tree.size if self.tree is not None else 0
+        if i == 0 and isinstance(e.record, Genesis):
+            hasher, self.verifier, self.origin = _start(self.read, e, self.trusted, self.report)
+            self.tree = MerkleTree(hasher)
         try:
             self.seq.feed(i, e.record)
         except LedgerError as err:
             raise err.at(offset=e.offset)
-        if i == 0:
-            hasher, self.verifier, self.origin = _start(self.read, e, self.trusted, self.report)
-            self.tree = MerkleTree(hasher)
         self.tree.append_leaf_hash(leaf_hash(encode_record(e.record), self.tree.hasher))
         self.report.records.append(e.record)
         if isinstance(e.record, (Commit, End)) and nxt is not None and nxt.checkpoint is None:

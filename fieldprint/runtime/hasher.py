@@ -7,7 +7,7 @@ immediately. Full pages are immutable anyway; the copy is what makes the partial
 a commit and pages freed by a sliding window safe. ``submit_logits`` hashes a step's logits row
 the same way (the engine hands out a fresh tensor per step, so no copy is needed).
 
-Digests are BLAKE3 (``auditor.semantics.page_digest``). On CUDA the worker uses
+Digests are BLAKE3 (``spec.commits.page_digest``). On CUDA the worker uses
 ``fieldprint_fast.hashing`` when that module is installed (BLAKE3 on the device, no copy to
 the host); otherwise it copies the snapshot to the host and uses the ``blake3`` package.
 """
@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from auditor.semantics import digest
+from spec.commits import content_digest as digest
 
 
 def _device_hasher():

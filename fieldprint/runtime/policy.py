@@ -1,6 +1,6 @@
 """Commit boundaries: when the runtime commits, as recorded in the genesis ``CommitPolicy``.
 
-The decision itself is ``auditor.semantics.commit_reason`` (one copy, shared with the auditor,
+The decision itself is ``spec.commits.commit_reason`` (one copy, shared with the auditor,
 which checks every commit sits where the policy says). This module adds the command-line
 syntax: a comma-separated list of triggers::
 
@@ -13,7 +13,7 @@ The prompt's prefill (step 0) and the end of generation always commit.
 """
 from __future__ import annotations
 
-from auditor.semantics import commit_reason, make_policy
+from spec.commits import commit_reason, make_policy
 from spec.ledger import CommitPolicy
 
 __all__ = ["DEFAULT_POLICY", "commit_reason", "make_policy", "parse_policy", "describe_policy"]

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
 
-from auditor import semantics as sem
 from fieldprint.runtime.faults import FaultPlan
 from fieldprint.runtime.hasher import PageHasher, done
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
+from spec import commits
+from spec.commitment import model_commitment as artifact_commitment
 from spec.keys import SigningKey
 from spec.ledger import (
     SPEC_VERSION,
@@ -50,6 +51,7 @@ from spec.ledger import (
     Genesis,
     KVEvict,
     KVPage,
+    ReplayInputs,
     Rollback,
     TokenStep,
     Validation,
@@ -81,7 +83,7 @@ class _Commit:
 
     def live_state(self) -> bytes:
         if self._live is None:
-            self._live = sem.live_state(self.anchor_digests, {b: f.result() for b, f in self.digests.items()},
+            self._live = commits.live_state(self.anchor_digests, {b: f.result() for b, f in self.digests.items()},
                                         self.hasher)
         return self._live
 
@@ -102,7 +104,6 @@ class SessionResult:
     """The outcome of a verified generation: the live branch and what the ledger holds."""
 
     ledger: str
-    inputs: str
     tokens: list[int]
     text: str | None
     finish_reason: str | None
@@ -141,8 +142,8 @@ class VerifyingSession:
     ``policy`` is a ``spec.ledger.CommitPolicy`` (``fieldprint.runtime.policy``);
     ``validators`` are policy validators (functions over a ``CommitView``); ``faults`` a
     ``FaultPlan``. ``model_commitment`` defaults to ``spec.commitment.model_commitment``.
-    The replay inputs (prompt and anchor token ids, window, EOS ids, stop strings) are written
-    to ``<ledger>.inputs.json``."""
+    The replay inputs (prompt and anchor token ids, window, EOS ids, stop strings) go into the
+    genesis record, so the ledger alone replays."""
 
     def __init__(self, engine, *, key: SigningKey, ledger_path, policy: CommitPolicy | None = None,
                  sampling=None, max_new_tokens: int = 16, sequence: int = 0, window: int | None = None,
@@ -155,7 +156,7 @@ class VerifyingSession:
         self.engine = engine
         self.key = key
         self.ledger_path = os.fspath(ledger_path)
-        self.policy = policy if policy is not None else sem.make_policy(8)
+        self.policy = policy if policy is not None else commits.make_policy(8)
         self.sampling = sampling if sampling is not None else SamplingParams()
         self.max_new_tokens = max_new_tokens
         self.sequence = sequence
@@ -208,9 +209,8 @@ class VerifyingSession:
         eng, h = self.engine, self._handle
         table = eng.block_table(h)
         cached = self._prompt_len + step  # tokens fed: the prompt and tokens 0 .. step-1
-        for b in sorted(self._dirty):
-            self._page("context", b, sem.filled_slots(b, cached, self.page_tokens),
-                       self.hasher.submit_page(eng.page_tensor(table[b])))
+        for b, used in commits.commit_partial_pages(self._dirty, cached, self.page_tokens):
+            self._page("context", b, used, self.hasher.submit_page(eng.page_tensor(table[b])))
         self._dirty.clear()
         live = {b: self._digests[b] for b, p in enumerate(table) if p != EVICTED}
         c = _Commit(self._next_commit, reason, self._seg_first, step + 1, tuple(self._seg_tokens), live,
@@ -290,7 +290,7 @@ class VerifyingSession:
         self._pending = []
         self._attempt += 1
         new = eng.fork(target.snapshot, sequence=self.sequence)
-        sem.set_attempt(eng, new, self._attempt)
+        eng.set_attempt(new, self._attempt)
         self._handle = new
         info = RollbackInfo(failed.number, target.number, target.end_step, self._attempt,
                             f"validation of commit {failed.number} failed: {failed.failure}")
@@ -310,9 +310,9 @@ class VerifyingSession:
     def _mismatches(self, target: _Commit) -> tuple[list[int], list[int]]:
         eng = self.engine
         bad_anchor = [k for k, (p, d) in enumerate(zip(self._anchor_pages, self._anchor_digests))
-                      if sem.page_digest(eng.page_bytes(p)) != d]
+                      if commits.page_digest(eng.page_bytes(p)) != d]
         table = eng.block_table(self._handle)
-        bad_ctx = [b for b, f in sorted(target.digests.items()) if sem.page_digest(eng.page_bytes(table[b])) != f.result()]
+        bad_ctx = [b for b, f in sorted(target.digests.items()) if commits.page_digest(eng.page_bytes(table[b])) != f.result()]
         return bad_anchor, bad_ctx
 
     def _repair(self, target: _Commit, info: RollbackInfo) -> None:
@@ -346,7 +346,6 @@ class VerifyingSession:
         if self.eos_token_ids is not None:
             kw["eos_token_ids"] = self.eos_token_ids
         self._handle = eng.add_sequence(prompt, **kw)  # bad input raises here, before any file exists
-        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
         first = eng.result(self._handle)
         self._prompt_tokens = list(first.prompt_tokens)
         self._prompt_len = len(self._prompt_tokens)
@@ -356,26 +355,22 @@ class VerifyingSession:
         self._anchor_pages = list(first.anchors.pages) if first.anchors is not None else []
         self._anchor_digests = [self.hasher.page_digest_now(eng.page_tensor(p)) for p in self._anchor_pages]
         eos = self.eos_token_ids if self.eos_token_ids is not None else sorted(getattr(eng, "eos_token_ids", ()))
-        inputs = sem.ReplayInputs(prompt_tokens=self._prompt_tokens, anchor_tokens=anchors, window=self.window,
-                                  eos_token_ids=list(eos), stop=self.stop)
-        self.inputs_path = sem.inputs_path(self.ledger_path)
-        tmp = self.inputs_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(inputs.to_json())
-        os.replace(tmp, self.inputs_path)
-        commitment = self.model_commitment if self.model_commitment is not None else sem.model_commitment(eng.model)
+        inputs = ReplayInputs(prompt_tokens=tuple(self._prompt_tokens), anchor_tokens=tuple(anchors),
+                              window=self.window or 0, eos_token_ids=tuple(int(t) for t in eos),
+                              stop_strings=tuple(self.stop))
+        commitment = self.model_commitment if self.model_commitment is not None else artifact_commitment(eng.model)
         genesis = Genesis(
             seq=0, spec_version=SPEC_VERSION, hash_profile=self.hash_profile, nonce=self.nonce or os.urandom(32),
             sequence=self.sequence, model_commitment=commitment,
-            anchor_commitment=sem.anchor_commitment(anchors, self._anchor_digests, self.hasher_fn),
-            prompt_commitment=sem.prompt_commitment(self._prompt_tokens), prompt_length=self._prompt_len,
+            anchor_commitment=commits.anchor_commitment(anchors, self._anchor_digests, self.hasher_fn),
+            prompt_commitment=commits.prompt_commitment(self._prompt_tokens), prompt_length=self._prompt_len,
             page_tokens=self.page_tokens, sampling=sampling_record(self.sampling, self.max_new_tokens),
-            commit_policy=self.policy, engine=engine_identity(eng), key_name=self.key.name,
+            commit_policy=self.policy, inputs=inputs, engine=engine_identity(eng), key_name=self.key.name,
             public_key=self.key.public_key)
+        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
         self.sink.append(lambda seq: genesis)
         for k, d in enumerate(self._anchor_digests):
-            used = min(self.page_tokens, len(anchors) - k * self.page_tokens)
-            self._page("anchor", k, used, done(d))
+            self._page("anchor", k, commits.anchor_slots(k, len(anchors), self.page_tokens), done(d))
 
     def run(self, prompt) -> SessionResult:
         """Generate for ``prompt`` (text or token ids); return the live branch and ledger facts."""
@@ -399,7 +394,7 @@ class VerifyingSession:
             while True:
                 out = eng.step([self._handle], chunk_size=self.chunk_size)
                 if not out:
-                    if sem.finish_reason(eng, self._handle) is not None:
+                    if eng.finish_reason(self._handle) is not None:
                         raise RuntimeFailure("the engine finished the sequence without a final step")
                     continue  # a prefill chunk that did not reach the last prompt token
                 rec = out[0][1]
@@ -407,8 +402,8 @@ class VerifyingSession:
                 if self.on_step is not None:
                     self.on_step(rec)
                 self.faults.after_step(rec.step, eng, self._handle, self._anchor_pages, self._wait_validations)
-                finish = sem.finish_reason(eng, self._handle)
-                reason = sem.commit_reason(self.policy, step=rec.step, generated=self._generated,
+                finish = eng.finish_reason(self._handle)
+                reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
                                            filled_page=any(w.full for w in rec.writes), finished=finish is not None)
                 if reason is None:
                     continue
@@ -426,7 +421,7 @@ class VerifyingSession:
                     finish = None
                     continue
                 if finish is not None:
-                    end = sem.end_reason(finish)
+                    end = commits.end_reason(finish)
                     break
         finally:
             if self.sink is not None:
@@ -437,7 +432,7 @@ class VerifyingSession:
                 if self._handle is not None:
                     eng.release(self._handle)
         return SessionResult(
-            ledger=self.ledger_path, inputs=self.inputs_path, tokens=list(self._generated),
+            ledger=self.ledger_path, tokens=list(self._generated),
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,
             end_reason=end, commits=self._next_commit, rollbacks=self.rollbacks, records=len(self.sink.records),
             checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations,

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from auditor.semantics import page_digest
+from spec.commits import page_digest
 
 REHASH = "kv-rehash"  # name of the page re-hash validator in validation records
 

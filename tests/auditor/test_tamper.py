@@ -6,13 +6,10 @@ replay, so those cases run with ``replay=False``; forgeries that keep every fram
 sequence rule intact (an engine that signs a lie with its own key) need the replay."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fp_fixtures as fx
-from auditor.semantics import ReplayInputs, read_inputs
 from auditor.verify import verify_ledger
 from fieldprint.runtime.faults import FaultPlan
 from spec.keys import SigningKey
@@ -43,11 +40,11 @@ def frames(data: bytes) -> list[tuple[int, int, object]]:
     return [(e.offset, e.offset + FRAME_HEADER_SIZE + len(e.payload) + FRAME_CHECK_SIZE, e) for e in read.entries]
 
 
-def check(tmp_path, data: bytes, inputs, name="t.fpl", replay=False, **kw):
+def check(tmp_path, data: bytes, name="t.fpl", replay=False, **kw):
     """Verify ``data``; it must not be accepted and must say why."""
     p = tmp_path / name
     p.write_bytes(data)
-    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier, inputs=inputs, replay=replay, **kw)
+    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier, replay=replay, **kw)
     assert rep.verdict != "valid", f"accepted: {rep.to_json()}"
     assert rep.reason and rep.message, rep.to_json()
     return rep
@@ -82,7 +79,7 @@ def test_every_header_bit_flip(tmp_path, ledgers):
     for bit in range(HEADER_SIZE * 8):
         b = bytearray(data)
         b[bit // 8] ^= 1 << (bit % 8)
-        rep = check(tmp_path, bytes(b), ledgers["clean"].inputs)
+        rep = check(tmp_path, bytes(b))
         assert rep.reason in {"bad-magic", "header-checksum", "bad-version", "bad-profile"}, rep.reason
 
 
@@ -97,7 +94,7 @@ def test_a_bit_flip_in_every_byte_of_every_frame(tmp_path, ledgers):
         for i in range(start, end):
             b = bytearray(data)
             b[i] ^= 1 << (i % 8)
-            rep = check(tmp_path, bytes(b), ledgers["clean"].inputs)
+            rep = check(tmp_path, bytes(b))
             assert rep.verdict == "invalid" and rep.reason in STRUCTURAL, (i, rep.reason)
             assert rep.divergence["offset"] == start, (i, rep.divergence)
     assert kinds == {"Genesis", "TokenStep", "KVPage", "Commit", "Validation", "End", "checkpoint"}
@@ -115,7 +112,7 @@ def test_every_truncation_point(tmp_path, ledgers):
             signed = entry.checkpoint.size
         signed_at[end] = signed
     for cut in range(len(data)):
-        rep = check(tmp_path, data[:cut], ledgers["clean"].inputs)
+        rep = check(tmp_path, data[:cut])
         if cut < HEADER_SIZE:
             assert rep.verdict == "unreadable" and rep.reason in ("truncated-header", "bad-magic")
             continue
@@ -128,7 +125,7 @@ def test_truncated_at_each_checkpoint_replays_the_signed_prefix(tmp_path, ledger
     data = open(ledgers["clean"].ledger, "rb").read()
     cuts = [end for start, end, e in frames(data) if e.checkpoint is not None][:-1]
     for cut in cuts[::2]:
-        rep = check(tmp_path, data[:cut], ledgers["clean"].inputs, replay=True)
+        rep = check(tmp_path, data[:cut], replay=True)
         assert rep.verdict == "incomplete" and rep.replay["steps"] > 0, rep.to_json()
         assert rep.unsigned_records == 0 and "did not finish" in rep.message
 
@@ -147,7 +144,7 @@ def test_record_and_checkpoint_frames_reordered_deleted_duplicated(tmp_path, led
             if parts[k] == parts[k + 1]:
                 continue
             parts[k], parts[k + 1] = parts[k + 1], parts[k]
-        rep = check(tmp_path, data[:HEADER_SIZE] + b"".join(parts), ledgers["rolled"].inputs)
+        rep = check(tmp_path, data[:HEADER_SIZE] + b"".join(parts))
         assert rep.reason in STRUCTURAL, (op, k, rep.reason)
         last_checkpoint = op == "delete" and k == len(fr) - 1
         assert rep.verdict == ("incomplete" if last_checkpoint else "invalid"), (op, k, rep.to_json())
@@ -157,10 +154,10 @@ def test_resigned_with_another_key(tmp_path, ledgers):
     data = open(ledgers["clean"].ledger, "rb").read()
     recs, cps = layout(data)
     mallory = SigningKey("mallory.example/engine", b"\x33" * 32)
-    rep = check(tmp_path, rebuild(recs, mallory, cps), ledgers["clean"].inputs)
+    rep = check(tmp_path, rebuild(recs, mallory, cps))
     assert rep.reason == "checkpoint-untrusted-key" and rep.divergence["record"] == cps[0] + 1
     g = recs[0].model_copy(update=dict(key_name=mallory.name, public_key=mallory.public_key))
-    rep = check(tmp_path, rebuild([g] + recs[1:], mallory, cps), ledgers["clean"].inputs)
+    rep = check(tmp_path, rebuild([g] + recs[1:], mallory, cps))
     assert rep.reason == "key-mismatch" and rep.divergence["record"] == 0
 
 
@@ -173,7 +170,7 @@ def test_checkpoint_from_another_generation_spliced_in(tmp_path, ledgers):
     for i, j in zip(cpa, cpb):
         parts = [a[s:e] for s, e, _ in fa]
         parts[i] = b[fb[j][0]:fb[j][1]]
-        rep = check(tmp_path, a[:HEADER_SIZE] + b"".join(parts), ledgers["clean"].inputs)
+        rep = check(tmp_path, a[:HEADER_SIZE] + b"".join(parts))
         assert rep.reason == "checkpoint-origin" and rep.divergence["offset"] == fa[i][0]
 
 
@@ -186,17 +183,33 @@ def test_changed_model_artifact(tmp_path, ledgers):
     assert rep.divergence["field"] == "model_commitment" and rep.divergence["record"] == 0
 
 
-@pytest.mark.parametrize("field, value, reason", [
-    ("anchor_tokens", fx.ANCHORS[:-1] + [3], "anchor-commitment"),
-    ("anchor_tokens", [], "anchor-commitment"),
-    ("prompt_tokens", fx.PROMPT[:-1], "prompt-commitment"),
-    ("window", 4, ("replay-token", "replay-logits", "replay-page")),
+@pytest.mark.parametrize("field, value, reasons", [
+    ("anchor_tokens", tuple(fx.ANCHORS[:-1] + [3]), {"anchor-commitment"}),
+    ("anchor_tokens", (), {"anchor-commitment"}),
+    ("anchor_tokens", tuple(fx.ANCHORS + [3]), {"anchor-page"}),  # a third anchor page would be due
+    ("prompt_tokens", tuple(fx.PROMPT[:-1]), {"prompt-commitment"}),
+    ("prompt_tokens", tuple(fx.PROMPT[:-1] + [63]), {"prompt-commitment"}),
+    ("window", 4, {"replay-token", "replay-logits", "replay-page", "evict-missing"}),
+    ("eos_token_ids", "token 5", {"commit-missing", "commit-reason", "replay-finished"}),
+    ("stop_strings", ("w31",), {"commit-missing", "commit-reason", "replay-finished"}),
 ])
-def test_changed_inputs(tmp_path, ledgers, field, value, reason):
-    inp = read_inputs(ledgers["clean"].inputs)
-    setattr(inp, field, value)
-    rep = fx.verify(ledgers["clean"].ledger, inputs=inp)
-    assert rep.verdict == "invalid" and rep.reason in (reason if isinstance(reason, tuple) else (reason,)), rep.to_json()
+def test_changed_inputs_in_the_genesis(tmp_path, ledgers, field, value, reasons):
+    """The replay inputs travel in the genesis: changing one and re-signing the whole ledger with
+    the engine's own key is caught by the commitments or by the replay."""
+    clean = ledgers["clean"]
+    if value == "token 5":
+        value = (clean.tokens[5],)
+
+    def edit(recs):
+        inputs = recs[0].inputs.model_copy(update={field: value})
+        return [recs[0].model_copy(update=dict(inputs=inputs))] + recs[1:]
+
+    rep = check(tmp_path, _forge(clean, edit), replay=True)
+    assert rep.verdict == "invalid" and rep.reason in reasons, rep.to_json()
+    if rep.reason in ("prompt-commitment", "anchor-commitment", "anchor-page"):
+        # caught before the replay: at the genesis, or at the anchor page records that follow it
+        assert rep.status == "invalid" and rep.divergence["record"] in (0, 1, 2), rep.divergence
+        assert rep.divergence["record"] == 0 or rep.reason != "prompt-commitment"
 
 
 def test_changed_anchor_file(tmp_path, ledgers):
@@ -231,7 +244,7 @@ def _retoken(recs, step, token):
 def test_forged_token(tmp_path, ledgers):
     clean = ledgers["clean"]
     data = _forge(clean, lambda recs: _retoken(recs, 5, (clean.tokens[5] + 1) % 64))
-    rep = check(tmp_path, data, clean.inputs, replay=True)
+    rep = check(tmp_path, data, replay=True)
     d = rep.divergence
     assert rep.reason == "replay-token" and (d["step"], d["field"]) == (5, "token")
     assert (d["expected"], d["actual"]) == ((clean.tokens[5] + 1) % 64, clean.tokens[5])
@@ -242,12 +255,12 @@ def test_forged_logits_digest(tmp_path, ledgers):
         return [r.model_copy(update=dict(logits_digest=bytes(32))) if isinstance(r, TokenStep) and r.step == 7 else r
                 for r in recs]
 
-    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), replay=True)
     assert rep.reason == "replay-logits" and rep.divergence["step"] == 7
 
 
 def test_forged_page_digest(tmp_path, ledgers):
-    from spec.ledger import pages_root
+    from spec.commits import pages_root
 
     def edit(recs):
         out, pages = [], []
@@ -264,7 +277,7 @@ def test_forged_page_digest(tmp_path, ledgers):
             out.append(r)
         return out
 
-    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), replay=True)
     d = rep.divergence
     assert rep.reason == "replay-page" and (d["block"], d["page_kind"], d["field"]) == (1, "context", "digest")
 
@@ -274,7 +287,7 @@ def test_forged_commit_policy(tmp_path, ledgers):
         pol = recs[0].commit_policy.model_copy(update=dict(every_n_tokens=5))
         return [recs[0].model_copy(update=dict(commit_policy=pol))] + recs[1:]
 
-    rep = check(tmp_path, _forge(ledgers["clean"], edit), ledgers["clean"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["clean"], edit), replay=True)
     assert rep.reason == "commit-unexpected" and rep.divergence["commit"] == 1
 
 
@@ -282,7 +295,7 @@ def test_forged_rollback_without_failure(tmp_path, ledgers):
     def edit(recs):
         return [r.model_copy(update=dict(passed=True)) if isinstance(r, Validation) else r for r in recs]
 
-    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), replay=True)
     assert rep.reason == "rollback-unexplained"
 
 
@@ -290,7 +303,7 @@ def test_forged_rollback_state(tmp_path, ledgers):
     def edit(recs):
         return [r.model_copy(update=dict(live_state=b"\x02" * 32)) if isinstance(r, Rollback) else r for r in recs]
 
-    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), replay=True)
     assert rep.reason == "rollback-state"
 
 
@@ -304,7 +317,7 @@ def test_retry_must_follow_the_stated_attempt(tmp_path, ledgers):
             out.append(r)
         return out
 
-    rep = check(tmp_path, _forge(ledgers["rolled"], edit), ledgers["rolled"].inputs, replay=True)
+    rep = check(tmp_path, _forge(ledgers["rolled"], edit), replay=True)
     rb = ledgers["rolled"].rollbacks[0]
     assert rep.reason in ("replay-token", "replay-logits") and rep.divergence["step"] == rb.to_step
 
@@ -318,15 +331,11 @@ def test_unreadable_inputs(tmp_path, ledgers):
     (tmp_path / "junk.fpl").write_bytes(b"hello, not a ledger" * 3)
     assert fx.verify(tmp_path / "junk.fpl").reason == "bad-magic"
     (tmp_path / "moved.fpl").write_bytes(open(clean.ledger, "rb").read())
-    rep = fx.verify(tmp_path / "moved.fpl")
-    assert rep.verdict == "unreadable" and rep.reason == "inputs-io"
+    assert fx.verify(tmp_path / "moved.fpl").verdict == "valid"  # the ledger alone replays: no side file
     rep = fx.verify(clean.ledger, trusted_key="not a key")
     assert rep.verdict == "unreadable" and rep.reason == "key-format"
     rep = verify_ledger(clean.ledger, model=str(tmp_path / "no-artifact"), trusted_key=fx.key().verifier)
     assert rep.verdict == "unreadable" and rep.reason == "model-artifact"
-    (tmp_path / "bad.inputs.json").write_text(json.dumps({"version": 1, "prompt_tokens": "x"}))
-    rep = fx.verify(clean.ledger, inputs=str(tmp_path / "bad.inputs.json"))
-    assert rep.verdict == "unreadable" and rep.reason == "inputs-format"
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -340,7 +349,7 @@ def test_fuzzed_bytes_never_crash_the_auditor(tmp_path, ledgers, data):
         raw = raw[:data.draw(st.integers(0, len(raw)))]
     p = tmp_path / "fuzz.fpl"
     p.write_bytes(bytes(raw))
-    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier, inputs=ledgers["rolled"].inputs,
+    rep = verify_ledger(p, model=fx.artifact(), trusted_key=fx.key().verifier,
                         replay=False)
     assert rep.verdict in ("valid", "invalid", "incomplete", "unreadable")
     if rep.verdict == "valid":

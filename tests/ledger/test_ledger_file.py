@@ -201,6 +201,17 @@ def _seq_verdict(records):
     return verdict(build_ledger_bytes(records, KEY, checkpoint_indices(records)))
 
 
+def _anchored(g):
+    """Return a genesis with 20 anchor tokens (two anchor pages: 16 + 4 slots) and its two pages."""
+    from spec.commits import anchor_commitment
+
+    tokens, pages = tuple(range(40, 60)), [b3(b"anchor page 0"), b3(b"anchor page 1")]
+    g = g.model_copy(update={"inputs": g.inputs.model_copy(update={"anchor_tokens": tokens}),
+                             "anchor_commitment": anchor_commitment(tokens, pages, hasher_for(g))})
+    return [g, KVPage(seq=1, kind="anchor", block=0, used=16, digest=pages[0]),
+            KVPage(seq=2, kind="anchor", block=1, used=4, digest=pages[1])]
+
+
 def test_sequence_rules():
     g, page, c0, step, page1, c1, end = SMALL
     cases = {
@@ -227,6 +238,24 @@ def test_sequence_rules():
         "rollback-uncommitted": SMALL[:4] + [Rollback(seq=4, to_commit=0, to_step=0, attempt=1, reason="",
                                                       live_state=ZERO_DIGEST)],
     }
+    inputs = g.inputs
+    anchored = _anchored(g)
+    cases.update({
+        "page-tokens": [g.model_copy(update={"page_tokens": 0})],
+        "prompt-commitment": [g.model_copy(update={"inputs": inputs.model_copy(update={"prompt_tokens": (1, 2)})})],
+        "anchor-commitment": [g.model_copy(update={"inputs": inputs.model_copy(update={"anchor_tokens": (5,)})})]
+        + [KVPage(seq=1, kind="anchor", block=0, used=1, digest=b3(b"a"))],
+        "anchor-page": [anchored[0], anchored[2].model_copy(update={"seq": 1})],  # page 1 first
+    })
+    assert _seq_verdict(anchored + [SMALL[1].model_copy(update={"seq": 3})]) == ("truncated", "not-sealed")
+    forged = anchored[:2] + [anchored[2].model_copy(update={"digest": b3(b"x")})]
+    assert _seq_verdict(forged) == ("invalid", "anchor-commitment")
+    for i, bad in enumerate([anchored[2].model_copy(update={"block": 0}),  # page 1 out of order
+                             anchored[2].model_copy(update={"used": 3}),  # the anchors fill 4 slots of page 1
+                             SMALL[1].model_copy(update={"seq": 2})]):  # a context page before the anchors end
+        assert _seq_verdict(anchored[:2] + [bad]) == ("invalid", "anchor-page"), i
+    late = SMALL[:3] + [KVPage(seq=3, kind="anchor", block=0, used=1, digest=b3(b"a"))]
+    assert _seq_verdict(late) == ("invalid", "anchor-page")  # anchor pages only right after the genesis
     for reason, records in cases.items():
         assert _seq_verdict(records) == ("invalid", reason), reason
     # a commit that is not followed by its checkpoint

@@ -126,16 +126,3 @@ def test_layout_lists_every_field_in_order():
     assert [n for n, _ in record_layout(TokenStep)] == ["seq", "step", "attempt", "token", "logits_digest"]
     assert dict(record_layout(Genesis))["hash_profile"] == "u8 enum: 1=blake3, 2=sha256"
     assert RECORD_ADAPTER.json_schema()["discriminator"]["propertyName"] == "type"
-
-
-def test_commit_digest_helpers():
-    import blake3
-
-    from spec.ledger import content_digest, live_state, pages_root
-    from spec.merkle import merkle_root
-
-    pages = [content_digest(b"page %d" % i) for i in range(3)]
-    assert pages[0] == blake3.blake3(b"page 0").digest()
-    assert pages_root([]) == merkle_root([])
-    assert pages_root(pages, SHA256) == merkle_root(pages, SHA256)
-    assert live_state(pages[:1], pages[1:]) == merkle_root(pages)

@@ -84,7 +84,7 @@ def engine(art=None, **kw):
 
 def generate(path, *, anchors=ANCHORS, prompt=PROMPT, seed_model: int = 0, signing_key=None, **kw):
     """Run a VerifyingSession with the tiny artifact; return its SessionResult."""
-    from auditor.semantics import make_policy
+    from spec.commits import make_policy
     from fieldprint.runtime.session import VerifyingSession
     from spec.sampling import SamplingParams
 
@@ -114,7 +114,6 @@ def verify(path, **kw):
 def reference_tokens(prompt, schedule, *, anchors=ANCHORS, max_new_tokens=16, sampling=None, window=None):
     """Tokens of a fault-free run whose RNG attempt becomes ``a`` from step ``s`` on for each
     ``(s, a)`` in ``schedule`` (the attempt rule the runtime follows after a rollback)."""
-    from auditor.semantics import finish_reason, set_attempt
     from spec.sampling import SamplingParams
 
     eng = engine()
@@ -124,9 +123,9 @@ def reference_tokens(prompt, schedule, *, anchors=ANCHORS, max_new_tokens=16, sa
                          max_new_tokens=max_new_tokens, sequence=0, window=window)
     sched = dict(schedule)
     tokens = []
-    while finish_reason(eng, h) is None:
+    while eng.finish_reason(h) is None:
         if len(tokens) in sched:
-            set_attempt(eng, h, sched[len(tokens)])
+            eng.set_attempt(h, sched[len(tokens)])
         for _, rec in eng.step([h]):
             tokens.append(rec.token)
     return tokens

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     from fieldprint.artifact import load_artifact
     from fieldprint.runtime.session import VerifyingSession
     from fieldprint_ref.engine import RefEngine
-    from auditor.semantics import make_policy
+    from spec.commits import make_policy
     from spec.keys import SigningKey
     from spec.sampling import SamplingParams
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 
 import pytest
 
@@ -80,7 +79,6 @@ def test_audit_cli_folder_in_parallel_and_exit_codes(tmp_path, keys, capsys):
     ledger, _ = _generate(folder, keys, name="a.fpl")
     data = ledger.read_bytes()
     (folder / "b.fpl").write_bytes(data[: len(data) - 40])  # cut inside the last checkpoint
-    shutil.copy(str(ledger) + ".inputs.json", folder / "b.fpl.inputs.json")
     args = ["--model", fx.artifact_dir(), "--trusted-key", str(keys[1]), "--json"]
     assert audit_cli.main(["verify", str(folder), "--jobs", "2", *args]) == 3  # valid + incomplete
     verdicts = [json.loads(line)["verdict"] for line in capsys.readouterr().out.splitlines()]
@@ -90,7 +88,6 @@ def test_audit_cli_folder_in_parallel_and_exit_codes(tmp_path, keys, capsys):
     bad = bytearray(data)
     bad[100] ^= 1
     (folder / "d.fpl").write_bytes(bytes(bad))
-    shutil.copy(str(ledger) + ".inputs.json", folder / "d.fpl.inputs.json")
     assert audit_cli.main(["verify", str(folder / "d.fpl"), *args[:-1]]) == 1
     assert "INVALID [frame-checksum]" in capsys.readouterr().out
 

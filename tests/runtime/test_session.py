@@ -1,13 +1,15 @@
 """The verifying runtime on the reference engine: ledger contents, commit policies, rollbacks."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import fp_fixtures as fx
-from auditor.semantics import make_policy, read_inputs
 from fieldprint.runtime.faults import FaultPlan, FlipAnchor, FlipKV, flip_bit
 from fieldprint.runtime.policy import PolicyError, describe_policy, parse_policy
 from fieldprint.runtime.validate import Validator
+from spec.commits import make_policy
 from spec.ledger import Commit, End, Genesis, KVEvict, KVPage, Rollback, TokenStep, Validation
 from spec.ledger_file import read_ledger, verify_ledger_structure
 from spec.sampling import SamplingParams
@@ -50,9 +52,11 @@ def test_clean_ledger_is_sealed_signed_and_complete(clean):
     assert rep.verified_size == len(recs) and len(rep.checkpoints) == len(commits) + 1
 
 
-def test_inputs_sidecar_holds_what_replay_needs(clean):
-    inp = read_inputs(clean.inputs)
-    assert inp.prompt_tokens == fx.PROMPT and inp.anchor_tokens == fx.ANCHORS
+def test_genesis_carries_what_replay_needs(clean):
+    inp = records(clean.ledger)[0].inputs
+    assert list(inp.prompt_tokens) == fx.PROMPT and list(inp.anchor_tokens) == fx.ANCHORS
+    assert (inp.window, inp.eos_token_ids, inp.stop_strings) == (0, (), ())
+    assert sorted(os.listdir(os.path.dirname(clean.ledger))) == ["clean.fpl"]  # no side file
 
 
 def test_ledger_bytes_do_not_depend_on_thread_timing(tmp_path, clean):

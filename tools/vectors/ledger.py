@@ -21,6 +21,7 @@ from pathlib import Path
 import blake3
 
 from spec.checkpoint import Checkpoint, checkpoint_hash, ledger_origin, sign_checkpoint
+from spec.commits import prompt_commitment
 from spec.keys import SigningKey
 from spec.ledger import (
     SPEC_VERSION,
@@ -31,6 +32,7 @@ from spec.ledger import (
     EngineIdentity,
     Genesis,
     KVPage,
+    ReplayInputs,
     Rollback,
     SamplingRecord,
     TokenStep,
@@ -45,6 +47,7 @@ from spec.merkle import CompactRange, merkle_root
 TEST_KEY_NAME = "fieldprint.test/ledger-key"
 TEST_KEY_SEED_TEXT = b"fieldprint/test-key/0"
 OTHER_KEY_SEED_TEXT = b"fieldprint/test-key/1"
+EXAMPLE_PROMPT = (1, 15043, 29892, 3186, 29991)  # five prompt token ids
 
 
 def b3(text: bytes) -> bytes:
@@ -61,14 +64,17 @@ def example_records(key: SigningKey, nonce: bytes = b3(b"fieldprint/worked-examp
                     hash_profile: str = "blake3") -> list:
     """Return the worked example: prefill, two tokens, a failed validation, a rollback,
     three tokens of a second attempt, and the end. Checkpoints follow every commit and the end."""
+    prompt = EXAMPLE_PROMPT
     g = Genesis(
         seq=0, spec_version=SPEC_VERSION, hash_profile=hash_profile, nonce=nonce, sequence=0,
         model_commitment=b3(b"example model"), anchor_commitment=ZERO_DIGEST,
-        prompt_commitment=b3(b"example prompt"), prompt_length=5, page_tokens=16,
+        prompt_commitment=prompt_commitment(prompt), prompt_length=len(prompt), page_tokens=16,
         sampling=SamplingRecord(temperature_num=7, temperature_den=10, top_k=40, top_p_num=9, top_p_den=10,
                                 seed=42, max_new_tokens=3),
         commit_policy=CommitPolicy(every_n_tokens=2, on_end_of_turn=True, end_of_turn_tokens=(2,),
                                    on_stop_sequence=True, stop_sequences=((13, 10),), on_page_full=True),
+        inputs=ReplayInputs(prompt_tokens=prompt, anchor_tokens=(), window=0, eos_token_ids=(2,),
+                            stop_strings=("\n\n",)),
         engine=EngineIdentity(name="fieldprint_ref", version="0.1.0", build="example"),
         key_name=key.name, public_key=key.public_key)
     hasher = hasher_for(g)
@@ -229,7 +235,7 @@ def layouts_markdown() -> str:
 
     sizes = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "bool (u8 0/1)": 1, "bytes[32]": 32}
     out = []
-    for cls in [*RECORD_TAGS, SamplingRecord, CommitPolicy, EngineIdentity]:
+    for cls in [*RECORD_TAGS, SamplingRecord, CommitPolicy, ReplayInputs, EngineIdentity]:
         tag = RECORD_TAGS.get(cls)
         title = f"{cls.model_fields['type'].default} (tag {tag})" if tag else f"{cls.__name__} (nested)"
         out += [f"#### {title}", "", "| offset | field | wire type |", "|---|---|---|"]

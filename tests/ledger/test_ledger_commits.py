@@ -1,5 +1,5 @@
-"""auditor.semantics: commitments and live state against independent one-liners, the commit
-policy decision table, the replay-inputs file."""
+"""spec.commits: commitments and live state against independent one-liners, the commit
+policy decision table, slots used, end reasons."""
 from __future__ import annotations
 
 import struct
@@ -7,7 +7,7 @@ import struct
 import blake3
 import pytest
 
-from auditor import semantics as sem
+from spec import commits as sem
 from spec.ledger import ZERO_DIGEST
 
 
@@ -55,14 +55,30 @@ def test_commit_reason_table(kw, step, generated, full, finished, want):
     assert sem.commit_reason(pol, step=step, generated=generated, filled_page=full, finished=finished) == want
 
 
-def test_inputs_round_trip_and_refusals(tmp_path):
-    inp = sem.ReplayInputs(prompt_tokens=[1, 2], anchor_tokens=[3], window=8, eos_token_ids=[0], stop=["x"])
-    assert sem.ReplayInputs.from_json(inp.to_json()) == inp
-    for bad in ('{"version": 2, "prompt_tokens": []}', '[]', '{"version": 1, "prompt_tokens": [-1]}',
-                '{"version": 1, "prompt_tokens": [1], "window": 0}', '{"version": 1}', "not json"):
-        with pytest.raises(sem.InputsError):
-            sem.ReplayInputs.from_json(bad)
-    with pytest.raises(sem.InputsError):
-        sem.read_inputs(tmp_path / "missing.json")
-    assert sem.inputs_path("a/b.fpl") == "a/b.fpl.inputs.json"
+@pytest.mark.parametrize("block, cached, want", [(0, 0, 0), (0, 5, 5), (0, 16, 16), (0, 40, 16), (1, 16, 0),
+                                                  (1, 17, 1), (2, 40, 8), (3, 40, 0)])
+def test_filled_slots(block, cached, want):
+    assert sem.filled_slots(block, cached, 16) == want
+
+
+def test_anchor_pages_and_partial_commit_pages():
+    assert [sem.anchor_pages(n, 16) for n in (0, 1, 16, 17, 32, 33)] == [0, 1, 1, 2, 2, 3]
+    assert [sem.anchor_slots(k, 20, 16) for k in range(2)] == [16, 4]
+    assert sem.commit_partial_pages({3, 1}, 40, 16) == [(1, 16), (3, 0)]
+    assert sem.commit_partial_pages([2, 2], 40, 16) == [(2, 8)]
+
+
+def test_end_reasons():
     assert sem.end_reason("length") == "max_tokens" and sem.end_reason(None) == "error"
+    assert sem.end_reason("eos") == "eos" and sem.end_reason("stop") == "stop_sequence"
+    assert sem.end_reason("max_position") == "max_tokens" and sem.end_reason("bogus") == "error"
+
+
+def test_digest_helpers():
+    from spec.merkle import SHA256, merkle_root
+
+    pages = [sem.content_digest(b"page %d" % i) for i in range(3)]
+    assert pages[0] == b3(b"page 0")
+    assert sem.pages_root([]) == merkle_root([])
+    assert sem.pages_root(pages, SHA256) == merkle_root(pages, SHA256)
+    assert sem.live_state(pages[:1], {5: pages[2], 1: pages[1]}) == merkle_root(pages)

@@ -1,0 +1,167 @@
+"""What a ledger's digest fields mean, and where the commit policy puts commits.
+
+``spec.ledger`` fixes the records and their bytes; this module fixes how a runtime fills the
+fields that hold digests of *engine state* and when it must commit, so that a verifier can
+recompute every one of them from the model and the ledger alone:
+
+=========================== ==========================================================
+field                       definition
+=========================== ==========================================================
+``kv_page.digest``          ``page_digest(page bytes)``
+``token_step.logits_digest`` ``logits_digest(row bytes)``: BLAKE3 of the int64 LE row
+``genesis.prompt_commitment`` ``prompt_commitment(prompt tokens)``
+``genesis.anchor_commitment`` ``anchor_commitment(anchor tokens, anchor page digests)``
+``commit.pages_root``       ``pages_root(digests of the commit's kv_page records)``
+``commit.live_state``       ``live_state(anchor digests, live context digests)``
+``commit.reason``           ``commit_reason(policy, ...)``
+``kv_page.used``            ``filled_slots`` / ``anchor_slots``
+``end.reason``              ``end_reason(engine finish reason)``
+=========================== ==========================================================
+
+Content digests (pages, logits rows, prompt) are BLAKE3 in every hash profile: engines
+compute them where the data lives. Merkle roots (anchor commitment, ``pages_root``,
+``live_state``) use the ledger's hash profile.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Mapping, Sequence
+
+import blake3 as _blake3
+
+from spec.ledger import ZERO_DIGEST, CommitPolicy
+from spec.merkle import BLAKE3, Hasher, merkle_root
+
+PROMPT_DOMAIN = b"fieldprint/prompt/v1"  # domain tag of the prompt commitment
+ANCHOR_DOMAIN = b"fieldprint/anchors/v1"  # domain tag of the anchor-token leaf
+
+
+# ---------------------------------------------------------------------------------------
+# Content digests (BLAKE3 in every hash profile).
+# ---------------------------------------------------------------------------------------
+
+
+def content_digest(data: bytes) -> bytes:
+    """Return BLAKE3(data), 32 bytes."""
+    return _blake3.blake3(bytes(data)).digest()
+
+
+def page_digest(page_bytes: bytes) -> bytes:
+    """Return a KV page's digest: BLAKE3 over the page's bytes (``KVPool.data[p]``, C order)."""
+    return content_digest(page_bytes)
+
+
+def logits_digest(row_bytes: bytes) -> bytes:
+    """Return a logits row's digest: BLAKE3 over its int64 little-endian bytes."""
+    return content_digest(row_bytes)
+
+
+def token_bytes(tokens: Sequence[int]) -> bytes:
+    """Return ``u32 count || u32 token ...``, little-endian."""
+    return struct.pack(f"<I{len(tokens)}I", len(tokens), *[int(t) for t in tokens])
+
+
+def prompt_commitment(tokens: Sequence[int]) -> bytes:
+    """Return BLAKE3(PROMPT_DOMAIN || token_bytes(prompt tokens))."""
+    return content_digest(PROMPT_DOMAIN + token_bytes(tokens))
+
+
+# ---------------------------------------------------------------------------------------
+# Merkle roots over page digests (the ledger's hash profile).
+# ---------------------------------------------------------------------------------------
+
+
+def anchor_commitment(tokens: Sequence[int], page_digests: Sequence[bytes], hasher: Hasher = BLAKE3) -> bytes:
+    """Return ZERO_DIGEST without anchor tokens, else MTH over the leaves
+    ``ANCHOR_DOMAIN || token_bytes(anchor tokens)``, then each anchor page's digest in page order."""
+    if not tokens:
+        return ZERO_DIGEST
+    return merkle_root([ANCHOR_DOMAIN + token_bytes(tokens)] + [bytes(d) for d in page_digests], hasher)
+
+
+def pages_root(page_digests: Sequence[bytes], hasher: Hasher = BLAKE3) -> bytes:
+    """Return a commit's ``pages_root``: MTH over the digests of the kv_page records since the
+    previous commit, in record order (``H()`` when there are none)."""
+    return merkle_root([bytes(d) for d in page_digests], hasher)
+
+
+def live_state(anchor_digests: Sequence[bytes], context_digests: Mapping[int, bytes],
+               hasher: Hasher = BLAKE3) -> bytes:
+    """Return a ``live_state``: MTH over the digests of every live page in logical order, the
+    anchor pages first, then the context blocks not evicted, by block index."""
+    ctx = [bytes(context_digests[b]) for b in sorted(context_digests)]
+    return merkle_root([bytes(d) for d in anchor_digests] + ctx, hasher)
+
+
+# ---------------------------------------------------------------------------------------
+# Slots used.
+# ---------------------------------------------------------------------------------------
+
+
+def filled_slots(block: int, cached: int, page_tokens: int) -> int:
+    """Return how many slots of context block ``block`` hold tokens once ``cached`` tokens
+    (prompt and fed generated tokens) are in the cache."""
+    return max(0, min(page_tokens, cached - block * page_tokens))
+
+
+def anchor_slots(page: int, num_anchor_tokens: int, page_tokens: int) -> int:
+    """Return how many slots of anchor page ``page`` hold anchor tokens."""
+    return filled_slots(page, num_anchor_tokens, page_tokens)
+
+
+def anchor_pages(num_anchor_tokens: int, page_tokens: int) -> int:
+    """Return the number of anchor pages: ceil(num_anchor_tokens / page_tokens)."""
+    return -(-num_anchor_tokens // page_tokens)
+
+
+def commit_partial_pages(written: set[int] | Sequence[int], cached: int, page_tokens: int) -> list[tuple[int, int]]:
+    """Return the ``(block, used)`` kv_page records written right before a commit: every context
+    block written since the previous commit and not yet recorded full, by block index."""
+    return [(b, filled_slots(b, cached, page_tokens)) for b in sorted(set(written))]
+
+
+# ---------------------------------------------------------------------------------------
+# Commit policy.
+# ---------------------------------------------------------------------------------------
+
+
+def make_policy(every_n_tokens: int = 8, *, end_of_turn_tokens: Sequence[int] = (),
+                stop_sequences: Sequence[Sequence[int]] = (), page_full: bool = False) -> CommitPolicy:
+    """Return a ``CommitPolicy``; a trigger is on when its argument is non-empty / true."""
+    return CommitPolicy(every_n_tokens=int(every_n_tokens), on_end_of_turn=bool(end_of_turn_tokens),
+                        end_of_turn_tokens=tuple(int(t) for t in end_of_turn_tokens),
+                        on_stop_sequence=bool(stop_sequences),
+                        stop_sequences=tuple(tuple(int(t) for t in s) for s in stop_sequences),
+                        on_page_full=bool(page_full))
+
+
+def commit_reason(policy: CommitPolicy, *, step: int, generated: Sequence[int], filled_page: bool,
+                  finished: bool) -> str | None:
+    """Return the reason of the commit the policy demands right after token ``step``, or None.
+
+    ``generated`` is the live branch's tokens up to and including ``step``; ``filled_page``
+    says the forward pass that produced the step filled a KV page; ``finished`` says generation
+    ends here. The first matching rule names the reason: end_of_generation, prefill
+    (``step == 0``), stop_sequence, end_of_turn, page_full, every_n_tokens
+    (``(step + 1) % N == 0``)."""
+    if finished:
+        return "end_of_generation"
+    if step == 0:
+        return "prefill"
+    if policy.on_stop_sequence and any(s and tuple(generated[-len(s):]) == tuple(s) for s in policy.stop_sequences):
+        return "stop_sequence"
+    if policy.on_end_of_turn and generated and generated[-1] in policy.end_of_turn_tokens:
+        return "end_of_turn"
+    if policy.on_page_full and filled_page:
+        return "page_full"
+    if policy.every_n_tokens and (step + 1) % policy.every_n_tokens == 0:
+        return "every_n_tokens"
+    return None
+
+
+FINISH_TO_END = {"eos": "eos", "length": "max_tokens", "stop": "stop_sequence", "max_position": "max_tokens"}
+
+
+def end_reason(finish_reason: str | None) -> str:
+    """Return the ``end.reason`` for an engine's finish reason (``error`` for none or unknown)."""
+    return FINISH_TO_END.get(finish_reason or "", "error")
