@@ -7,7 +7,8 @@ walks the records in ledger order, checking each against its own state:
   (``spec.ledger_file`` already bound the inputs to the genesis commitments);
 * ``token_step``: the replay samples the next token itself and compares step, attempt,
   token and logits digest (it never copies a token from the ledger);
-* ``kv_page``: the replay's page of that block: slots used and digest; at each commit the
+* ``kv_page``: the replay's page of that block: slots used and each layer's digest (the first
+  differing layer is reported); at each commit the
   pages recorded since the last commit must be exactly those the runtime records (pages
   filled, in step order, then the partially written blocks, by block);
 * ``commit``: the policy demands a commit at exactly this step with this reason (and at no
@@ -49,7 +50,7 @@ EVICTED = -1
 
 @dataclass
 class Divergence:
-    """Where replay and ledger first disagree. ``layer`` is None: page digests cover all layers."""
+    """Where replay and ledger first disagree; ``layer`` names the first differing layer of a page."""
 
     reason: str
     message: str
@@ -122,8 +123,22 @@ class Replayer:
 
     def _pages_live_state(self) -> bytes:
         eng, h = self.engine, self.h
-        ctx = {b: commits.page_digest(eng.page_bytes(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
+        ctx = {b: commits.page_digest(self._layers(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
         return commits.live_state(self.anchor_digests, ctx, self.hasher)
+
+    def _layers(self, page: int) -> list[bytes]:
+        """Return the layer digests of one of the replay's physical pages."""
+        return commits.layer_digests(commits.page_layer_bytes(self.engine.page_tensor(page)))
+
+    def _page_divergence(self, r: KVPage, layers: list[bytes], **kw) -> dict:
+        """Return the location of the first layer whose digest differs, for a divergence."""
+        k = commits.first_layer_difference(r.layer_digests, layers)
+        want = r.layer_digests[k] if k < len(r.layer_digests) else None
+        got = layers[k] if k < len(layers) else None
+        what = (f"layer {k} digest differs" if want is not None and got is not None else
+                f"the ledger has {len(r.layer_digests)} layer digests, the model {len(layers)} layers")
+        return dict(message=what, block=r.block, page_kind=r.kind, layer=k, field="layer_digests", expected=want,
+                    actual=got, **kw)
 
     # ------------------------------------------------------------------------ genesis
     def _genesis(self, g: Genesis) -> None:
@@ -152,11 +167,12 @@ class Replayer:
         except TypeError:
             self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
         self.anchor_info = None
-        self.anchor_digests = []
+        self.anchor_digests, self.anchor_layers = [], []
         self.anchor_tokens = list(inp.anchor_tokens) if self.anchor_override is None else self.anchor_override
         if self.anchor_tokens:
             self.anchor_info = self.engine.set_anchors(list(self.anchor_tokens))
-            self.anchor_digests = [commits.page_digest(self.engine.page_bytes(p)) for p in self.anchor_info.pages]
+            self.anchor_layers = [self._layers(p) for p in self.anchor_info.pages]
+            self.anchor_digests = [commits.page_digest(ls) for ls in self.anchor_layers]
         ac = commits.anchor_commitment(self.anchor_tokens, self.anchor_digests, self.hasher)
         if g.anchor_commitment != ac:
             raise self.fail("anchor-commitment", "the anchors (tokens and the KV pages this model computes for "
@@ -241,11 +257,12 @@ class Replayer:
                 raise self.fail("anchor-page", f"anchor page record for block {r.block}, expected block {k} of "
                                 f"{len(self.anchor_digests)}", block=r.block, page_kind="anchor", field="block")
             used = commits.anchor_slots(k, len(self.anchor_tokens), PAGE_TOKENS)
-            if r.used != used or r.digest != self.anchor_digests[k]:
-                raise self.fail("anchor-page", f"anchor block {k}: ledger used={r.used} digest {r.digest.hex()[:16]}, "
-                                f"replay used={used} digest {self.anchor_digests[k].hex()[:16]}", block=k,
-                                page_kind="anchor", field="digest" if r.used == used else "used",
-                                expected=r.digest, actual=self.anchor_digests[k])
+            if r.used != used:
+                raise self.fail("anchor-page", f"anchor block {k}: ledger used={r.used}, replay used={used}", block=k,
+                                page_kind="anchor", field="used", expected=r.used, actual=used)
+            if list(r.layer_digests) != self.anchor_layers[k]:
+                d = self._page_divergence(r, self.anchor_layers[k])
+                raise self.fail("anchor-page", f"anchor block {k}: {d.pop('message')}", **d)
             return
         self.seen_pages.append((r.block, r.used))
         table = self.engine.block_table(self.h)
@@ -258,11 +275,11 @@ class Replayer:
             return self._diverge("replay-page", f"context block {r.block}: ledger says {r.used} slots used, replay "
                                  f"{used}", step=self.last_step(), block=r.block, page_kind="context", field="used",
                                  expected=r.used, actual=used)
-        d = commits.page_digest(self.engine.page_bytes(table[r.block]))
-        if d != r.digest:
-            self._diverge("replay-page", f"context block {r.block} (used {used}) after step {self.last_step()}: page "
-                          "digest differs", step=self.last_step(), block=r.block, page_kind="context", field="digest",
-                          expected=r.digest, actual=d)
+        layers = self._layers(table[r.block])
+        if list(r.layer_digests) != layers:
+            d = self._page_divergence(r, layers, step=self.last_step())
+            self._diverge("replay-page", f"context block {r.block} (used {used}) after step {self.last_step()}: "
+                          f"{d.pop('message')}", **d)
 
     def last_step(self):
         return None if self.last is None else self.last.step

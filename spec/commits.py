@@ -7,7 +7,8 @@ recompute every one of them from the model and the ledger alone:
 =========================== ==========================================================
 field                       definition
 =========================== ==========================================================
-``kv_page.digest``          ``page_digest(page bytes)``
+``kv_page.layer_digests``   ``layer_digests(page_layer_bytes(page))``: BLAKE3 per layer slice
+``kv_page.digest``          ``page_digest(layer digests)``: their BLAKE3 Merkle root
 ``token_step.logits_digest`` ``logits_digest(row bytes)``: BLAKE3 of the int64 LE row
 ``genesis.prompt_commitment`` ``prompt_commitment(prompt tokens)``
 ``genesis.anchor_commitment`` ``anchor_commitment(anchor tokens, anchor page digests)``
@@ -46,9 +47,33 @@ def content_digest(data: bytes) -> bytes:
     return _blake3.blake3(bytes(data)).digest()
 
 
-def page_digest(page_bytes: bytes) -> bytes:
-    """Return a KV page's digest: BLAKE3 over the page's bytes (``KVPool.data[p]``, C order)."""
-    return content_digest(page_bytes)
+def page_layer_bytes(page) -> list[bytes]:
+    """Return the bytes of each layer's slice of a KV page: ``page[i]`` in C order, where
+    ``page`` is ``KVPool.data[p]`` (shape [layers, 2, PAGE_TOKENS, kv_heads, head_dim + 4];
+    int8, so no byte order). These are exactly the bytes the engine computed and attends over."""
+    return [page[i].detach().contiguous().cpu().numpy().tobytes() for i in range(page.shape[0])]
+
+
+def layer_digests(layer_slices: Sequence[bytes]) -> list[bytes]:
+    """Return ``kv_page.layer_digests``: BLAKE3 of each layer slice's bytes, in layer order."""
+    return [content_digest(s) for s in layer_slices]
+
+
+def page_digest(layer_digests: Sequence[bytes]) -> bytes:
+    """Return ``kv_page.digest``: MTH with BLAKE3 (in every hash profile) over the page's layer
+    digests as leaf data, in layer order. Requires at least one layer."""
+    if not layer_digests:
+        raise ValueError("a page has at least one layer")
+    return merkle_root([bytes(d) for d in layer_digests], BLAKE3)
+
+
+def first_layer_difference(a: Sequence[bytes], b: Sequence[bytes]) -> int | None:
+    """Return the first layer whose digests differ in ``a`` and ``b`` (a missing one counts as
+    different), or None when both lists are equal."""
+    for i in range(max(len(a), len(b))):
+        if i >= len(a) or i >= len(b) or bytes(a[i]) != bytes(b[i]):
+            return i
+    return None
 
 
 def logits_digest(row_bytes: bytes) -> bytes:

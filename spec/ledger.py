@@ -8,7 +8,7 @@ record     tag meaning
 ========== === ======================================================================
 genesis      1 what runs: spec version, commitments, sampling, commit policy, replay inputs, engine, key
 token_step   2 one generated token (step, attempt, token id, digest of its logits row)
-kv_page      3 the digest of one KV-cache page as written
+kv_page      3 the digests of one KV-cache page as written (per layer, and their root)
 commit       4 a commit point: new tokens, pages written since the last commit, live state
 validation   5 the result of validating a commit
 rollback     6 the live state went back to an earlier commit
@@ -286,6 +286,7 @@ Flag = Annotated[bool, Field(strict=True), Wire(Bool())]
 Text = Annotated[str, Field(strict=True), BeforeValidator(_no_surrogates), Wire(Utf8())]
 Digest = _hex_bytes(DIGEST_SIZE, "32-byte digest, lowercase hex")
 PublicKey = _hex_bytes(PUBLIC_KEY_SIZE, "32-byte Ed25519 public key (RFC 8032), lowercase hex")
+LayerDigests = Annotated[tuple[Digest, ...], Wire(ListOf(FixedBytes(DIGEST_SIZE), DIGEST_SIZE))]
 TokenIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...],
                      Wire(ListOf(UInt(4), 4))]
 BlockIds = Annotated[tuple[Annotated[int, Field(ge=0, lt=2**32, strict=True)], ...],
@@ -485,8 +486,10 @@ class TokenStep(_Wired):
 
 
 class KVPage(_Wired):
-    """The digest of one KV page as written: logical ``block`` of the sequence (or of the
-    anchors), ``used`` token slots filled (1..page_tokens), BLAKE3 of the page's bytes."""
+    """The digests of one KV page as written: logical ``block`` of the sequence (or of the
+    anchors), ``used`` token slots filled (1..page_tokens), ``layer_digests`` (BLAKE3 of each
+    layer's slice of the page, in layer order) and ``digest``, their BLAKE3 Merkle root
+    (``spec.commits.page_digest``), which stands for the page in commits and live states."""
 
     type: Literal["kv_page"] = "kv_page"
     seq: U64
@@ -494,6 +497,7 @@ class KVPage(_Wired):
     block: U32
     used: U32
     digest: Digest
+    layer_digests: LayerDigests
 
 
 class Commit(_Wired):

@@ -50,7 +50,7 @@ from spec.checkpoint import (
     sign_checkpoint,
     verify_signed_checkpoint,
 )
-from spec.commits import anchor_commitment, anchor_pages, anchor_slots, pages_root, prompt_commitment
+from spec.commits import anchor_commitment, anchor_pages, anchor_slots, page_digest, pages_root, prompt_commitment
 from spec.keys import SigningKey, Verifier, check_key_name
 from spec.ledger import (
     HASH_PROFILES,
@@ -401,6 +401,7 @@ class _SequenceState:
         self.pages_since_commit: list[bytes] = []
         self.num_anchor_pages = 0  # anchor kv_page records due right after the genesis
         self.anchor_digests: list[bytes] = []
+        self.num_layers = 0  # layer digests per kv_page (the first page sets it)
         self.ended = False
 
     def feed(self, i: int, r) -> None:
@@ -418,6 +419,8 @@ class _SequenceState:
             return
         if isinstance(r, Genesis):
             fail("duplicate-genesis", "a second genesis record")
+        if isinstance(r, KVPage):
+            self._page_layers(r, fail)
         if isinstance(r, KVPage) and r.kind == "anchor" or len(self.anchor_digests) < self.num_anchor_pages:
             self._anchor_page(r, fail)
         if isinstance(r, TokenStep):
@@ -447,6 +450,16 @@ class _SequenceState:
             if self.steps_since_commit or self.pages_since_commit:
                 fail("end-uncommitted", "tokens or pages after the last commit")
             self.ended = True
+
+    def _page_layers(self, r: KVPage, fail) -> None:
+        """Every page has the same number (>= 1) of layer digests; ``digest`` is their root."""
+        n = len(r.layer_digests)
+        if n == 0 or n != (self.num_layers or n):
+            fail("page-layers", f"page has {n} layer digests, " + (f"earlier pages {self.num_layers}"
+                                                                   if n else "at least one is needed"))
+        self.num_layers = n
+        if page_digest(r.layer_digests) != r.digest:
+            fail("page-digest", f"{r.kind} block {r.block}: digest is not the Merkle root of its layer digests")
 
     def _genesis(self, g: Genesis, fail) -> None:
         """Check the replay inputs against the genesis commitments (anchors: see _anchor_page)."""

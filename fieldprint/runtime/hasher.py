@@ -7,17 +7,38 @@ immediately. Full pages are immutable anyway; the copy is what makes the partial
 a commit and pages freed by a sliding window safe. ``submit_logits`` hashes a step's logits row
 the same way (the engine hands out a fresh tensor per step, so no copy is needed).
 
-Digests are BLAKE3 (``spec.commits.page_digest``). On CUDA the worker uses
-``fieldprint_fast.hashing`` when that module is installed (BLAKE3 on the device, no copy to
-the host); otherwise it copies the snapshot to the host and uses the ``blake3`` package.
+A page's digests are those of ``spec.commits``: BLAKE3 of each layer's slice of the page
+(``page[i]``, C order), then their BLAKE3 Merkle root. On CUDA the worker hashes all layer
+slices of a page in one launch of ``fieldprint_fast.hashing.hash_pages`` over the
+``[layers, slice]`` view of the snapshot (BLAKE3 on the device, only the digests come back);
+otherwise it copies the snapshot to the host and uses the ``blake3`` package.
 """
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 
-from spec.commits import content_digest as digest
+from spec.commits import content_digest, layer_digests, page_digest, page_layer_bytes
+
+
+class PageDigest(NamedTuple):
+    """A page's ``kv_page.digest`` (``root``) and ``kv_page.layer_digests`` (``layers``)."""
+
+    root: bytes
+    layers: tuple[bytes, ...]
+
+
+def page_digests_of(layers) -> PageDigest:
+    """Return the PageDigest of a page given its layer digests."""
+    layers = tuple(bytes(d) for d in layers)
+    return PageDigest(page_digest(layers), layers)
+
+
+def page_digest_cpu(page: torch.Tensor) -> PageDigest:
+    """Return a page's digests, hashing its layer slices on the host (``spec.commits``)."""
+    return page_digests_of(layer_digests(page_layer_bytes(page)))
 
 
 def _device_hasher():
@@ -27,17 +48,13 @@ def _device_hasher():
     except Exception:
         return None
 
-    def digest_on_device(page: torch.Tensor) -> bytes:
-        res = hash_pages(page.unsqueeze(0))
+    def digest_on_device(page: torch.Tensor) -> PageDigest:
+        res = hash_pages(page)  # page [layers, ...]: one BLAKE3 per layer slice, one launch
         res.event.synchronize()
-        return bytes(res.digests[0].cpu().numpy().tobytes())
+        rows = res.digests.cpu().numpy()
+        return page_digests_of(r.tobytes() for r in rows)
 
     return digest_on_device
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """Return a tensor's canonical bytes: C order, on the host (int8 pages have no byte order)."""
-    return t.detach().contiguous().cpu().numpy().tobytes()
 
 
 class PageHasher:
@@ -49,27 +66,28 @@ class PageHasher:
         self._device_fn = None  # resolved on the first CUDA page (importing it pulls in Triton)
         self.pages = 0  # pages submitted (for reports)
 
-    def _digest_tensor(self, t: torch.Tensor) -> bytes:
+    def _digest_tensor(self, t: torch.Tensor) -> PageDigest:
         if t.is_cuda and self._device_hashing:
             if self._device_fn is None:
                 self._device_fn = _device_hasher() or False
             if self._device_fn:
                 return self._device_fn(t)
-        return digest(tensor_bytes(t))
+        return page_digest_cpu(t)
 
     def submit_page(self, page: torch.Tensor) -> Future:
-        """Snapshot ``page`` now (a device copy); return a Future of its digest."""
+        """Snapshot ``page`` now (a device copy); return a Future of its PageDigest."""
         snap = page.detach().clone()
         self.pages += 1
         return self._pool.submit(self._digest_tensor, snap)
 
     def submit_logits(self, logits: torch.Tensor) -> Future:
         """Return a Future of BLAKE3 over the int64 little-endian logits row."""
-        return self._pool.submit(lambda: digest(logits.to(torch.int64).cpu().contiguous().numpy().astype("<i8").tobytes()))
+        return self._pool.submit(
+            lambda: content_digest(logits.to(torch.int64).cpu().contiguous().numpy().astype("<i8").tobytes()))
 
-    def page_digest_now(self, page: torch.Tensor) -> bytes:
-        """Return a page's digest synchronously (restores and the anchor commitment use it)."""
-        return digest(tensor_bytes(page))
+    def page_digest_now(self, page: torch.Tensor) -> PageDigest:
+        """Return a page's digests synchronously (restores and the anchor commitment use it)."""
+        return page_digest_cpu(page)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -36,7 +36,7 @@ from functools import partial
 from typing import Sequence
 
 from fieldprint.runtime.faults import FaultPlan
-from fieldprint.runtime.hasher import PageHasher, done
+from fieldprint.runtime.hasher import PageHasher, done, page_digest_cpu
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
 from spec import commits
@@ -57,7 +57,7 @@ from spec.ledger import (
     Validation,
     sampling_record,
 )
-from spec.merkle import HASHERS, merkle_root
+from spec.merkle import HASHERS
 
 EVICTED = -1
 DETAIL_MAX = 1000  # characters of a validation detail kept in the ledger
@@ -73,7 +73,7 @@ class _Commit:
     end_step: int
     tokens: tuple[int, ...]
     digests: dict[int, Future]  # live context block -> digest
-    anchor_digests: list[bytes]
+    anchor_digests: list  # PageDigest per anchor page
     hasher: object
     snapshot: int | None = None  # engine handle of the copy-on-write fork
     validation: Future | None = None
@@ -83,7 +83,8 @@ class _Commit:
 
     def live_state(self) -> bytes:
         if self._live is None:
-            self._live = commits.live_state(self.anchor_digests, {b: f.result() for b, f in self.digests.items()},
+            self._live = commits.live_state([d.root for d in self.anchor_digests],
+                                            {b: f.result().root for b, f in self.digests.items()},
                                         self.hasher)
         return self._live
 
@@ -181,7 +182,8 @@ class VerifyingSession:
             self._digests[block] = fut
 
         def build(seq, kind=kind, block=block, used=used, fut=fut):
-            return KVPage(seq=seq, kind=kind, block=block, used=used, digest=fut.result())
+            d = fut.result()
+            return KVPage(seq=seq, kind=kind, block=block, used=used, digest=d.root, layer_digests=d.layers)
 
         self.sink.append(build)
 
@@ -221,7 +223,7 @@ class VerifyingSession:
         def build(seq, c=c, pages=pages):
             return Commit(seq=seq, commit=c.number, reason=c.reason, first_step=c.first_step, end_step=c.end_step,
                           tokens=c.tokens, page_count=len(pages),
-                          pages_root=merkle_root([f.result() for f in pages], self.hasher_fn),
+                          pages_root=commits.pages_root([f.result().root for f in pages], self.hasher_fn),
                           live_state=c.live_state())
 
         self.sink.append(build)
@@ -310,9 +312,10 @@ class VerifyingSession:
     def _mismatches(self, target: _Commit) -> tuple[list[int], list[int]]:
         eng = self.engine
         bad_anchor = [k for k, (p, d) in enumerate(zip(self._anchor_pages, self._anchor_digests))
-                      if commits.page_digest(eng.page_bytes(p)) != d]
+                      if page_digest_cpu(eng.page_tensor(p)) != d]
         table = eng.block_table(self._handle)
-        bad_ctx = [b for b, f in sorted(target.digests.items()) if commits.page_digest(eng.page_bytes(table[b])) != f.result()]
+        bad_ctx = [b for b, f in sorted(target.digests.items())
+                   if page_digest_cpu(eng.page_tensor(table[b])) != f.result()]
         return bad_anchor, bad_ctx
 
     def _repair(self, target: _Commit, info: RollbackInfo) -> None:
@@ -362,7 +365,7 @@ class VerifyingSession:
         genesis = Genesis(
             seq=0, spec_version=SPEC_VERSION, hash_profile=self.hash_profile, nonce=self.nonce or os.urandom(32),
             sequence=self.sequence, model_commitment=commitment,
-            anchor_commitment=commits.anchor_commitment(anchors, self._anchor_digests, self.hasher_fn),
+            anchor_commitment=commits.anchor_commitment(anchors, [d.root for d in self._anchor_digests], self.hasher_fn),
             prompt_commitment=commits.prompt_commitment(self._prompt_tokens), prompt_length=self._prompt_len,
             page_tokens=self.page_tokens, sampling=sampling_record(self.sampling, self.max_new_tokens),
             commit_policy=self.policy, inputs=inputs, engine=engine_identity(eng), key_name=self.key.name,

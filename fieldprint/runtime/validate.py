@@ -20,7 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from spec.commits import page_digest
+from fieldprint.runtime.hasher import page_digest_cpu
+from spec.commits import first_layer_difference
 
 REHASH = "kv-rehash"  # name of the page re-hash validator in validation records
 
@@ -68,22 +69,24 @@ class PageCheck:
     kind: str  # "anchor" | "context"
     block: int
     page: int  # physical page id
-    expected: Future  # Future[bytes] of the recorded digest
+    expected: Future  # Future[PageDigest] of the recorded digests
 
 
 def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
-    """Re-hash every page and compare with its recorded digest; name the first mismatch."""
+    """Re-hash every page and compare with its recorded digests; name the first mismatch and layer."""
     bad = []
     for c in checks:
-        actual = page_digest(engine.page_bytes(c.page))
+        actual = page_digest_cpu(engine.page_tensor(c.page))
         if actual != c.expected.result():
             bad.append((c, actual))
     if not bad:
         return True, f"{len(checks)} pages match their recorded digests"
     c, actual = bad[0]
+    want = c.expected.result()
+    layer = first_layer_difference(want.layers, actual.layers)
     return False, (f"{len(bad)} of {len(checks)} pages differ from their recorded digests; first: {c.kind} block "
-                   f"{c.block} (physical page {c.page}) hashes to {actual.hex()[:16]}, recorded "
-                   f"{c.expected.result().hex()[:16]}")
+                   f"{c.block} (physical page {c.page}) layer {layer} hashes to {actual.root.hex()[:16]}, recorded "
+                   f"{want.root.hex()[:16]}")
 
 
 class ValidationRunner:

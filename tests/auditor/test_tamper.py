@@ -6,6 +6,8 @@ replay, so those cases run with ``replay=False``; forgeries that keep every fram
 sequence rule intact (an engine that signs a lie with its own key) need the replay."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -259,17 +261,21 @@ def test_forged_logits_digest(tmp_path, ledgers):
     assert rep.reason == "replay-logits" and rep.divergence["step"] == 7
 
 
-def test_forged_page_digest(tmp_path, ledgers):
-    from spec.commits import pages_root
+@pytest.mark.parametrize("rehash_root, reason", [(True, "replay-page"), (False, "page-digest")])
+def test_forged_page_digest(tmp_path, ledgers, rehash_root, reason):
+    """A forged layer digest with a consistent root is found by the replay (which names the layer);
+    a root that is not the root of the layer digests is found before it."""
+    from spec.commits import page_digest, pages_root
 
     def edit(recs):
         out, pages = [], []
         for r in recs:
-            if isinstance(r, KVPage) and r.kind == "context":
-                if r.block == 1 and r.used == 3:  # the prompt's partial page, recorded at the prefill commit
-                    r = r.model_copy(update=dict(digest=b"\x01" * 32))
-                pages.append(r.digest)
-            elif isinstance(r, KVPage):
+            if isinstance(r, KVPage) and r.kind == "context" and r.block == 1 and r.used == 3:
+                # the prompt's partial page, recorded at the prefill commit
+                layers = (b"\x01" * 32,) + r.layer_digests[1:]
+                root = page_digest(layers) if rehash_root else r.digest
+                r = r.model_copy(update=dict(layer_digests=layers, digest=root))
+            if isinstance(r, KVPage):
                 pages.append(r.digest)
             if isinstance(r, Commit):
                 r = r.model_copy(update=dict(pages_root=pages_root(pages)))
@@ -279,7 +285,29 @@ def test_forged_page_digest(tmp_path, ledgers):
 
     rep = check(tmp_path, _forge(ledgers["clean"], edit), replay=True)
     d = rep.divergence
-    assert rep.reason == "replay-page" and (d["block"], d["page_kind"], d["field"]) == (1, "context", "digest")
+    assert rep.reason == reason, rep.to_json()
+    if rehash_root:
+        assert (d["block"], d["page_kind"], d["layer"], d["field"]) == (1, "context", 0, "layer_digests")
+        assert d["expected"] == "01" * 32
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_a_flipped_byte_in_one_layer_is_reported_with_that_layer(tmp_path, layer):
+    """A page corrupted while it is written (a bit flips in layer ``layer`` of the prompt's partial
+    page right before the prefill commit records it) is signed as it is: the runtime's re-hash
+    agrees with the record, the replay's clean page does not, and it names the page and the layer."""
+    from auditor.report import render_text
+    from fieldprint.runtime.faults import FlipKV
+
+    slice_bytes = fx.engine(fx.artifact(0, 3)).page_tensor(0)[0].numel()  # one layer of one page
+    flip = FlipKV(step=0, block=1, byte=layer * slice_bytes + 5, bit=2)
+    out = fx.generate(tmp_path / "layer.fpl", layers=3, faults=FaultPlan(flips=[flip]), max_new_tokens=4)
+    assert not out.rollbacks
+    rep = fx.verify(out.ledger, model=fx.artifact(0, 3))
+    d = rep.divergence
+    assert rep.verdict == "invalid" and rep.reason == "replay-page", rep.to_json()
+    assert (d["page_kind"], d["block"], d["layer"], d["field"], d["step"]) == ("context", 1, layer, "layer_digests", 0)
+    assert f"layer {layer}" in render_text(rep) and json.loads(rep.to_json())["divergence"]["layer"] == layer
 
 
 def test_forged_commit_policy(tmp_path, ledgers):

@@ -82,3 +82,29 @@ def test_digest_helpers():
     assert sem.pages_root([]) == merkle_root([])
     assert sem.pages_root(pages, SHA256) == merkle_root(pages, SHA256)
     assert sem.live_state(pages[:1], {5: pages[2], 1: pages[1]}) == merkle_root(pages)
+
+
+def test_page_digest_is_a_blake3_root_over_layer_digests():
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    page = torch.randint(-128, 128, (3, 2, 16, 1, 20), dtype=torch.int8, generator=g)  # [layers, K|V, slot, head, row]
+    slices = sem.page_layer_bytes(page)
+    assert slices == [page[i].numpy().tobytes() for i in range(3)] and b"".join(slices) == page.numpy().tobytes()
+    layers = sem.layer_digests(slices)
+    assert layers == [b3(x) for x in slices]
+    assert sem.page_digest(layers) == node(node(leaf(layers[0]), leaf(layers[1])), leaf(layers[2]))
+    assert sem.page_digest(layers[:1]) == leaf(layers[0])
+    with pytest.raises(ValueError):
+        sem.page_digest([])
+    # python -c "import blake3; d=blake3.blake3(bytes(640)).digest(); l=blake3.blake3(b'\0'+d).digest();
+    #            print(blake3.blake3(b'\1'+l+l).hexdigest())"
+    zero = sem.layer_digests(sem.page_layer_bytes(torch.zeros(2, 2, 16, 1, 20, dtype=torch.int8)))
+    assert sem.page_digest(zero).hex() == "33bb4cc507cabfebc17c1e90e30f05f2c6a7b552663bdc0e4b6ff054d603c97b"
+
+
+def test_first_layer_difference():
+    a = [b3(b"%d" % i) for i in range(4)]
+    assert sem.first_layer_difference(a, list(a)) is None
+    assert sem.first_layer_difference(a, a[:2] + [b"x" * 32] + a[3:]) == 2
+    assert sem.first_layer_difference(a, a[:3]) == 3 and sem.first_layer_difference(a[:1], a) == 1

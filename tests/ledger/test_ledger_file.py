@@ -33,7 +33,7 @@ from spec.ledger_file import (
     verify_ledger_structure,
 )
 from spec.merkle import CompactRange, merkle_root
-from tools.vectors.ledger import b3, checkpoint_indices, example_records, split_frames
+from tools.vectors.ledger import b3, checkpoint_indices, example_kv_page, example_records, split_frames
 
 KEY = generate_signing_key("test.example/fresh-key")
 OTHER = generate_signing_key("test.example/other-key")
@@ -44,10 +44,11 @@ def small_records(key=KEY, nonce=b3(b"small"), profile="blake3"):
     full = example_records(key, nonce=nonce, hash_profile=profile)
     g = full[0]
     h = hasher_for(g)
-    p = b3(b"p1")
+    page = example_kv_page(4, "context", 0, 6, b"p1")
+    p = page.digest
     return [g, full[1], full[2],
             TokenStep(seq=3, step=0, attempt=0, token=7, logits_digest=b3(b"l0")),
-            KVPage(seq=4, kind="context", block=0, used=6, digest=p),
+            page,
             Commit(seq=5, commit=1, reason="end_of_generation", first_step=0, end_step=1, tokens=(7,),
                    page_count=1, pages_root=merkle_root([p], h), live_state=merkle_root([p], h)),
             End(seq=6, reason="eos", num_tokens=1, live_state=merkle_root([p], h))]
@@ -205,11 +206,11 @@ def _anchored(g):
     """Return a genesis with 20 anchor tokens (two anchor pages: 16 + 4 slots) and its two pages."""
     from spec.commits import anchor_commitment
 
-    tokens, pages = tuple(range(40, 60)), [b3(b"anchor page 0"), b3(b"anchor page 1")]
+    tokens = tuple(range(40, 60))
+    pages = [example_kv_page(1, "anchor", 0, 16, b"anchor page 0"), example_kv_page(2, "anchor", 1, 4, b"anchor page 1")]
     g = g.model_copy(update={"inputs": g.inputs.model_copy(update={"anchor_tokens": tokens}),
-                             "anchor_commitment": anchor_commitment(tokens, pages, hasher_for(g))})
-    return [g, KVPage(seq=1, kind="anchor", block=0, used=16, digest=pages[0]),
-            KVPage(seq=2, kind="anchor", block=1, used=4, digest=pages[1])]
+                             "anchor_commitment": anchor_commitment(tokens, [p.digest for p in pages], hasher_for(g))})
+    return [g] + pages
 
 
 def test_sequence_rules():
@@ -244,17 +245,24 @@ def test_sequence_rules():
         "page-tokens": [g.model_copy(update={"page_tokens": 0})],
         "prompt-commitment": [g.model_copy(update={"inputs": inputs.model_copy(update={"prompt_tokens": (1, 2)})})],
         "anchor-commitment": [g.model_copy(update={"inputs": inputs.model_copy(update={"anchor_tokens": (5,)})})]
-        + [KVPage(seq=1, kind="anchor", block=0, used=1, digest=b3(b"a"))],
+        + [example_kv_page(1, "anchor", 0, 1, b"a")],
         "anchor-page": [anchored[0], anchored[2].model_copy(update={"seq": 1})],  # page 1 first
     })
     assert _seq_verdict(anchored + [SMALL[1].model_copy(update={"seq": 3})]) == ("truncated", "not-sealed")
-    forged = anchored[:2] + [anchored[2].model_copy(update={"digest": b3(b"x")})]
+    forged = anchored[:2] + [example_kv_page(2, "anchor", 1, 4, b"another anchor page")]
     assert _seq_verdict(forged) == ("invalid", "anchor-commitment")
+    # a page's digest is the root of its layer digests; every page has the same number of layers
+    assert _seq_verdict(anchored[:2] + [anchored[2].model_copy(update={"digest": b3(b"x")})]) == (
+        "invalid", "page-digest")
+    assert _seq_verdict(anchored[:2] + [example_kv_page(2, "anchor", 1, 4, b"anchor page 1", layers=3)]) == (
+        "invalid", "page-layers")
+    empty = anchored[2].model_copy(update={"layer_digests": ()})
+    assert _seq_verdict(anchored[:2] + [empty]) == ("invalid", "page-layers")
     for i, bad in enumerate([anchored[2].model_copy(update={"block": 0}),  # page 1 out of order
                              anchored[2].model_copy(update={"used": 3}),  # the anchors fill 4 slots of page 1
                              SMALL[1].model_copy(update={"seq": 2})]):  # a context page before the anchors end
         assert _seq_verdict(anchored[:2] + [bad]) == ("invalid", "anchor-page"), i
-    late = SMALL[:3] + [KVPage(seq=3, kind="anchor", block=0, used=1, digest=b3(b"a"))]
+    late = SMALL[:3] + [example_kv_page(3, "anchor", 0, 1, b"a")]
     assert _seq_verdict(late) == ("invalid", "anchor-page")  # anchor pages only right after the genesis
     for reason, records in cases.items():
         assert _seq_verdict(records) == ("invalid", reason), reason

@@ -1,6 +1,6 @@
 """Shared by tests/runtime and tests/auditor: a tiny model artifact, a key, real ledgers.
 
-The model is a random 1-layer Llama (vocab 64, hidden 32) quantized through
+The model is a random Llama of 1 layer (or ``layers``; vocab 64, hidden 32) quantized through
 ``spec.convert.quantize_model`` and saved with ``fieldprint.artifact.save_artifact`` next to a
 64-word WordLevel tokenizer ("w0" .. "w63"); tiny so the CPU reference engine replays a
 24-token ledger in about a second.
@@ -30,40 +30,40 @@ def _tokenizer_file(path: Path, vocab: int) -> Path:
     return out
 
 
-def quantized_tiny(seed: int = 0, vocab: int = 64):
+def quantized_tiny(seed: int = 0, vocab: int = 64, layers: int = 1):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from spec.convert import quantize_model
     from spec.model import ModelConfig
     from spec.profiles import PROFILES
 
-    hf = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    hf = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                      rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.15)
     torch.manual_seed(seed)
     state = {k: v.detach().float().clone() for k, v in LlamaForCausalLM(hf).state_dict().items()}
-    config = ModelConfig(arch="llama", vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=1,
+    config = ModelConfig(arch="llama", vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=layers,
                          num_heads=2, num_kv_heads=1, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-5,
                          max_position=128, tie_embeddings=False, qkv_bias=False)
     return quantize_model(config, state, PROFILES["default"])
 
 
 @functools.lru_cache(maxsize=None)
-def artifact_dir(seed: int = 0) -> str:
+def artifact_dir(seed: int = 0, layers: int = 1) -> str:
     """Build (once per process) and return the folder of the tiny artifact for ``seed``."""
     from fieldprint.artifact import save_artifact
 
-    root = Path(tempfile.mkdtemp(prefix=f"fp-tiny-{seed}-"))
+    root = Path(tempfile.mkdtemp(prefix=f"fp-tiny-{seed}-{layers}-"))
     tok = _tokenizer_file(root, 64)
-    save_artifact(quantized_tiny(seed), root / "artifact", tok)
+    save_artifact(quantized_tiny(seed, layers=layers), root / "artifact", tok)
     return str(root / "artifact")
 
 
 @functools.lru_cache(maxsize=None)
-def artifact(seed: int = 0):
+def artifact(seed: int = 0, layers: int = 1):
     from fieldprint.artifact import load_artifact
 
-    return load_artifact(artifact_dir(seed))
+    return load_artifact(artifact_dir(seed, layers))
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,13 +82,13 @@ def engine(art=None, **kw):
     return RefEngine(art.model, tokenizer=art.tokenizer, **kw)
 
 
-def generate(path, *, anchors=ANCHORS, prompt=PROMPT, seed_model: int = 0, signing_key=None, **kw):
+def generate(path, *, anchors=ANCHORS, prompt=PROMPT, seed_model: int = 0, layers: int = 1, signing_key=None, **kw):
     """Run a VerifyingSession with the tiny artifact; return its SessionResult."""
     from spec.commits import make_policy
     from fieldprint.runtime.session import VerifyingSession
     from spec.sampling import SamplingParams
 
-    art = artifact(seed_model)
+    art = artifact(seed_model, layers)
     eng = engine(art)
     if anchors:
         eng.set_anchors(list(anchors))

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 
 from spec.checkpoint import Checkpoint, checkpoint_hash, ledger_origin, sign_checkpoint
-from spec.commits import prompt_commitment
+from spec.commits import page_digest, prompt_commitment
 from spec.keys import SigningKey
 from spec.ledger import (
     SPEC_VERSION,
@@ -48,6 +48,7 @@ TEST_KEY_NAME = "fieldprint.test/ledger-key"
 TEST_KEY_SEED_TEXT = b"fieldprint/test-key/0"
 OTHER_KEY_SEED_TEXT = b"fieldprint/test-key/1"
 EXAMPLE_PROMPT = (1, 15043, 29892, 3186, 29991)  # five prompt token ids
+EXAMPLE_LAYERS = 2  # layer digests per example KV page
 
 
 def b3(text: bytes) -> bytes:
@@ -58,6 +59,13 @@ def b3(text: bytes) -> bytes:
 def fixed_key(seed_text: bytes = TEST_KEY_SEED_TEXT, name: str = TEST_KEY_NAME) -> SigningKey:
     """Return the fixed test key: Ed25519 seed BLAKE3(seed_text)."""
     return SigningKey(name, b3(seed_text))
+
+
+def example_kv_page(seq: int, kind: str, block: int, used: int, name: bytes,
+                    layers: int = EXAMPLE_LAYERS) -> KVPage:
+    """Return a kv_page record whose layer ``i`` digest is BLAKE3(name || " / layer i")."""
+    digests = tuple(b3(name + b" / layer %d" % i) for i in range(layers))
+    return KVPage(seq=seq, kind=kind, block=block, used=used, digest=page_digest(digests), layer_digests=digests)
 
 
 def example_records(key: SigningKey, nonce: bytes = b3(b"fieldprint/worked-example/nonce"),
@@ -78,16 +86,18 @@ def example_records(key: SigningKey, nonce: bytes = b3(b"fieldprint/worked-examp
         engine=EngineIdentity(name="fieldprint_ref", version="0.1.0", build="example"),
         key_name=key.name, public_key=key.public_key)
     hasher = hasher_for(g)
-    page = [b3(b"page 0 after prefill"), b3(b"page 0 after step 1"), b3(b"page 0 after step 1, attempt 1"),
-            b3(b"page 0 after step 2, attempt 1")]
+    names = [b"page 0 after prefill", b"page 0 after step 1", b"page 0 after step 1, attempt 1",
+             b"page 0 after step 2, attempt 1"]
+    kv = [lambda seq, used, n=n: example_kv_page(seq, "context", 0, used, n) for n in names]
+    page = [kv[k](0, 1).digest for k in range(len(names))]
     logits = [b3(f"logits {i}".encode()) for i in range(5)]
     r = [g,
-         KVPage(seq=1, kind="context", block=0, used=5, digest=page[0]),
+         kv[0](1, 5),
          Commit(seq=2, commit=0, reason="prefill", first_step=0, end_step=0, tokens=(), page_count=1,
                 pages_root=merkle_root([page[0]], hasher), live_state=merkle_root([page[0]], hasher)),
          TokenStep(seq=3, step=0, attempt=0, token=450, logits_digest=logits[0]),
          TokenStep(seq=4, step=1, attempt=0, token=1017, logits_digest=logits[1]),
-         KVPage(seq=5, kind="context", block=0, used=7, digest=page[1]),
+         kv[1](5, 7),
          Commit(seq=6, commit=1, reason="every_n_tokens", first_step=0, end_step=2, tokens=(450, 1017), page_count=1,
                 pages_root=merkle_root([page[1]], hasher), live_state=merkle_root([page[1]], hasher)),
          Validation(seq=7, commit=1, validator="example/no-digits", passed=False, detail="token 1017 is a digit"),
@@ -95,11 +105,11 @@ def example_records(key: SigningKey, nonce: bytes = b3(b"fieldprint/worked-examp
                   live_state=merkle_root([page[0]], hasher)),
          TokenStep(seq=9, step=0, attempt=1, token=450, logits_digest=logits[2]),
          TokenStep(seq=10, step=1, attempt=1, token=373, logits_digest=logits[3]),
-         KVPage(seq=11, kind="context", block=0, used=7, digest=page[2]),
+         kv[2](11, 7),
          Commit(seq=12, commit=2, reason="every_n_tokens", first_step=0, end_step=2, tokens=(450, 373), page_count=1,
                 pages_root=merkle_root([page[2]], hasher), live_state=merkle_root([page[2]], hasher)),
          TokenStep(seq=13, step=2, attempt=1, token=2, logits_digest=logits[4]),
-         KVPage(seq=14, kind="context", block=0, used=8, digest=page[3]),
+         kv[3](14, 8),
          Commit(seq=15, commit=3, reason="end_of_generation", first_step=2, end_step=3, tokens=(2,), page_count=1,
                 pages_root=merkle_root([page[3]], hasher), live_state=merkle_root([page[3]], hasher)),
          End(seq=16, reason="end_of_turn", num_tokens=3, live_state=merkle_root([page[3]], hasher))]
