@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from auditor.report import combined_exit, render_text
@@ -96,6 +97,9 @@ def cmd_show(args) -> int:
 
 
 def main(argv=None) -> int:
+    # OpenMP threads that spin while waiting make the CPU replay crawl on busy small machines;
+    # set before torch is imported (the commands import it lazily)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return cmd_verify(args) if args.command == "verify" else cmd_show(args)

@@ -50,6 +50,10 @@ def cmd_keygen(args) -> int:
         raise ConfigError(f"keygen: {e.message}") from None
     prefix = Path(args.out or args.name.rstrip("/").split("/")[-1] or "fieldprint")
     priv, pub = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
+    try:
+        priv.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"keygen: cannot create {priv.parent}: {e.strerror}") from None
     if pub.exists() and not args.force:
         raise ConfigError(f"keygen: {pub} exists (use --force to overwrite)")
     _write_private(priv, key.to_string(), args.force)

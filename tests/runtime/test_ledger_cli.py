@@ -118,3 +118,25 @@ def test_fieldprint_cli_wiring(tmp_path):
         pytest.skip("fieldprint/cli.py does not wire `keygen` in yet")
     assert cli.main(["keygen", "wired.example/k", "--out", str(tmp_path / "w")]) == 0
     assert (tmp_path / "w.pub").is_file()
+
+
+def test_keygen_creates_missing_parent_folders(tmp_path):
+    p = argparse.ArgumentParser()
+    ledger_cli.register(p.add_subparsers(dest="command"))
+    args = p.parse_args(["keygen", "cli.test.example/nested", "--out", str(tmp_path / "keys" / "demo" / "k")])
+    assert args.func(args) == 0
+    assert (tmp_path / "keys" / "demo" / "k.key").is_file() and (tmp_path / "keys" / "demo" / "k.pub").is_file()
+    assert oct(os.stat(tmp_path / "keys" / "demo").st_mode & 0o777) == "0o700"
+    (tmp_path / "file").write_text("")
+    args = p.parse_args(["keygen", "cli.test.example/x", "--out", str(tmp_path / "file" / "k")])
+    with pytest.raises(ConfigError, match="cannot create"):
+        args.func(args)
+
+
+def test_audit_cli_sets_a_passive_openmp_wait_policy(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert audit_cli.main(["show", str(tmp_path / "missing.fpl")]) == 2
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a choice made by the user stays
+    audit_cli.main(["show", str(tmp_path / "missing.fpl")])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
