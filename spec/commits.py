@@ -4,24 +4,24 @@
 fields that hold digests of *engine state* and when it must commit, so that a verifier can
 recompute every one of them from the model and the ledger alone:
 
-=========================== ==========================================================
-field                       definition
-=========================== ==========================================================
-``kv_page.layer_digests``   ``layer_digests(page_layer_bytes(page))``: BLAKE3 per layer slice
-``kv_page.digest``          ``page_digest(layer digests)``: their BLAKE3 Merkle root
-``token_step.logits_digest`` ``logits_digest(row bytes)``: BLAKE3 of the int64 LE row
+============================= =================================================================
+field                         definition
+============================= =================================================================
+``kv_page.layer_digests``     ``layer_digests(page_layer_bytes(page))``: BLAKE3 per layer slice
+``kv_page.digest``            ``page_digest(layer digests)``: their BLAKE3 Merkle root
+``token_step.logits_digest``  ``logits_digest(row bytes)``: BLAKE3 of the int64 LE row
 ``genesis.prompt_commitment`` ``prompt_commitment(prompt tokens)``
 ``genesis.anchor_commitment`` ``anchor_commitment(anchor tokens, anchor page digests)``
-``commit.pages_root``       ``pages_root(digests of the commit's kv_page records)``
-``commit.live_state``       ``live_state(anchor digests, live context digests)``
-``commit.reason``           ``commit_reason(policy, ...)``
-``kv_page.used``            ``filled_slots`` / ``anchor_slots``
-``end.reason``              ``end_reason(engine finish reason)``
-=========================== ==========================================================
+``commit.pages_root``         ``pages_root(digests of the commit's kv_page records)``
+``commit.live_state``         ``live_state(anchor digests, live context digests)``
+``commit.reason``             ``commit_reason(policy, ...)``
+``kv_page.used``              ``filled_slots`` / ``anchor_slots``
+``end.reason``                ``end_reason(engine finish reason)``
+============================= =================================================================
 
-Content digests (pages, logits rows, prompt) are BLAKE3 in every hash profile: engines
-compute them where the data lives. Merkle roots (anchor commitment, ``pages_root``,
-``live_state``) use the ledger's hash profile.
+Content digests (layer and page digests, logits rows, prompt) are BLAKE3 in every hash
+profile: engines compute them where the data lives. Merkle roots (anchor commitment,
+``pages_root``, ``live_state``) use the ledger's hash profile.
 """
 from __future__ import annotations
 
