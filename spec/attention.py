@@ -26,7 +26,8 @@ class KVPool:
     data[p] holds everything about page p for all layers. Each (layer, K|V, slot, head) row is
     head_dim int8 values q followed by 4 scale bytes: m as uint16 little-endian, e as int8, a zero
     byte; the row's Q16 values are q * m * 2**e (`spec.quant.dequantize_rows`). An empty slot is
-    all zero bytes. The page hash is BLAKE3 over data[p]'s bytes in C order (int8: no byte order).
+    all zero bytes. The ledger hashes exactly these bytes: BLAKE3 of each layer slice data[p, i] in
+    C order (int8: no byte order), and the page digest is their Merkle root (`spec.commits.page_digest`).
     """
 
     def __init__(self, data: torch.Tensor):
