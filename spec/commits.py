@@ -17,6 +17,7 @@ field                         definition
 ``commit.reason``             ``commit_reason(policy, ...)``
 ``kv_page.used``              ``filled_slots`` / ``anchor_slots``
 ``end.reason``                ``end_reason(engine finish reason)``
+``validation.detail``         of a failed ``kv-rehash``: ``rehash_failure_detail(...)``
 ============================= =================================================================
 
 Content digests (layer and page digests, logits rows, prompt) are BLAKE3 in every hash
@@ -25,7 +26,9 @@ profile: engines compute them where the data lives. Merkle roots (anchor commitm
 """
 from __future__ import annotations
 
+import re
 import struct
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import blake3 as _blake3
@@ -190,3 +193,42 @@ FINISH_TO_END = {"eos": "eos", "length": "max_tokens", "stop": "stop_sequence", 
 def end_reason(finish_reason: str | None) -> str:
     """Return the ``end.reason`` for an engine's finish reason (``error`` for none or unknown)."""
     return FINISH_TO_END.get(finish_reason or "", "error")
+
+
+# ---------------------------------------------------------------------------------------
+# The page re-hash validator: its name and the detail of a failure.
+# ---------------------------------------------------------------------------------------
+
+REHASH_VALIDATOR = "kv-rehash"  # validator name of the runtime's page re-hash in validation records
+_REHASH_CLAIM = re.compile(r"first: (anchor|context) block (\d+)\b.*?\bhashes to ([0-9a-f]{16,64}), "
+                           r"recorded ([0-9a-f]{16,64})")
+
+
+@dataclass(frozen=True)
+class RehashClaim:
+    """What a failed ``kv-rehash`` validation claims: page ``kind``/``block`` re-hashed to a
+    digest starting with ``actual``, while the ledger recorded one starting with ``recorded``
+    (lowercase hex prefixes of 16 to 64 digits)."""
+
+    kind: str
+    block: int
+    actual: str
+    recorded: str
+
+
+def rehash_failure_detail(bad: int, total: int, kind: str, block: int, page: int, layer: int | None,
+                          actual: bytes, recorded: bytes) -> str:
+    """Return the ``detail`` of a failed ``kv-rehash`` validation: how many of the commit's pages
+    differ from their recorded digests, then the first one (kind, logical block, physical page,
+    first differing layer) with the first 16 hex digits of its re-hashed and recorded digests.
+    ``parse_rehash_failure`` reads it back; the auditor checks the named page against the ledger."""
+    return (f"{bad} of {total} pages differ from their recorded digests; first: {kind} block {block} "
+            f"(physical page {page}) layer {layer} hashes to {actual.hex()[:16]}, recorded {recorded.hex()[:16]}")
+
+
+def parse_rehash_failure(detail: str) -> RehashClaim | None:
+    """Return the page a failed ``kv-rehash`` detail names (``rehash_failure_detail``), or None."""
+    m = _REHASH_CLAIM.search(detail)
+    if m is None:
+        return None
+    return RehashClaim(m.group(1), int(m.group(2)), m.group(3), m.group(4))

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from fieldprint.runtime.hasher import page_digest_cpu
-from spec.commits import first_layer_difference
+from spec.commits import REHASH_VALIDATOR, first_layer_difference, rehash_failure_detail
 
-REHASH = "kv-rehash"  # name of the page re-hash validator in validation records
+REHASH = REHASH_VALIDATOR  # name of the page re-hash validator in validation records (spec.commits)
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,8 @@ def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
     c, actual = bad[0]
     want = c.expected.result()
     layer = first_layer_difference(want.layers, actual.layers)
-    return False, (f"{len(bad)} of {len(checks)} pages differ from their recorded digests; first: {c.kind} block "
-                   f"{c.block} (physical page {c.page}) layer {layer} hashes to {actual.root.hex()[:16]}, recorded "
-                   f"{want.root.hex()[:16]}")
+    # the auditor reads this detail back (spec.commits.parse_rehash_failure): keep its format
+    return False, rehash_failure_detail(len(bad), len(checks), c.kind, c.block, c.page, layer, actual.root, want.root)
 
 
 class ValidationRunner:
