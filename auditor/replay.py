@@ -18,18 +18,26 @@ walks the records in ledger order, checking each against its own state:
 * ``rollback``: it follows a failed validation of a later commit, its target passed or was
   not validated, ``live_state`` is the target's, and the replay restores its own fork of the
   target and resumes under the stated attempt;
-* ``end``: count, reason and live state.
+* ``end``: count, reason and live state; ``error`` only where the generation could not go on.
 
-Divergences inside a branch that a later rollback abandons are *explained*: the runtime
-detected a fault and threw that branch away (a corrupted page makes the following tokens
-differ from a clean replay). Replay of that branch stops at its first divergence and starts
-again from the rollback target. Any divergence on the final live branch is fatal.
+**Fault history.** A divergence inside a branch that a later rollback abandons is *explained*
+only where a fault detector says the runtime saw a fault: some abandoned commit ``F`` failed
+its ``kv-rehash`` validation (``spec.commits.REHASH_VALIDATOR``), and the divergence lies in
+``F``'s *fault window*, at or after the first record of ``F``'s segment (the records after the
+commit before ``F``). Everything before the window replays exactly; a branch abandoned after a
+policy validator's rejection (no ``kv-rehash`` failure) replays exactly, every record. Replay
+of an abandoned branch stops at its first divergence and starts again from the rollback
+target. The same window explains the divergence of a live branch whose fault was detected but
+not rolled back: a ledger that ends in ``error`` (the runtime gave up) or stops before the
+rollback (a crash); the verdict is then ``incomplete``, never ``valid``. Any other divergence
+is fatal and reported where it is.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from spec import commits
+from spec.commits import REHASH_VALIDATOR
 from spec.constants import PAGE_TOKENS
 from spec.ledger import (
     SPEC_VERSION,
@@ -85,6 +93,7 @@ class ReplayResult:
     live_tokens: list[int] = field(default_factory=list)
     text: str | None = None
     notes: list[str] = field(default_factory=list)
+    unresolved_fault: int | None = None  # commit whose detected fault the records stop before resolving
 
 
 class _Fatal(Exception):
@@ -96,6 +105,7 @@ class _Fatal(Exception):
 class _Snap:
     commit: Commit
     handle: int | None  # None: taken after a divergence (cannot be restored)
+    record: int = 0  # index of the commit record
 
 
 class Replayer:
@@ -170,7 +180,11 @@ class Replayer:
         self.anchor_digests, self.anchor_layers = [], []
         self.anchor_tokens = list(inp.anchor_tokens) if self.anchor_override is None else self.anchor_override
         if self.anchor_tokens:
-            self.anchor_info = self.engine.set_anchors(list(self.anchor_tokens))
+            try:
+                self.anchor_info = self.engine.set_anchors(list(self.anchor_tokens))
+            except Exception as e:  # the engine refuses the anchor tokens (ids outside the vocabulary, ...)
+                raise self.fail("replay-setup", f"the reference engine refuses the ledger's anchor tokens: {e}",
+                                field="anchor_tokens") from None
             self.anchor_layers = [self._layers(p) for p in self.anchor_info.pages]
             self.anchor_digests = [commits.page_digest(ls) for ls in self.anchor_layers]
         ac = commits.anchor_commitment(self.anchor_tokens, self.anchor_digests, self.hasher)
@@ -285,6 +299,9 @@ class Replayer:
         return None if self.last is None else self.last.step
 
     def _commit(self, r: Commit) -> None:
+        if r.end_step <= r.first_step:
+            raise self.fail("commit-empty", f"commit {r.commit} covers no token: the runtime commits right after "
+                            "a token step", commit=r.commit, field="tokens")
         if self.pending is None and not self._evict_due():
             expected = self.expect_pages + commits.commit_partial_pages(self.dirty, self.prompt_len + self.last.step,
                                                                         PAGE_TOKENS)
@@ -307,7 +324,7 @@ class Replayer:
         handle = None
         if self.pending is None:
             handle = self.engine.fork(self.h, sequence=self.genesis.sequence)
-        self.snaps.append(_Snap(r, handle))
+        self.snaps.append(_Snap(r, handle, self.i))
         self.commits[r.commit] = r
         self.commit_due = None
         self.expect_pages, self.seen_pages, self.dirty = [], [], set()
@@ -317,10 +334,42 @@ class Replayer:
         if not r.passed:
             self.failed.add(r.commit)
 
+    # ------------------------------------------------------------------------ fault history
+    def _rehash_failed(self, commit: int) -> bool:
+        return any(v.validator == REHASH_VALIDATOR and not v.passed for v in self.validations.get(commit, []))
+
+    def _fault_window(self, first: int) -> tuple[int, int] | None:
+        """Return (commit, first record) of the fault window of the branch ``self.snaps[first:]``:
+        its earliest commit whose kv-rehash failed, and the record after the commit before it."""
+        for k in range(first, len(self.snaps)):
+            c = self.snaps[k].commit.commit
+            if self._rehash_failed(c):
+                return c, (self.snaps[k - 1].record + 1 if k > 0 else 0)
+        return None
+
+    def _unexplained(self, d: Divergence, first: int, branch: str) -> _Fatal | None:
+        """Return the fatal form of divergence ``d`` of branch ``self.snaps[first:]``, or None when a
+        detected fault explains it (see the module docstring)."""
+        window = self._fault_window(first)
+        if window is None:
+            failed = sorted({v.validator for s in self.snaps[first:] for v in self.validations.get(s.commit.commit, [])
+                             if not v.passed})
+            d.message += (f" ({branch}; no commit of it failed a {REHASH_VALIDATOR} validation, only "
+                          f"{', '.join(failed) or 'none'}: a branch rejected by a policy validator must replay exactly)")
+            return _Fatal(d)
+        commit, start = window
+        if d.record is None or d.record < start:
+            d.message += (f" ({branch}; the {REHASH_VALIDATOR} failure of commit {commit} explains divergences from "
+                          f"record {start} on, the start of that commit's segment)")
+            return _Fatal(d)
+        return None
+
     def _rollback(self, r: Rollback) -> None:
         eng = self.engine
         idx = next(i for i, s in enumerate(self.snaps) if s.commit.commit == r.to_commit)
         target = self.snaps[idx]
+        if target.handle is None:  # the target itself is past a divergence: report it where it is
+            raise _Fatal(self.pending)
         if r.live_state != target.commit.live_state:
             raise self.fail("rollback-state", f"rollback to commit {r.to_commit} restores a state other than the "
                             "one that commit recorded", commit=r.to_commit, field="live_state",
@@ -332,10 +381,12 @@ class Replayer:
         if not any(c in self.failed for c in dropped):
             raise self.fail("rollback-unexplained", f"rollback to commit {r.to_commit} although no later commit "
                             f"({dropped}) failed a validation", commit=r.to_commit, field="to_commit")
-        if target.handle is None:  # the target itself is past a divergence
-            raise _Fatal(self.pending)
         if self.pending is not None:
-            self.pending.message += f" (abandoned by the rollback to commit {r.to_commit})"
+            fatal = self._unexplained(self.pending, idx + 1, f"abandoned by the rollback to commit {r.to_commit}")
+            if fatal is not None:
+                raise fatal
+            self.pending.message += (f" (abandoned by the rollback to commit {r.to_commit}; in the fault window of "
+                                     f"commit {self._fault_window(idx + 1)[0]})")
             self.result.explained.append(self.pending)
             self.pending = None
         eng.release(self.h)
@@ -355,18 +406,39 @@ class Replayer:
         self.commit_due, self.expect_pages, self.seen_pages, self.dirty = None, [], [], set()
         self.expect_evict = []
 
+    def _resolve_pending_fault(self, how: str) -> bool:
+        """Explain the live branch's divergence by a detected fault the records do not resolve;
+        return False when there is none to explain."""
+        if self.pending is None:
+            return False
+        fatal = self._unexplained(self.pending, 0, how)
+        if fatal is not None:
+            raise fatal
+        commit = self._fault_window(0)[0]
+        self.pending.message += f" ({how}; in the fault window of commit {commit}, whose {REHASH_VALIDATOR} failed)"
+        self.result.explained.append(self.pending)
+        self.result.unresolved_fault = commit
+        self.pending = None
+        return True
+
     def _end(self, r: End) -> None:
-        if self.pending is not None:
+        if self.pending is not None and r.reason != "error":
             raise _Fatal(self.pending)
-        ls = self._pages_live_state()
-        if ls != r.live_state:
-            raise self.fail("end-live-state", "the end record's live state differs from the replay's",
-                            field="live_state", expected=r.live_state, actual=ls)
+        faulted = self._resolve_pending_fault("the generation ended in error before a rollback")
+        if not faulted:
+            ls = self._pages_live_state()
+            if ls != r.live_state:
+                raise self.fail("end-live-state", "the end record's live state differs from the replay's",
+                                field="live_state", expected=r.live_state, actual=ls)
         fin = self.engine.finish_reason(self.h)
+        unresolved = [c.commit.commit for c in self.snaps if c.commit.commit in self.failed]
+        if r.reason == "error" and fin is not None and not unresolved:
+            raise self.fail("end-reason", f"end reason error, but the replay finished ({fin}: "
+                            f"{commits.end_reason(fin)}) and no live commit failed a validation", field="reason",
+                            expected=r.reason, actual=commits.end_reason(fin))
         if r.reason != "error" and commits.end_reason(fin) != r.reason:
             raise self.fail("end-reason", f"end reason {r.reason}, the replay finished with {fin}", field="reason",
                             expected=r.reason, actual=commits.end_reason(fin))
-        unresolved = [c.commit.commit for c in self.snaps if c.commit.commit in self.failed]
         unvalidated = [c.commit.commit for c in self.snaps if c.commit.commit not in self.validations]
         if unvalidated:
             self.result.notes.append(f"live commits {unvalidated} carry no validation record")
@@ -412,8 +484,8 @@ class Replayer:
                     self._rollback(r)
                 elif isinstance(r, End):
                     self._end(r)
-            if self.pending is not None:
-                raise _Fatal(self.pending)
+            if self.pending is not None and not isinstance(records[-1], End):
+                self._resolve_pending_fault("the signed records stop before the rollback")
             if self.engine is not None:
                 n = min(self.result.steps_replayed, len(self.generated))
                 self.result.live_tokens = list(self.generated)
