@@ -24,6 +24,7 @@ import fieldprint_ref.ops as ref_ops
 from fieldprint_ref.errors import ContextTooLongError, EngineError, SamplingParamError
 from fieldprint_ref.paging import EVICTED, BlockTable, PageAllocator, blocks_for, dead_blocks
 from fieldprint_ref.records import AnchorInfo, GenerationResult, PageWrite, StepRecord
+from fieldprint_ref.weights import has_exact_views, with_exact_views
 
 DEFAULT = object()  # "use the engine's current anchors" (distinct from None = no anchors)
 DEFAULT_POOL_BYTES = 256 * 2**20  # default KV pool budget when num_pages is not given (= 256 MiB)
@@ -67,6 +68,9 @@ class RefEngine:
 
     name = "ref"
     ops = ref_ops
+    # keep a float64 copy of every matmul weight instead of converting it on every call (speed
+    # only, results identical; costs 8 bytes per weight parameter): fieldprint_ref.weights
+    cache_weights = True
 
     def __init__(
         self,
@@ -82,6 +86,8 @@ class RefEngine:
     ):
         self.device = torch.device(device)
         self.model = _model_on(model, self.device)
+        if self.cache_weights and not has_exact_views(self.model):
+            self.model = with_exact_views(self.model)  # convert each weight once (fieldprint_ref.weights)
         self.config = model.config
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)

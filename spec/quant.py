@@ -20,6 +20,8 @@ A *dynamic row scale* is an integer pair (m, e) meaning step = m * 2**e input un
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from spec.constants import ACT_MAX, FLOAT64_EXACT, SCALE_MANT_BITS
@@ -128,6 +130,20 @@ def dequantize_rows(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.
     return saturate(shift_round(q * m.unsqueeze(-1), -e.unsqueeze(-1)))
 
 
+class ExactView(NamedTuple):
+    """Not normative (speed only): a copy of a weight tensor `w` made once, so that `int_matmul`
+    need not convert `w` on every call. ``absmax`` is max|w| (a Python int) and ``float64`` is w
+    as float64 (same shape; integers below 2**53 are exact in float64). An engine attaches it as
+    the attribute EXACT_VIEW of the tensor object it passes as `w` (`fieldprint_ref.weights`);
+    it must describe that tensor exactly, and results are the same with or without it."""
+
+    absmax: int
+    float64: torch.Tensor
+
+
+EXACT_VIEW = "fieldprint_exact_view"  # attribute name of a weight tensor's ExactView
+
+
 def int_matmul(a: torch.Tensor, w: torch.Tensor, bound: int | None = None) -> torch.Tensor:
     """Return the exact int64 product a @ w.T (a: [N, K], w: [O, K]).
 
@@ -135,12 +151,14 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor, bound: int | None = None) -> to
     and bound < 2**53, every partial sum of every summation order is an integer below 2**53, so
     a float64 matmul is exact and is used instead.
     """
-    a64, w64 = a.to(torch.int64), w.to(torch.int64)
+    a64 = a.to(torch.int64)
+    view = getattr(w, EXACT_VIEW, None)  # an engine's cached copy of w (ExactView), or None
     if bound is None:
-        bound = a.shape[-1] * absmax(a64) * absmax(w64)
+        bound = a.shape[-1] * absmax(a64) * (view.absmax if view is not None else absmax(w.to(torch.int64)))
     if FLOAT64_MATMUL and bound < FLOAT64_EXACT:
-        return (a64.to(torch.float64) @ w64.to(torch.float64).T).to(torch.int64)
-    return a64 @ w64.T
+        w_f64 = view.float64 if view is not None else w.to(torch.int64).to(torch.float64)
+        return (a64.to(torch.float64) @ w_f64.T).to(torch.int64)
+    return a64 @ w.to(torch.int64).T
 
 
 def requantize(acc: torch.Tensor, m: torch.Tensor, e: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
