@@ -94,6 +94,7 @@ class ReplayResult:
     text: str | None = None
     notes: list[str] = field(default_factory=list)
     unresolved_fault: int | None = None  # commit whose detected fault the records stop before resolving
+    fault_history: list[dict] = field(default_factory=list)  # one entry per explained divergence
 
 
 class _Fatal(Exception):
@@ -385,10 +386,8 @@ class Replayer:
             fatal = self._unexplained(self.pending, idx + 1, f"abandoned by the rollback to commit {r.to_commit}")
             if fatal is not None:
                 raise fatal
-            self.pending.message += (f" (abandoned by the rollback to commit {r.to_commit}; in the fault window of "
-                                     f"commit {self._fault_window(idx + 1)[0]})")
-            self.result.explained.append(self.pending)
-            self.pending = None
+            self._explain(self._fault_window(idx + 1), f"abandoned by the rollback to commit {r.to_commit}",
+                          resolved_by=self.i)
         eng.release(self.h)
         for s in self.snaps[idx + 1:]:
             if s.handle is not None:
@@ -414,12 +413,21 @@ class Replayer:
         fatal = self._unexplained(self.pending, 0, how)
         if fatal is not None:
             raise fatal
-        commit = self._fault_window(0)[0]
-        self.pending.message += f" ({how}; in the fault window of commit {commit}, whose {REHASH_VALIDATOR} failed)"
-        self.result.explained.append(self.pending)
-        self.result.unresolved_fault = commit
-        self.pending = None
+        window = self._fault_window(0)
+        self._explain(window, how, resolved_by=None)
+        self.result.unresolved_fault = window[0]
         return True
+
+    def _explain(self, window: tuple[int, int], how: str, resolved_by: int | None) -> None:
+        """Accept the pending divergence as the effect of the fault ``window`` names; record what is proven."""
+        d, (commit, start) = self.pending, window
+        d.message += f" ({how}; in the fault window of commit {commit}, whose {REHASH_VALIDATOR} failed)"
+        self.result.explained.append(d)
+        last = (resolved_by - 1) if resolved_by is not None else self.i
+        self.result.fault_history.append(dict(
+            fault_commit=commit, window_start=start, first_divergence=d.record, step=d.step, reason=d.reason,
+            rollback_record=resolved_by, unverified=[d.record, last]))
+        self.pending = None
 
     def _end(self, r: End) -> None:
         if self.pending is not None and r.reason != "error":

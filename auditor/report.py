@@ -103,6 +103,14 @@ def render_text(r: Report) -> str:
                      f"{rb['reason']}")
     for e in r.explained_divergences:
         lines.append(f"  abandoned branch diverged (explained): {e['message']}")
+    for f in r.fault_history:
+        lo, hi = f["unverified"]
+        lines.append(f"  fault history: records before {lo} replay exactly; records {lo}..{hi} (from step {f['step']}) "
+                     f"follow the fault commit {f['fault_commit']}'s kv-rehash reported and are not verified: the "
+                     "ledger's word that a fault happened is not proven (docs/auditor.md, threat model)")
+    if r.checks == "records":
+        lines.append("  checked without replay: signatures, structure, model commitment and the rules that follow "
+                     "from the records; not checked: " + "; ".join(n.split(":")[0] for n in r.not_checked))
     if r.replay.get("steps"):
         lines.append(f"  replayed {r.replay['steps']} steps in {r.replay['seconds']:.2f} s "
                      f"({r.replay['tokens_per_s']:.1f} tokens/s) on the CPU reference engine")

@@ -23,10 +23,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from auditor.records import NOT_CHECKED, RecordChecker
 from auditor.replay import Replayer
 from auditor.report import Report
 from spec.keys import Verifier, parse_verifier
-from spec.ledger import Commit, LedgerError, Rollback, TokenStep, Validation
+from spec.commits import REHASH_VALIDATOR
+from spec.ledger import Commit, End, Genesis, LedgerError, Rollback, TokenStep, Validation
 from spec.ledger_file import parse_ledger_bytes, verify_ledger_structure
 
 UNREADABLE_FRAMES = ("bad-magic", "truncated-header", "io")
@@ -165,8 +167,13 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
         report.message = "no checkpoint verifies: nothing of this ledger is signed"
         return report
     records = st.records[:st.verified_size]
+    qm, tokenizer, commitment = load_model(model)  # with or without the replay: the commitment is checked
+    checked = RecordChecker(commitment=commitment, vocab_size=qm.config.vocab_size,
+                            max_position=qm.config.max_position, tokenizer=tokenizer, offsets=offsets).run(records)
+    report.notes += checked.notes
+    d = checked.divergence
+    res = None
     if replay:
-        qm, tokenizer, commitment = load_model(model)
         anchors = anchor_override(anchors_text, tokenizer)
         total = sum(isinstance(r, TokenStep) for r in records)
         t0 = time.perf_counter()
@@ -176,21 +183,42 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
         secs = time.perf_counter() - t0
         report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
                          "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}
-        report.explained_divergences = [d.to_dict() for d in res.explained]
+        report.checks = "replay"
+        report.explained_divergences = [x.to_dict() for x in res.explained]
+        report.fault_history = res.fault_history
         report.notes += res.notes
-        if res.divergence is not None:
-            d = res.divergence
-            report.verdict, report.reason, report.message = "invalid", d.reason, d.message
-            report.divergence = d.to_dict()
-            return report
-        report.tokens, report.text = res.live_tokens, res.text
+        if res.divergence is not None and (d is None or (res.divergence.record or 0) <= (d.record or 0)):
+            d = res.divergence  # the first divergence of the two; the replay's on a tie (it says more)
     else:
-        report.notes.append("replay skipped: tokens and digests were not recomputed")
-    report.verdict = "valid" if st.status == "complete" else "incomplete"
-    if report.verdict == "incomplete":
-        report.reason = st.reason
-        report.message = (f"the signed prefix ({st.verified_size} records) verifies and replays; the generation "
-                          "did not finish")
+        report.checks = "records"
+        report.not_checked = list(NOT_CHECKED)
+        report.notes.append("replay skipped (--no-replay): checked the model commitment and every rule that follows "
+                            "from the records; NOT checked: " + "; ".join(NOT_CHECKED))
+    if d is not None:
+        report.verdict, report.reason, report.message = "invalid", d.reason, d.message
+        report.divergence = d.to_dict()
+        if st.status == "truncated":
+            report.notes.append("the ledger is not sealed; a run that crashed after a fault, before the runtime signed "
+                                "the failed validation that detected it, leaves signed records that do not replay: "
+                                "the auditor cannot tell them from a wrong computation")
+        return report
+    if res is not None:
+        report.tokens, report.text = res.live_tokens, res.text
+    end = records[-1] if isinstance(records[-1], End) else None
+    if end is not None and end.reason == "error":
+        report.verdict, report.reason = "incomplete", "end-error"
+        report.message = (f"the generation ended with reason error after {end.num_tokens} tokens (the runtime could "
+                          f"not go on); its {st.verified_size} signed records verify"
+                          + (" and replay" if res is not None else "") + ", but it did not finish")
+    elif st.status == "complete":
+        report.verdict = "valid"
+    else:
+        report.verdict, report.reason = "incomplete", st.reason
+        report.message = (f"the signed prefix ({st.verified_size} records) verifies"
+                          + (" and replays" if res is not None else "") + "; the generation did not finish")
+    if res is not None and res.unresolved_fault is not None:
+        report.message += (f"; the fault commit {res.unresolved_fault}'s {REHASH_VALIDATOR} validation detected "
+                           "was not rolled back")
     return report
 
 
