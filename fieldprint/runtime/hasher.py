@@ -1,10 +1,11 @@
 """Page hashing off the critical path: snapshot on the engine's thread, hash on a worker.
 
-The engine thread calls ``submit_page(engine.page_tensor(p))``: the page is *copied* at once
-(``clone()`` on the engine's device: one page, a few KiB, no host transfer) and the copy is
-hashed later on the worker thread, so the engine may rewrite, free or reuse the page
-immediately. Full pages are immutable anyway; the copy is what makes the partial last page of
-a commit and pages freed by a sliding window safe. ``submit_logits`` hashes a step's logits row
+The engine thread snapshots a page (``snapshot``: ``clone()`` on the engine's device, one page,
+no host transfer) right after each step that wrote it, and ``submit_snapshot`` hashes the copy
+later on the worker thread, so the engine may rewrite, free or reuse the page immediately. A
+digest is therefore always that of the bytes the engine wrote, never of the live page at some
+later time (which a fault may have changed in between). ``submit_call`` runs other work on
+snapshots (the runtime's write checks) on the same worker. ``submit_logits`` hashes a step's logits row
 the same way (the engine hands out a fresh tensor per step, so no copy is needed).
 
 A page's digests are those of ``spec.commits``: BLAKE3 of each layer's slice of the page
@@ -74,11 +75,23 @@ class PageHasher:
                 return self._device_fn(t)
         return page_digest_cpu(t)
 
+    @staticmethod
+    def snapshot(page: torch.Tensor) -> torch.Tensor:
+        """Return a private copy of ``page`` (on its device), taken now."""
+        return page.detach().clone()
+
     def submit_page(self, page: torch.Tensor) -> Future:
         """Snapshot ``page`` now (a device copy); return a Future of its PageDigest."""
-        snap = page.detach().clone()
+        return self.submit_snapshot(self.snapshot(page))
+
+    def submit_snapshot(self, snap: torch.Tensor) -> Future:
+        """Return a Future of the PageDigest of a snapshot (which nobody writes again)."""
         self.pages += 1
         return self._pool.submit(self._digest_tensor, snap)
+
+    def submit_call(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` on the worker, in FIFO order with the digests; return its Future."""
+        return self._pool.submit(fn, *args)
 
     def submit_logits(self, logits: torch.Tensor) -> Future:
         """Return a Future of BLAKE3 over the int64 little-endian logits row."""

@@ -1,10 +1,14 @@
 """The verifying session: drive one sequence through an Engine and write its signed ledger.
 
 Per generated token the engine thread does three cheap things: queue a ``token_step``
-record (its logits digest is computed by the hasher thread), snapshot every page the step
-filled (one device copy each) for hashing, and ask the commit policy whether to commit.
+record (its logits digest is computed by the hasher thread), copy the slots the step wrote
+into the runtime's own copy of each block it wrote (a device copy of one slot; a block's copy
+is handed to the hasher when it fills), and ask the commit policy whether to commit. Digests
+are thus of the bytes the engine wrote, as it wrote them: a fault that later changes a live
+page (or the copy-on-write copy of a committed one) makes it differ from its recorded digest.
+Before a step whose sliding window frees pages, it copies them for the next commit's re-hash.
 
-At a commit it snapshots the pages written since the last commit, queues the ``kv_page``
+At a commit it hashes its copies of the blocks written since the last commit, queues the ``kv_page
 records, the ``commit`` record and a checkpoint (the writer thread waits for the digests and
 signs), keeps a copy-on-write fork of the sequence (``engine.fork``: the block table is
 copied, pages are shared and reference-counted; the engine copies a shared page before it
@@ -35,10 +39,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
 
+import torch
+
 from fieldprint.runtime.faults import FaultPlan
 from fieldprint.runtime.hasher import PageHasher, done, page_digest_cpu
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
+from fieldprint_ref.paging import dead_blocks
 from spec import commits
 from spec.commitment import model_commitment as artifact_commitment
 from spec.keys import SigningKey
@@ -116,6 +123,7 @@ class SessionResult:
     seconds: float
     validations: list[tuple[int, str, bool, str]]
     generation: object = None  # the engine's GenerationResult of the live branch
+    error: str | None = None  # why the generation ended with reason ``error`` (None otherwise)
 
 
 def engine_identity(engine) -> EngineIdentity:
@@ -199,20 +207,58 @@ class VerifyingSession:
         for b in rec.evicted_blocks:  # freed by the sliding window: no longer live state
             self._digests.pop(b, None)
             self._dirty.discard(b)
+            self._written.pop(b, None)
+        self._take_writes(rec)
+
+    def _take_writes(self, rec) -> None:
+        """Copy the slots the step wrote into the runtime's own copy of each block it wrote.
+
+        ``self._written[b]`` holds exactly the bytes the engine wrote to block ``b`` (zeros where
+        it wrote nothing), assembled slot range by slot range right after each step. A page's
+        digest is that copy's, never the live page's at some later time: corruption of the live
+        page (its copy-on-write copy included) between two writes then makes the live page differ
+        from its recorded digest, which the next commit's re-hash sees."""
+        table = self.engine.block_table(self._handle)
+        spans: dict[int, list] = {}
         for w in rec.writes:
-            if w.full:  # final bytes: hash now (off the critical path)
-                self._dirty.discard(w.block)
-                self._page("context", w.block, self.page_tokens,
-                           self.hasher.submit_page(self.engine.page_tensor(w.page)))
+            if table[w.block] != w.page:
+                raise RuntimeFailure(f"step {rec.step} wrote context block {w.block} into physical page {w.page}, "
+                                     f"which the block no longer holds: the page was freed and reused before the "
+                                     f"runtime could hash it")
+            span = spans.setdefault(w.block, [w.slot_start, w.slot_end, False])
+            span[:] = min(span[0], w.slot_start), max(span[1], w.slot_end), span[2] or w.full
+        for b, (lo, hi, full) in sorted(spans.items()):
+            live = self.engine.page_tensor(table[b])
+            mine = self._written.get(b)
+            if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
+                mine = self._written[b] = torch.zeros_like(live)
+            mine[:, :, lo:hi].copy_(live[:, :, lo:hi])  # [layers, K|V, slot, head, row]
+            if full:  # final bytes: hash now (off the critical path)
+                del self._written[b]
+                self._dirty.discard(b)
+                self._page("context", b, self.page_tokens, self.hasher.submit_snapshot(mine))
             else:
-                self._dirty.add(w.block)
+                self._dirty.add(b)
+
+    def _check_before_eviction(self) -> None:
+        """Snapshot the pages the next step's eviction will free, to be re-hashed at the next
+        commit: a fault in a page the window frees before the commit is seen all the same."""
+        table = self.engine.block_table(self._handle)
+        if not self._generated or self.window is None:
+            return
+        first_query = self._prompt_len + len(self._generated) - 1  # the next step feeds the last token
+        for b in dead_blocks(first_query, self.window, self.page_tokens):
+            if b < len(table) and table[b] != EVICTED and b not in self._eviction_checked and b in self._digests:
+                self._eviction_checked.add(b)
+                self._seg_evicting.append(PageCheck("context", b, table[b], self._digests[b],
+                                                    snapshot=self.hasher.snapshot(self.engine.page_tensor(table[b]))))
 
     def _commit(self, reason: str, step: int) -> _Commit:
         eng, h = self.engine, self._handle
         table = eng.block_table(h)
         cached = self._prompt_len + step  # tokens fed: the prompt and tokens 0 .. step-1
         for b, used in commits.commit_partial_pages(self._dirty, cached, self.page_tokens):
-            self._page("context", b, used, self.hasher.submit_page(eng.page_tensor(table[b])))
+            self._page("context", b, used, self.hasher.submit_snapshot(self._written[b].clone()))
         self._dirty.clear()
         live = {b: self._digests[b] for b, p in enumerate(table) if p != EVICTED}
         c = _Commit(self._next_commit, reason, self._seg_first, step + 1, tuple(self._seg_tokens), live,
@@ -233,13 +279,14 @@ class VerifyingSession:
                                                                                      self._anchor_digests))]
         snap_table = eng.block_table(c.snapshot)
         checks += [PageCheck("context", b, snap_table[b], f) for b, f in sorted(live.items())]
+        checks += self._seg_evicting  # pages freed by the window since the last commit
         detok = getattr(eng, "detokenize", lambda t: None)
         view = CommitView(c.number, reason, c.first_step, c.end_step, c.tokens, detok(list(c.tokens)),
                           tuple(self._generated), detok(list(self._generated)))
         c.validation = self.validation.submit(checks, view)
         self._commits.append(c)
         self._pending.append(c)
-        self._seg_first, self._seg_tokens, self._seg_pages = step + 1, [], []
+        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = step + 1, [], [], []
         return c
 
     def _record_validations(self, due: list[_Commit]) -> _Commit | None:
@@ -305,9 +352,14 @@ class VerifyingSession:
             seq=seq, to_commit=t.number, to_step=t.end_step, attempt=a, reason=r, live_state=t.live_state()))
         self.rollbacks.append(info)
         self._generated = self._generated[:target.end_step]
-        self._seg_first, self._seg_tokens, self._seg_pages = target.end_step, [], []
-        self._dirty = set()
+        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = target.end_step, [], [], []
+        self._dirty, self._eviction_checked = set(), set()
         self._digests = dict(target.digests)
+        # the runtime's copy of the partial last block: the restored page, which matches its digest
+        self._written = {}
+        b, used = divmod(self._prompt_len + target.end_step - 1, self.page_tokens)
+        if used:
+            self._written[b] = self.hasher.snapshot(eng.page_tensor(eng.block_table(self._handle)[b]))
 
     def _mismatches(self, target: _Commit) -> tuple[list[int], list[int]]:
         eng = self.engine
@@ -386,46 +438,20 @@ class VerifyingSession:
         self.validation = ValidationRunner(eng, self.validators)
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
         self._seg_first, self._next_commit, self._attempt = 0, 0, 0
-        self._dirty, self._digests = set(), {}
+        self._dirty, self._digests, self._written = set(), {}, {}
+        self._seg_evicting, self._eviction_checked = [], set()
         self._commits, self._pending = [], []
+        self.error = None
         self.rollbacks, self.validations = [], []
         self._handle = None
         self.generation = None
         finish, end = None, "error"
         try:
             self._start(prompt)
-            while True:
-                out = eng.step([self._handle], chunk_size=self.chunk_size)
-                if not out:
-                    if eng.finish_reason(self._handle) is not None:
-                        raise RuntimeFailure("the engine finished the sequence without a final step")
-                    continue  # a prefill chunk that did not reach the last prompt token
-                rec = out[0][1]
-                self._token(rec)
-                if self.on_step is not None:
-                    self.on_step(rec)
-                self.faults.after_step(rec.step, eng, self._handle, self._anchor_pages, self._wait_validations)
-                finish = eng.finish_reason(self._handle)
-                reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
-                                           filled_page=any(w.full for w in rec.writes), finished=finish is not None)
-                if reason is None:
-                    continue
-                c = self._commit(reason, rec.step)
-                due = [x for x in self._pending if x is not c]
-                if reason in ("prefill", "end_of_generation"):
-                    due.append(c)  # validated before going on
-                failed = self._record_validations(due)
-                if failed is not None:
-                    try:
-                        self._rollback(failed)
-                    except RuntimeFailure:
-                        end = "error"
-                        break
-                    finish = None
-                    continue
-                if finish is not None:
-                    end = commits.end_reason(finish)
-                    break
+            try:
+                finish, end = self._generate()
+            except RuntimeFailure as e:  # no good state to go on from: the ledger ends in error
+                finish, end, self.error = None, "error", str(e)
         finally:
             if self.sink is not None:
                 self._close(end, finish)
@@ -439,7 +465,39 @@ class VerifyingSession:
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,
             end_reason=end, commits=self._next_commit, rollbacks=self.rollbacks, records=len(self.sink.records),
             checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations,
-            generation=self.generation)
+            generation=self.generation, error=self.error)
+
+    def _generate(self) -> tuple[str | None, str]:
+        """Run steps, commits, validations and rollbacks to the end; return (finish, end reason).
+        Raises ``RuntimeFailure`` when no good state is left to go on from."""
+        eng = self.engine
+        while True:
+            self._check_before_eviction()
+            out = eng.step([self._handle], chunk_size=self.chunk_size)
+            if not out:
+                if eng.finish_reason(self._handle) is not None:
+                    raise RuntimeFailure("the engine finished the sequence without a final step")
+                continue  # a prefill chunk that did not reach the last prompt token
+            rec = out[0][1]
+            self._token(rec)
+            if self.on_step is not None:
+                self.on_step(rec)
+            self.faults.after_step(rec.step, eng, self._handle, self._anchor_pages, self._wait_validations)
+            finish = eng.finish_reason(self._handle)
+            reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
+                                           filled_page=any(w.full for w in rec.writes), finished=finish is not None)
+            if reason is None:
+                continue
+            c = self._commit(reason, rec.step)
+            due = [x for x in self._pending if x is not c]
+            if reason in ("prefill", "end_of_generation"):
+                due.append(c)  # validated before going on
+            failed = self._record_validations(due)
+            if failed is not None:
+                self._rollback(failed)
+                continue
+            if finish is not None:
+                return finish, commits.end_reason(finish)
 
     def _close(self, end: str, finish) -> None:
         try:

@@ -5,9 +5,15 @@ keeps generating. The job runs, in order:
 
 1. ``kv-rehash``: re-hash every page of the commit's state - the anchor pages and every live
    context page of the commit's copy-on-write snapshot - and compare each with the digest
-   the ledger recorded for it. Snapshot pages are never written again (the engine copies a
-   shared page before writing it), so any difference is corruption: a flipped bit in memory,
-   a buggy kernel writing out of bounds, a page freed and reused too early.
+   the ledger recorded for it; also the copies of the pages the sliding window freed since the
+   last commit, taken just before the engine freed them. A recorded digest is that of the bytes
+   the engine wrote (the runtime assembles its own copy of each block from the slots every step
+   wrote, right after the step, and hashes that copy), and the snapshot shares the live pages,
+   so any difference is corruption of the live state since the engine wrote it: a flipped bit
+   in memory (in a copy-on-write copy of a committed page too), a buggy kernel writing out of
+   bounds, a page freed and reused too early. Every slot of every live page is covered; what is
+   not seen is a change to a slot just before the engine overwrites the whole slot (the state is
+   then the computed one) or while it writes it (the auditor's replay sees that).
 2. each policy validator, a user function over the commit's new text (``CommitView``),
    returning ``True``/``False`` or ``(passed, detail)``; an exception counts as a failure.
 
@@ -70,13 +76,14 @@ class PageCheck:
     block: int
     page: int  # physical page id
     expected: Future  # Future[PageDigest] of the recorded digests
+    snapshot: object = None  # a copy of the page taken before the engine freed it (else the page itself)
 
 
 def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
     """Re-hash every page and compare with its recorded digests; name the first mismatch and layer."""
     bad = []
     for c in checks:
-        actual = page_digest_cpu(engine.page_tensor(c.page))
+        actual = page_digest_cpu(engine.page_tensor(c.page) if c.snapshot is None else c.snapshot)
         if actual != c.expected.result():
             bad.append((c, actual))
     if not bad:
