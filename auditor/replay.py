@@ -162,6 +162,11 @@ class Replayer:
         if g.model_commitment != self.commitment:
             raise self.fail("model-commitment", "the ledger was not produced by this model artifact",
                             field="model_commitment", expected=g.model_commitment, actual=self.commitment)
+        model_window = self.model.config.sliding_window or 0
+        if inp.model_window != model_window:
+            raise self.fail("model-window", f"the genesis says the model's sliding window is {inp.model_window or 'none'}, "
+                            f"the model commits to {model_window or 'none'}", field="inputs.model_window",
+                            expected=inp.model_window, actual=model_window)
         if g.page_tokens != PAGE_TOKENS:
             raise self.fail("page-tokens", f"ledger pages hold {g.page_tokens} tokens, the spec {PAGE_TOKENS}",
                             field="page_tokens", expected=g.page_tokens, actual=PAGE_TOKENS)

@@ -47,6 +47,10 @@ class Report:
     text: str | None = None
     replay: dict = field(default_factory=dict)  # steps, seconds, tokens_per_s
     notes: list[str] = field(default_factory=list)
+    checks: str = ""  # "replay" (everything) or "records" (--no-replay: what follows from the records)
+    not_checked: list[str] = field(default_factory=list)  # what a --no-replay verdict does not cover
+    fault_history: list[dict] = field(default_factory=list)  # per explained divergence: what is proven
+    window: dict | None = None  # `window_info` of the genesis: the window used, the model's, override
 
     @property
     def exit_code(self) -> int:
@@ -65,6 +69,22 @@ def _jsonable(v):
     if isinstance(v, bytes):
         return v.hex()
     return str(v)
+
+
+def window_info(inputs) -> dict:
+    """Return the attention window of a genesis's replay inputs: the window the run used, the
+    model's own (None = full attention) and whether the run overrode the model's window."""
+    return {"window": inputs.window or None, "model_window": inputs.model_window or None,
+            "override": inputs.window != inputs.model_window}
+
+
+def window_text(w: dict) -> str:
+    """Return one line describing a `window_info` dict."""
+    used = f"{w['window']} tokens" if w["window"] else "none (full attention)"
+    if not w["override"]:
+        return f"window: {used}, the model's own"
+    model = f"{w['model_window']} tokens" if w["model_window"] else "none (full attention)"
+    return f"window: {used}, an OVERRIDE of the model's window ({model}): not the attention the model was trained with"
 
 
 def combined_exit(reports: list[Report]) -> int:
@@ -95,6 +115,8 @@ def render_text(r: Report) -> str:
             lines.append("  at " + ", ".join(where))
         if d.get("expected") is not None or d.get("actual") is not None:
             lines.append(f"  ledger: {_short(d.get('expected'))}   replay/recomputed: {_short(d.get('actual'))}")
+    if r.window is not None:
+        lines.append(f"  {window_text(r.window)}")
     if r.records:
         lines.append(f"  {r.records} records ({r.verified_records} signed), {r.checkpoints} checkpoints, "
                      f"{r.commits} commits, {len(r.rollbacks)} rollbacks" + (f", key {r.key}" if r.key else ""))

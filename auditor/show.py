@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from auditor.report import window_info, window_text
 from spec.ledger import Commit, End, Genesis, KVPage, Rollback, TokenStep, Validation
 from spec.ledger_file import parse_ledger_bytes
 
@@ -31,7 +32,8 @@ def timeline(records: list, tokenizer=None) -> list[dict]:
                                prompt_length=r.prompt_length, anchors=r.anchor_commitment != bytes(32),
                                sampling=f"T={s.temperature_num}/{s.temperature_den} top_k={s.top_k} "
                                         f"top_p={s.top_p_num}/{s.top_p_den} seed={s.seed} max={s.max_new_tokens}",
-                               policy=r.commit_policy.model_dump(), engine=r.engine.model_dump(), key=r.key_name))
+                               policy=r.commit_policy.model_dump(), engine=r.engine.model_dump(), key=r.key_name,
+                               window=window_info(r.inputs)))
         elif isinstance(r, TokenStep):
             steps += 1
             attempts[r.step] = r.attempt
@@ -65,6 +67,7 @@ def render(events: list[dict], status: str, path: str, verdict: str | None = Non
             out.append(f"#{e['seq']:<4} GENESIS   model {e['model'][:16]}…  prompt {e['prompt_length']} tokens"
                        f"{'  + anchors' if e['anchors'] else ''}  sequence {e['sequence']}")
             out.append(f"            sampling {e['sampling']}")
+            out.append(f"            {window_text(e['window'])}")
             p = e["policy"]
             out.append(f"            commit policy: every {p['every_n_tokens'] or '-'} tokens, page-full "
                        f"{'on' if p['on_page_full'] else 'off'}, end-of-turn {list(p['end_of_turn_tokens']) or '-'}, "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from auditor.records import NOT_CHECKED, RecordChecker
 from auditor.replay import Replayer
-from auditor.report import Report
+from auditor.report import Report, window_info
 from spec.keys import Verifier, parse_verifier
 from spec.commits import REHASH_VALIDATOR
 from spec.ledger import Commit, End, Genesis, LedgerError, Rollback, TokenStep, Validation
@@ -152,6 +152,8 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
     report.verified_records = st.verified_size
     report.unsigned_records = max(0, len(st.records) - st.verified_size)
     _summary(report, st.records[:st.verified_size])
+    if st.records and isinstance(st.records[0], Genesis):
+        report.window = window_info(st.records[0].inputs)
     if st.status in ("corrupt", "invalid"):
         e = st.error
         report.verdict, report.reason = "invalid", st.reason

@@ -5,15 +5,16 @@ Layout of an artifact folder:
 | file                | content                                                                  |
 |---------------------|--------------------------------------------------------------------------|
 | ``model.safetensors`` | the integer tensors of the QuantizedModel (names: spec.model.tensor_specs) |
-| ``manifest.json``   | format version, config, profile, per-tensor dtype/shape/leaf hash, the model commitment (spec.commitment), tokenizer hash, source checkpoint hashes |
-| ``tokenizer.json``  | the checkpoint's tokenizer, byte for byte                                 |
+| ``manifest.json``   | format version, config (with the model's sliding window), profile, numerics version, per-tensor dtype/shape/leaf hash, per-file leaf hash, the model commitment (spec.commitment), source checkpoint hashes |
+| ``tokenizer.json``  | the checkpoint's tokenizer, byte for byte (a committed file: its bytes are a leaf of the commitment) |
 
 An artifact is written into a temporary sibling folder and renamed into place, so a reader
 never sees a half-written one. `load_artifact` recomputes every tensor's leaf hash and the
-commitment, and refuses the artifact (naming the tensor or field) on any mismatch.
+commitment, and refuses the artifact (naming the tensor, file or field) on any mismatch.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -26,11 +27,12 @@ import blake3
 import torch
 
 from fieldprint.errors import ArtifactError, ConfigError
-from spec.commitment import DTYPE_NAMES, config_leaf, model_commitment, tensor_leaf
+from spec.commitment import DTYPE_NAMES, config_leaf, file_leaf, model_commitment, sorted_names, tensor_leaf
+from spec.constants import NUMERICS_VERSION
 from spec.merkle import BLAKE3, leaf_hash, root_from_leaf_hashes
 
 FORMAT = "fieldprint-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the commitment covers the tokenizer, the sliding window and the numerics version
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.safetensors", "manifest.json", "tokenizer.json"
 _DTYPES_BY_NAME = {v: k for k, v in DTYPE_NAMES.items()}
 
@@ -67,12 +69,17 @@ def file_hash(path: Path) -> str:
 
 
 # -- save ------------------------------------------------------------------------------------
-def build_manifest(model, tokenizer_path: Path, source: dict | None = None, extra: dict | None = None) -> dict:
+def build_manifest(model, source: dict | None = None, extra: dict | None = None) -> dict:
     """Return the manifest dict of a model (computes every leaf hash and the commitment)."""
-    names = sorted(model.tensors, key=lambda n: n.encode("utf-8"))
     leaf_hashes = [leaf_hash(config_leaf(model.config, model.profile), BLAKE3)]
+    files = {}
+    for name in sorted_names(model.files):
+        lh = leaf_hash(file_leaf(name, model.files[name]), BLAKE3)
+        leaf_hashes.append(lh)
+        files[name] = {"size": len(model.files[name]), "blake3": blake3.blake3(model.files[name]).hexdigest(),
+                       "leaf_hash": lh.hex()}
     index = {}
-    for name in names:
+    for name in sorted_names(model.tensors):
         t = model.tensors[name]
         lh = leaf_hash(tensor_leaf(name, t), BLAKE3)
         leaf_hashes.append(lh)
@@ -81,11 +88,12 @@ def build_manifest(model, tokenizer_path: Path, source: dict | None = None, extr
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "commitment": root_from_leaf_hashes(leaf_hashes, BLAKE3).hex(),
-        "commitment_scheme": "spec.commitment/v1 (BLAKE3 RFC 9162 Merkle root)",
+        "commitment_scheme": "spec.commitment/v2 (BLAKE3 RFC 9162 Merkle root: config, files, tensors)",
+        "numerics": NUMERICS_VERSION,
         "config": model.config.to_dict(),
         "profile": model.profile.to_dict(),
+        "files": files,
         "tensors": index,
-        "tokenizer": {"file": TOKENIZER_FILE, "blake3": file_hash(tokenizer_path)},
         "source": source or {},
     }
     manifest.update(extra or {})
@@ -129,23 +137,40 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def save_artifact(model, out_dir, tokenizer_path, source: dict | None = None, extra: dict | None = None) -> ArtifactInfo:
-    """Write model + manifest + tokenizer to out_dir atomically and return what was written."""
+def save_artifact(model, out_dir, tokenizer_path=None, source: dict | None = None, extra: dict | None = None) -> ArtifactInfo:
+    """Write model + manifest + tokenizer to out_dir atomically and return what was written.
+
+    The tokenizer is ``tokenizer_path`` when given, else the model's committed ``tokenizer.json``;
+    it is committed with the model (so the saved commitment covers its bytes)."""
     from safetensors.torch import save_file
 
-    out, tokenizer_path = Path(out_dir), Path(tokenizer_path)
-    if not tokenizer_path.is_file():
-        raise ArtifactError(f"{tokenizer_path}: tokenizer file not found")
+    out = Path(out_dir)
+    files = dict(model.files)
+    if tokenizer_path is not None:
+        tokenizer_path = Path(tokenizer_path)
+        if not tokenizer_path.is_file():
+            raise ArtifactError(f"{tokenizer_path}: tokenizer file not found")
+        files[TOKENIZER_FILE] = tokenizer_path.read_bytes()
+    if TOKENIZER_FILE not in files:
+        raise ArtifactError(f"{out}: an artifact needs a tokenizer (pass tokenizer_path)")
+    unknown = sorted(set(files) - {TOKENIZER_FILE})
+    if unknown:
+        raise ArtifactError(f"{out}: cannot save committed file {unknown[0]!r} (an artifact holds {TOKENIZER_FILE} only)")
+    model = copy.copy(model)
+    model.files = files
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(model, tokenizer_path, source, extra)
+    manifest = build_manifest(model, source, extra)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "commitment": manifest["commitment"]})
         _fsync(tmp / MODEL_FILE)
-        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
-        _fsync(tmp / TOKENIZER_FILE)
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         _write_json(tmp / MANIFEST_FILE, manifest)  # written last: its presence marks a complete folder
         for f in tmp.iterdir():
             f.chmod(0o644)
@@ -172,7 +197,8 @@ def _manifest(root: Path) -> dict:
     if m.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: field 'format_version' is {m.get('format_version')!r}; this Fieldprint "
                             f"reads version {FORMAT_VERSION}")
-    for key, kind in (("commitment", str), ("config", dict), ("profile", dict), ("tensors", dict), ("tokenizer", dict)):
+    for key, kind in (("commitment", str), ("numerics", str), ("config", dict), ("profile", dict), ("files", dict),
+                      ("tensors", dict)):
         if not isinstance(m.get(key), kind):
             raise ArtifactError(f"{path}: field '{key}' missing or not a {kind.__name__}")
     return m
@@ -200,7 +226,7 @@ def _check_tensors(tensors: dict, m: dict, root: Path) -> None:
         raise ArtifactError(f"{mf}: tensor '{name}' listed in {MANIFEST_FILE} is missing")
     for name in sorted(set(tensors) - set(index)):
         raise ArtifactError(f"{mf}: unexpected tensor '{name}' (not in {MANIFEST_FILE})")
-    for name in sorted(index, key=lambda n: n.encode("utf-8")):
+    for name in sorted_names(index):
         t, e = tensors[name], index[name]
         if not isinstance(e, dict):
             raise ArtifactError(f"{root / MANIFEST_FILE}: field 'tensors.{name}' must be an object")
@@ -210,6 +236,24 @@ def _check_tensors(tensors: dict, m: dict, root: Path) -> None:
         if leaf_hash(tensor_leaf(name, t), BLAKE3).hex() != e.get("leaf_hash"):
             raise ArtifactError(f"{mf}: tensor '{name}' does not match its leaf hash in {MANIFEST_FILE} "
                                 f"(the file was modified or corrupted)")
+
+
+def _read_files(m: dict, root: Path) -> dict[str, bytes]:
+    """Return the committed files (the tokenizer) after checking each against its manifest leaf hash."""
+    mp = root / MANIFEST_FILE
+    if set(m["files"]) != {TOKENIZER_FILE}:
+        raise ArtifactError(f"{mp}: field 'files' must list exactly {TOKENIZER_FILE}, got {sorted(m['files'])}")
+    files = {}
+    for name, e in m["files"].items():
+        path = root / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: file not found")
+        data = path.read_bytes()
+        if not isinstance(e, dict) or leaf_hash(file_leaf(name, data), BLAKE3).hex() != e.get("leaf_hash"):
+            raise ArtifactError(f"{path}: does not match its leaf hash in {MANIFEST_FILE} field 'files.{name}' "
+                                f"(the file was modified or corrupted)")
+        files[name] = data
+    return files
 
 
 def load_artifact(path) -> LoadedArtifact:
@@ -223,24 +267,25 @@ def load_artifact(path) -> LoadedArtifact:
     if not root.is_dir():
         raise ArtifactError(f"{root}: artifact folder not found")
     m = _manifest(root)
+    if m["numerics"] != NUMERICS_VERSION:
+        raise ArtifactError(f"{root / MANIFEST_FILE}: field 'numerics' is {m['numerics']!r}; this Fieldprint "
+                            f"implements {NUMERICS_VERSION!r} (quantize the checkpoint again)")
     config, profile = _config_profile(m, root / MANIFEST_FILE)
     if not (root / MODEL_FILE).is_file():
         raise ArtifactError(f"{root / MODEL_FILE}: file not found")
     tensors = load_safetensors(root / MODEL_FILE, ArtifactError)
     _check_tensors(tensors, m, root)
+    files = _read_files(m, root)
     try:
-        model = QuantizedModel(config, profile, tensors)
+        model = QuantizedModel(config, profile, tensors, files)
     except ValueError as e:
         raise ArtifactError(f"{root / MODEL_FILE}: not a valid quantized model for its manifest ({e})") from None
     commitment = model_commitment(model)
     if commitment.hex() != m["commitment"]:
         raise ArtifactError(f"{root / MANIFEST_FILE}: field 'commitment' is {m['commitment']}, but the model "
-                            f"commits to {commitment.hex()} (config or profile changed)")
+                            f"commits to {commitment.hex()} (its config, sliding window, profile or a "
+                            f"leaf hash was changed)")
     tok_path = root / TOKENIZER_FILE
-    if not tok_path.is_file():
-        raise ArtifactError(f"{tok_path}: file not found")
-    if file_hash(tok_path) != m["tokenizer"].get("blake3"):
-        raise ArtifactError(f"{tok_path}: does not match field 'tokenizer.blake3' in {MANIFEST_FILE}")
     try:
         tokenizer = Tokenizer.from_file(str(tok_path))
     except Exception as e:  # tokenizers raises a bare Exception
@@ -297,7 +342,6 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
             raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
         st.stage("hashing source files", 2)
         source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]}}
-        extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id,
-                 "sliding_window": ckpt.sliding_window}
+        extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id}
         st.stage(f"committing and writing {out_dir}", 3)
         return save_artifact(model, out_dir, ckpt.tokenizer_path, source=source, extra=extra)

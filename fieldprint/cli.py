@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_int("--seed", 0, 2**64 - 1), default=0)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--engine", choices=["ref", "fast"], default="ref")
-    g.add_argument("--window", type=_int("--window", 1), default=None, help="sliding attention window (tokens)")
+    g.add_argument("--window", type=_int("--window", 1), default=None,
+                   help="sliding attention window in tokens (default: the model's own, from its committed config; "
+                        "another value overrides it and a ledger records the override)")
     g.add_argument("--chunk-size", type=_int("--chunk-size", 1), default=None, help="prefill chunk size")
     g.add_argument("--num-pages", type=_int("--num-pages", 1), default=None, help="KV pool size in pages")
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -190,7 +192,8 @@ def cmd_generate(args) -> int:
     model_path, art = _load(args)
     engine = load_engine(args.engine, art, num_pages=args.num_pages, device=device)
     info = engine.set_anchors(anchors) if anchors is not None else None
-    window = args.window if args.window is not None else (art.manifest or {}).get("sliding_window")
+    model_window = art.model.config.sliding_window  # committed with the model
+    window = args.window if args.window is not None else model_window
 
     times = []
     t0 = time.perf_counter()
@@ -207,7 +210,8 @@ def cmd_generate(args) -> int:
             res = engine.generate(prompt, **kw)
     timing = _timing(t0, times)
     if args.json:
-        print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing, window)))
+        print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing, window) | {
+            "model_window": model_window, "window_override": window != model_window}))
     else:
         if sys.stdout.isatty():  # a person is reading: show the prompt (dim) before the completion
             from rich.console import Console
@@ -219,7 +223,9 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
         print(
             f"[{len(res.tokens)} tokens, finish {res.finish_reason}, prefill {timing['prefill_s']:.3f}s, "
-            f"{timing['decode_tokens_per_s']:.1f} tok/s decode, engine {engine.name}]",
+            f"{timing['decode_tokens_per_s']:.1f} tok/s decode, engine {engine.name}"
+            + (f", window {window} overrides the model's {model_window or 'full attention'}" if window != model_window
+               else "") + "]",
             file=sys.stderr,
         )
     return 0

@@ -21,7 +21,9 @@ Contract (every engine, every method):
 * **Paging.**  Each sequence has a block table (logical block ``b`` holds context tokens
   ``[16b, 16b+16)``).  With ``window=W`` a query at context index ``i`` sees context keys
   ``[i-W+1, i]`` plus all anchors; a block no future query can see is freed and its entry set
-  to ``-1`` before the next forward.  Running out of pages raises ``OutOfPagesError``.
+  to ``-1`` before the next forward.  ``window`` defaults to the model's committed
+  ``config.sliding_window`` (None for full-attention models); passing a value (``None`` = full
+  attention) overrides the model's window, and a ledger records the override.  Running out of pages raises ``OutOfPagesError``.
 * **Batching.**  All sequences given to one ``step`` go through a single ``spec.model.forward``
   call (one ``SequenceChunk`` each).  Results never depend on batching, page placement or
   prefill chunking: a sequence's tokens, logits and page bytes are a function of its model,
@@ -121,7 +123,7 @@ class Engine(Protocol):
         max_new_tokens: int = 16,
         sequence: int | None = None,
         anchors=...,
-        window: int | None = None,
+        window=...,
         stop: Sequence[str] = (),
         eos_token_ids: Iterable[int] | None = None,
     ) -> int:
@@ -145,7 +147,7 @@ class Engine(Protocol):
         sampling=None,
         max_new_tokens: int = 16,
         anchors=...,
-        window: int | None = None,
+        window=...,
         stop: Sequence[str] = (),
         eos_token_ids: Iterable[int] | None = None,
         chunk_size: int | None = None,

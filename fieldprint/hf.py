@@ -6,7 +6,7 @@ in ``model.safetensors.index.json``) and ``tokenizer.json``. Supported architect
 | ``architectures[0]``  | arch      | notes                                            |
 |-----------------------|-----------|--------------------------------------------------|
 | ``LlamaForCausalLM``  | llama     | no biases                                        |
-| ``MistralForCausalLM``| mistral   | no biases; ``sliding_window`` recorded           |
+| ``MistralForCausalLM``| mistral   | no biases; ``sliding_window`` committed          |
 | ``Qwen2ForCausalLM``  | qwen2     | q/k/v biases                                     |
 
 Anything else is refused by name, and so is every feature the integer spec does not implement
@@ -47,7 +47,7 @@ class HFCheckpoint:
     tokenizer_path: Path
     path: Path
     weight_files: list[Path] = field(default_factory=list)
-    sliding_window: int | None = None  # Mistral-style window (the engine has a window option)
+    sliding_window: int | None = None  # Mistral-style window (= config.sliding_window, committed)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     hf_config: dict = field(default_factory=dict)
@@ -170,6 +170,7 @@ def config_from_hf(cfg: dict, path: Path) -> tuple[ModelConfig, int | None]:
         max_position=_field(cfg, "max_position_embeddings", path),
         tie_embeddings=_field(cfg, "tie_word_embeddings", path, bool, default=False, positive=False),
         qkv_bias=arch == "qwen2",
+        sliding_window=sliding,
     )
     return config, sliding
 

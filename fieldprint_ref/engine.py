@@ -26,7 +26,8 @@ from fieldprint_ref.paging import EVICTED, BlockTable, PageAllocator, blocks_for
 from fieldprint_ref.records import AnchorInfo, GenerationResult, PageWrite, StepRecord
 from fieldprint_ref.weights import has_exact_views, with_exact_views
 
-DEFAULT = object()  # "use the engine's current anchors" (distinct from None = no anchors)
+DEFAULT = object()  # anchors: "the engine's current anchors" (None = no anchors); window: "the model's
+# window", config.sliding_window (None = full attention, an override for a sliding-window model)
 DEFAULT_POOL_BYTES = 256 * 2**20  # default KV pool budget when num_pages is not given (= 256 MiB)
 DEFAULT_POOL_SEQUENCES = 8  # ... but never more pages than 8 full-length sequences need
 
@@ -200,12 +201,16 @@ class RefEngine:
         max_new_tokens: int = 16,
         sequence: int | None = None,
         anchors=DEFAULT,
-        window: int | None = None,
+        window=DEFAULT,
         stop: Sequence[str] = (),
         eos_token_ids: Iterable[int] | None = None,
     ) -> int:
-        """Register a sequence (nothing runs yet); return its handle."""
+        """Register a sequence (nothing runs yet); return its handle.
+
+        ``window`` defaults to the model's own (``config.sliding_window``); an explicit value,
+        ``None`` (full attention) included, overrides it."""
         anchors = self._anchors if anchors is DEFAULT else anchors
+        window = self.config.sliding_window if window is DEFAULT else window
         if anchors is not None and anchors.handle not in self._anchor_sets:
             raise EngineError(f"anchor set {anchors.handle} was released")
         a = anchors.length if anchors is not None else 0
@@ -435,7 +440,7 @@ class RefEngine:
         sampling=None,
         max_new_tokens: int = 16,
         anchors=DEFAULT,
-        window: int | None = None,
+        window=DEFAULT,
         stop: Sequence[str] = (),
         eos_token_ids: Iterable[int] | None = None,
         chunk_size: int | None = None,

@@ -1,19 +1,28 @@
 """The model commitment: one 32-byte BLAKE3 Merkle root that names a quantized model exactly.
 
 Every signed ledger record names the model it ran by this root, so anyone holding the artifact
-can recompute it from the integer tensors, the config and the precision profile alone:
+can recompute it from the integer tensors, the committed files (the tokenizer), the config and
+the precision profile alone:
 
-    root = MTH([config_leaf(config, profile)] + [tensor_leaf(name, t) for name in sorted names])
+    root = MTH([config_leaf(config, profile)]
+               + [file_leaf(name, data) for name in sorted file names]
+               + [tensor_leaf(name, t) for name in sorted tensor names])
 
 ``MTH`` is `spec.merkle.merkle_root` (RFC 9162 shape, BLAKE3 profile), so the leaves are hashed
-as ``BLAKE3(0x00 || leaf)`` and interior nodes as ``BLAKE3(0x01 || left || right)``. Tensor
-names are sorted by their UTF-8 bytes. Integers are little-endian throughout.
+as ``BLAKE3(0x00 || leaf)`` and interior nodes as ``BLAKE3(0x01 || left || right)``. File and
+tensor names are sorted by their UTF-8 bytes. Integers are little-endian throughout.
 
 The leaf encodings (``u32``/``u64`` are unsigned little-endian, ``name`` is UTF-8):
 
-* config leaf: ``CONFIG_TAG || value({"config": config.to_dict(), "profile": profile.to_dict()})``
-  where ``value`` is the typed encoding of `encode_value` (no floats as decimal text: a float is
-  its IEEE-754 binary64 bits, so every language encodes it the same way);
+* config leaf: ``CONFIG_TAG || value({"config": config.to_dict(), "numerics": NUMERICS_VERSION,
+  "profile": profile.to_dict()})`` where ``value`` is the typed encoding of `encode_value` (no
+  floats as decimal text: a float is its IEEE-754 binary64 bits, so every language encodes it the
+  same way). The config includes the attention window the model was trained with
+  (``sliding_window``) and its RoPE scaling; ``NUMERICS_VERSION`` (spec.constants) names the
+  revision of the integer rules, so a numerics revision changes every commitment;
+* file leaf: ``FILE_TAG || u32 len(name) || name || u64 len(data) || data``: a file the model
+  needs besides its tensors, byte for byte (an artifact commits its ``tokenizer.json``, so the
+  text an auditor prints is the text the engine's user saw);
 * tensor leaf: ``TENSOR_TAG || u32 len(name) || name || u8 dtype code || u8 ndim ||
   ndim x u64 shape || the elements in C order, each little-endian`` (`tensor_leaf`).
 
@@ -26,10 +35,12 @@ from typing import Iterator
 
 import torch
 
+from spec.constants import NUMERICS_VERSION
 from spec.merkle import BLAKE3, leaf_hash, root_from_leaf_hashes
 
 CONFIG_TAG = b"fieldprint/model-config/v1\x00"  # first bytes of the config leaf (domain separation)
 TENSOR_TAG = b"fieldprint/model-tensor/v1\x00"  # first bytes of every tensor leaf
+FILE_TAG = b"fieldprint/model-file/v1\x00"  # first bytes of every file leaf
 
 # Element type codes of tensor leaves (one byte). Only integer tensors are committed.
 DTYPE_CODES: dict[torch.dtype, int] = {
@@ -78,9 +89,15 @@ def encode_value(v) -> bytes:
     raise TypeError(f"cannot encode {type(v).__name__} in a model commitment")
 
 
-def config_leaf(config, profile) -> bytes:
-    """Return the first leaf: CONFIG_TAG then the encoding of {"config": ..., "profile": ...}."""
-    return CONFIG_TAG + encode_value({"config": config.to_dict(), "profile": profile.to_dict()})
+def config_leaf(config, profile, numerics: str = NUMERICS_VERSION) -> bytes:
+    """Return the first leaf: CONFIG_TAG then the encoding of {"config", "numerics", "profile"}."""
+    return CONFIG_TAG + encode_value({"config": config.to_dict(), "numerics": numerics, "profile": profile.to_dict()})
+
+
+def file_leaf(name: str, data: bytes) -> bytes:
+    """Return the leaf of one committed file: tag, u32 name length, name, u64 data length, data."""
+    nb = name.encode("utf-8")
+    return FILE_TAG + _u32(len(nb)) + nb + struct.pack("<Q", len(data)) + bytes(data)
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -98,23 +115,31 @@ def tensor_leaf(name: str, t: torch.Tensor) -> bytes:
     return head + b"".join(struct.pack("<Q", s) for s in t.shape) + tensor_bytes(t)
 
 
-def sorted_names(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Return the tensor names in commitment order (sorted by UTF-8 bytes)."""
-    return sorted(tensors, key=lambda n: n.encode("utf-8"))
+def sorted_names(items: dict) -> list[str]:
+    """Return the tensor (or file) names in commitment order (sorted by UTF-8 bytes)."""
+    return sorted(items, key=lambda n: n.encode("utf-8"))
 
 
-def model_leaves(config, profile, tensors: dict[str, torch.Tensor]) -> Iterator[bytes]:
-    """Yield the commitment leaves in order: the config leaf, then one leaf per sorted tensor name."""
-    yield config_leaf(config, profile)
+def model_leaves(config, profile, tensors: dict[str, torch.Tensor], files: dict[str, bytes] | None = None,
+                 numerics: str = NUMERICS_VERSION) -> Iterator[bytes]:
+    """Yield the commitment leaves in order: the config leaf, one leaf per sorted file name, then
+    one leaf per sorted tensor name."""
+    files = files or {}
+    yield config_leaf(config, profile, numerics)
+    for name in sorted_names(files):
+        yield file_leaf(name, files[name])
     for name in sorted_names(tensors):
         yield tensor_leaf(name, tensors[name])
 
 
-def commitment_of(config, profile, tensors: dict[str, torch.Tensor]) -> bytes:
+def commitment_of(config, profile, tensors: dict[str, torch.Tensor], files: dict[str, bytes] | None = None,
+                  numerics: str = NUMERICS_VERSION) -> bytes:
     """Return MTH over `model_leaves` (leaves hashed one at a time, so memory stays one tensor)."""
-    return root_from_leaf_hashes([leaf_hash(leaf, BLAKE3) for leaf in model_leaves(config, profile, tensors)], BLAKE3)
+    leaves = model_leaves(config, profile, tensors, files, numerics)
+    return root_from_leaf_hashes([leaf_hash(leaf, BLAKE3) for leaf in leaves], BLAKE3)
 
 
 def model_commitment(model) -> bytes:
-    """Return the 32-byte commitment of a QuantizedModel: `commitment_of` its config, profile, tensors."""
-    return commitment_of(model.config, model.profile, model.tensors)
+    """Return the 32-byte commitment of a QuantizedModel: `commitment_of` its config, profile,
+    tensors and committed files (``model.files``)."""
+    return commitment_of(model.config, model.profile, model.tensors, model.files)

@@ -31,3 +31,9 @@ FLOAT64_EXACT = 2**53  # (= 9,007,199,254,740,992) integers below this are exact
 
 # -- sampling ---------------------------------------------------------------------------------
 SAMPLE_DOMAIN = b"fieldprint/sample/v1"  # BLAKE3 domain tag of the sampling RNG
+
+# -- versions ---------------------------------------------------------------------------------
+# The revision of the integer numerics (every rule of spec.ops, spec.attention, spec.quant,
+# spec.tables). It is part of the model commitment's config leaf, so a numerics revision changes
+# every commitment: a ledger made under one revision never verifies against another.
+NUMERICS_VERSION = "fieldprint-numerics/2"

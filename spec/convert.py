@@ -72,9 +72,11 @@ def _layer(out: dict, config: ModelConfig, profile: PrecisionProfile, st: dict, 
     out[dst + "mlp_norm.gamma"] = to_q16(st[f"{src}post_attention_layernorm.weight"])
 
 
-def quantize_model(config: ModelConfig, float_state: dict[str, torch.Tensor], profile: PrecisionProfile) -> QuantizedModel:
+def quantize_model(config: ModelConfig, float_state: dict[str, torch.Tensor], profile: PrecisionProfile,
+                   files: dict[str, bytes] | None = None) -> QuantizedModel:
     """The one place float math is allowed: float HF weights (Llama names) -> integer tensors +
-    every table the forward needs (RoPE cos/sin, sigmoid, 2**-f, RMSNorm eps)."""
+    every table the forward needs (RoPE cos/sin, sigmoid, 2**-f, RMSNorm eps). ``files`` (the
+    tokenizer) are committed with the model as they are."""
     st, out = float_state, {}
     eq, escale = quantize_channels(st["model.embed_tokens.weight"], profile.embed_bits)
     out["embed.weight"] = eq
@@ -89,4 +91,4 @@ def quantize_model(config: ModelConfig, float_state: dict[str, torch.Tensor], pr
     out["rope.cos"], out["rope.sin"] = rope_tables(config.head_dim, config.rope_theta, config.max_position)
     out["sigmoid.table"], out["exp2.table"] = sigmoid_table(), exp2_table()
     out["rms.eps"] = torch.tensor([round(config.rms_norm_eps * (1 << RMS_EPS_FRAC_BITS))], dtype=torch.int64)
-    return QuantizedModel(config, profile, out)
+    return QuantizedModel(config, profile, out, files)

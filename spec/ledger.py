@@ -51,7 +51,7 @@ from pydantic import (
 from spec.merkle import BLAKE3, HASHERS, Hasher, leaf_hash
 
 ENCODING_VERSION = 1  # first byte of every canonical record encoding
-SPEC_VERSION = "fieldprint-ledger/1"  # the ledger spec version a genesis names
+SPEC_VERSION = "fieldprint-ledger/2"  # the ledger spec version a genesis names
 DIGEST_SIZE = 32  # bytes of every digest and commitment (= 256 bits)
 PUBLIC_KEY_SIZE = 32  # bytes of an Ed25519 public key (RFC 8032)
 MAX_STRING_BYTES = 2**16  # (= 65,536) longest UTF-8 string a record may hold
@@ -421,13 +421,17 @@ class ReplayInputs(_Wired):
 
     ``prompt_tokens`` and ``anchor_tokens`` are the token ids the genesis commits to
     (``prompt_commitment``, ``anchor_commitment``; checked by ``verify_ledger_structure``);
-    ``window`` is the sliding window in tokens (0 = none); ``eos_token_ids`` and
-    ``stop_strings`` end generation. A wrong window, EOS id or stop string makes the replay's
-    tokens, pages or end differ from the ledger's."""
+    ``window`` is the sliding window the run used, in tokens (0 = none); ``model_window`` is
+    the model's own window (its committed ``config.sliding_window``, 0 = none): the two differ
+    exactly when the user overrode the model's window, and a verifier checks ``model_window``
+    against the model and reports an override. ``eos_token_ids`` and ``stop_strings`` end
+    generation. A wrong window, EOS id or stop string makes the replay's tokens, pages or end
+    differ from the ledger's."""
 
     prompt_tokens: TokenIds
     anchor_tokens: TokenIds
     window: U32
+    model_window: U32
     eos_token_ids: TokenIds
     stop_strings: StopStrings
 

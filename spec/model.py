@@ -29,6 +29,19 @@ class ModelConfig:
     max_position: int  # RoPE tables cover positions [0, max_position)
     tie_embeddings: bool
     qkv_bias: bool  # Qwen2-style q/k/v biases
+    # The attention window the model was trained with (Mistral's sliding_window), in tokens; None =
+    # full attention. Engines apply it unless the caller overrides it, and a ledger records both.
+    sliding_window: int | None = None
+    # The checkpoint's RoPE scaling ({"rope_type": ..., factors}) the rope.cos/rope.sin tables were
+    # computed with (spec.tables.rope_tables); None = unscaled. The tables themselves are committed.
+    rope_scaling: dict | None = None
+
+    def __post_init__(self):
+        w = self.sliding_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"sliding_window must be None or an integer >= 1, got {w!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise ValueError(f"rope_scaling must be None or an object, got {self.rope_scaling!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,11 +127,29 @@ def tensor_specs(config: "ModelConfig", profile: PrecisionProfile) -> Spec:
     return out
 
 
-class QuantizedModel:
-    """Everything the integer forward needs; integer tensors only (names: `tensor_specs`)."""
+def check_rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Refuse RoPE tables with |cos| + |sin| >= 2**32 anywhere: `spec.ops.rope` needs
+    |x1 cos - x2 sin| < 2**63 for |x| <= ACT_MAX (tables may exceed 2**30 when a YaRN attention
+    factor > 1 is folded into them)."""
+    worst = int((cos.to(torch.int64).abs() + sin.to(torch.int64).abs()).max()) if cos.numel() else 0
+    if worst >= 1 << 32:
+        raise ValueError(f"tensor rope.cos/rope.sin: |cos| + |sin| reaches {worst} >= 2**32")
 
-    def __init__(self, config: ModelConfig, profile: PrecisionProfile, tensors: dict[str, torch.Tensor]):
+
+class QuantizedModel:
+    """Everything the integer forward needs; integer tensors only (names: `tensor_specs`).
+
+    ``files`` are the files the model is committed with besides its tensors, by name (an
+    artifact's ``tokenizer.json``); `spec.commitment.model_commitment` covers them byte for byte.
+    """
+
+    def __init__(self, config: ModelConfig, profile: PrecisionProfile, tensors: dict[str, torch.Tensor],
+                 files: dict[str, bytes] | None = None):
         validate_profile(profile, config)
+        files = dict(files or {})
+        for name, data in files.items():
+            if not isinstance(name, str) or not name or not isinstance(data, (bytes, bytearray)):
+                raise ValueError(f"model file {name!r}: a committed file needs a non-empty name and bytes")
         want = tensor_specs(config, profile)
         missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
         if missing or extra:
@@ -129,7 +160,9 @@ class QuantizedModel:
                 raise ValueError(f"tensor {name}: want {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
         if not torch.equal(tensors["exp2.table"], exp2_table()):
             raise ValueError("tensor exp2.table differs from spec.tables.exp2_table()")
+        check_rope_tables(tensors["rope.cos"], tensors["rope.sin"])
         self.config, self.profile, self.tensors = config, profile, tensors
+        self.files = {k: bytes(v) for k, v in files.items()}
 
     def linear(self, name: str, x: torch.Tensor, act_bits: int) -> torch.Tensor:
         """Apply linear `name` to rows x (Q16) with inputs quantized to act_bits."""

@@ -66,6 +66,8 @@ from spec.ledger import (
 )
 from spec.merkle import HASHERS
 
+MODEL_WINDOW = object()  # VerifyingSession(window=...) default: the model's own sliding window
+
 EVICTED = -1
 DETAIL_MAX = 1000  # characters of a validation detail kept in the ledger
 
@@ -152,10 +154,12 @@ class VerifyingSession:
     ``validators`` are policy validators (functions over a ``CommitView``); ``faults`` a
     ``FaultPlan``. ``model_commitment`` defaults to ``spec.commitment.model_commitment``.
     The replay inputs (prompt and anchor token ids, window, EOS ids, stop strings) go into the
-    genesis record, so the ledger alone replays."""
+    genesis record, so the ledger alone replays. ``window`` defaults to the model's own
+    (``config.sliding_window``); any other value (``None`` = full attention) is an override, and
+    the genesis records both the window used and the model's."""
 
     def __init__(self, engine, *, key: SigningKey, ledger_path, policy: CommitPolicy | None = None,
-                 sampling=None, max_new_tokens: int = 16, sequence: int = 0, window: int | None = None,
+                 sampling=None, max_new_tokens: int = 16, sequence: int = 0, window=MODEL_WINDOW,
                  stop: Sequence[str] = (), eos_token_ids=None, chunk_size: int | None = None,
                  validators: Sequence = (), faults: FaultPlan | None = None, model_commitment: bytes | None = None,
                  hash_profile: str = "blake3", fsync: str = "checkpoint", max_rollbacks: int = 8,
@@ -169,7 +173,8 @@ class VerifyingSession:
         self.sampling = sampling if sampling is not None else SamplingParams()
         self.max_new_tokens = max_new_tokens
         self.sequence = sequence
-        self.window = window
+        self.model_window = engine.model.config.sliding_window
+        self.window = self.model_window if window is MODEL_WINDOW else window
         self.stop = list(stop)
         self.eos_token_ids = None if eos_token_ids is None else [int(t) for t in eos_token_ids]
         self.chunk_size = chunk_size
@@ -411,7 +416,8 @@ class VerifyingSession:
         self._anchor_digests = [self.hasher.page_digest_now(eng.page_tensor(p)) for p in self._anchor_pages]
         eos = self.eos_token_ids if self.eos_token_ids is not None else sorted(getattr(eng, "eos_token_ids", ()))
         inputs = ReplayInputs(prompt_tokens=tuple(self._prompt_tokens), anchor_tokens=tuple(anchors),
-                              window=self.window or 0, eos_token_ids=tuple(int(t) for t in eos),
+                              window=self.window or 0, model_window=self.model_window or 0,
+                              eos_token_ids=tuple(int(t) for t in eos),
                               stop_strings=tuple(self.stop))
         commitment = self.model_commitment if self.model_commitment is not None else artifact_commitment(eng.model)
         genesis = Genesis(

@@ -11,6 +11,7 @@ import fieldprint.artifact as artifact
 from fieldprint.artifact import load_artifact, quantize_checkpoint, save_artifact
 from fieldprint.errors import ArtifactError, ConfigError
 from spec.commitment import model_commitment
+from spec.constants import NUMERICS_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def test_round_trip(_art):
     assert loaded.model.profile.name == "default" and loaded.model.config.arch == "llama"
     assert loaded.tokenizer.token_to_id("<|endoftext|>") == 0
     m = loaded.manifest
-    assert m["format"] == "fieldprint-artifact" and m["format_version"] == 1
+    assert m["format"] == "fieldprint-artifact" and m["format_version"] == 2
+    assert m["numerics"] == NUMERICS_VERSION and set(m["files"]) == {"tokenizer.json"}
+    assert loaded.model.files == {"tokenizer.json": (out / "tokenizer.json").read_bytes()}
     assert set(m["source"]["files"]) == {"config.json", "model.safetensors"}
     assert set(m["tensors"]) == set(loaded.model.tensors)
 
@@ -133,7 +136,60 @@ def test_manifest_version(art):
 
 def test_tokenizer_change_named(art):
     (art / "tokenizer.json").write_text((art / "tokenizer.json").read_text().replace("w1", "w1x"))
-    with pytest.raises(ArtifactError, match=r"tokenizer\.json: does not match field 'tokenizer.blake3'"):
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: does not match its leaf hash in manifest\.json"):
+        load_artifact(art)
+
+
+def _swap_two_tokens(path) -> tuple[int, int]:
+    """Swap the strings of two vocabulary entries of tokenizer.json (ids unchanged); return the ids."""
+    doc = json.loads(path.read_text())
+    vocab = doc["model"]["vocab"]
+    (a, ia), (b, ib) = sorted(((k, v) for k, v in vocab.items() if k.startswith("w")), key=lambda kv: kv[1])[:2]
+    vocab[a], vocab[b] = ib, ia
+    path.write_text(json.dumps(doc))
+    return ia, ib
+
+
+def test_tokenizer_swap_changes_the_commitment(art):
+    """Issue 7 hole 8: a tokenizer whose token strings are swapped was outside the commitment (a ledger
+    of the original artifact verified against the copy, and the auditor printed a different text)."""
+    before = load_artifact(art)
+    ia, ib = _swap_two_tokens(art / "tokenizer.json")
+    with pytest.raises(ArtifactError, match=r"tokenizer\.json: does not match its leaf hash"):
+        load_artifact(art)
+    # a forger who also rewrites the manifest's hashes gets a different model commitment, not the old one
+    from spec.commitment import file_leaf
+    from spec.merkle import BLAKE3, leaf_hash
+
+    m = json.loads((art / "manifest.json").read_text())
+    data = (art / "tokenizer.json").read_bytes()
+    m["files"]["tokenizer.json"]["leaf_hash"] = leaf_hash(file_leaf("tokenizer.json", data), BLAKE3).hex()
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(art)
+    m["commitment"] = model_commitment(before.model.__class__(before.model.config, before.model.profile,
+                                                               before.model.tensors, {"tokenizer.json": data})).hex()
+    (art / "manifest.json").write_text(json.dumps(m))
+    forged = load_artifact(art)
+    assert forged.commitment != before.commitment
+    assert forged.tokenizer.decode([ia]) == before.tokenizer.decode([ib])  # the swap is real
+
+
+def test_manifest_sliding_window_change_breaks_commitment(art):
+    """Issue 7 hole 1: the model's window was outside the commitment (editing it changed nothing)."""
+    m = json.loads((art / "manifest.json").read_text())
+    assert m["config"]["sliding_window"] is None
+    m["config"]["sliding_window"] = 8
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(art)
+
+
+def test_manifest_numerics_version_refused(art):
+    m = json.loads((art / "manifest.json").read_text())
+    m["numerics"] = "fieldprint-numerics/0"
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'numerics' is 'fieldprint-numerics/0'"):
         load_artifact(art)
 
 
@@ -163,7 +219,7 @@ def _explode(*a, **k):
 
 def test_failure_mid_save_leaves_nothing(_art, tmp_path, monkeypatch):
     model = load_artifact(_art[0]).model
-    monkeypatch.setattr(artifact.shutil, "copyfile", _explode)  # after model.safetensors is written
+    monkeypatch.setattr(artifact, "_fsync", _explode)  # right after model.safetensors is written
     with pytest.raises(OSError, match="injected"):
         save_artifact(model, tmp_path / "out", _art[0] / "tokenizer.json")
     assert list(tmp_path.iterdir()) == []
@@ -214,5 +270,19 @@ def test_quantize_every_architecture(arch, kv, tied, tmp_path):
     loaded = load_artifact(tmp_path / "art")
     assert loaded.commitment == info.commitment
     assert (loaded.model.config.arch, loaded.model.config.qkv_bias) == (arch, arch == "qwen2")
-    assert loaded.manifest["sliding_window"] == (16 if arch == "mistral" else None)
+    assert loaded.model.config.sliding_window == (16 if arch == "mistral" else None)
     assert ("layers.0.q.bias" in loaded.model.tensors) == (arch == "qwen2")
+
+
+def test_mistral_window_tamper_caught_at_load(tmp_path):
+    """Issue 7 hole 1: `"sliding_window": null` in a Mistral artifact's manifest loaded with the same commitment."""
+    from ckpts import hf_model, save_hf
+
+    hf = save_hf(hf_model("mistral", 2, False, sliding_window=8), tmp_path / "hf")
+    quantize_checkpoint(hf, tmp_path / "art", "default", progress=False)
+    m = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert m["config"]["sliding_window"] == 8
+    m["config"]["sliding_window"] = None
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(tmp_path / "art")

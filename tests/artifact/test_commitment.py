@@ -10,8 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spec.commitment import (CONFIG_TAG, TENSOR_TAG, commitment_of, config_leaf, encode_value, model_leaves,
-                             tensor_leaf)
+from spec.commitment import (CONFIG_TAG, FILE_TAG, TENSOR_TAG, commitment_of, config_leaf, encode_value, file_leaf,
+                             model_leaves, tensor_leaf)
+from spec.constants import NUMERICS_VERSION
 from spec.merkle import leaf_hash, merkle_root
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "commitment"
@@ -47,16 +48,17 @@ def test_vector(path):
     t = _tensors(case)
     for n, e in case["tensors"].items():
         assert t[n].dtype == DTYPES[e["dtype"]]
-    leaves = list(model_leaves(D(case["config"]), D(case["profile"]), t))
+    files = {n: bytes.fromhex(h) for n, h in case["files"].items()}
+    leaves = list(model_leaves(D(case["config"]), D(case["profile"]), t, files, case["numerics"]))
     assert [x.hex() for x in leaves] == case["leaves"]
     assert [leaf_hash(x).hex() for x in leaves] == case["leaf_hashes"]
     assert merkle_root(leaves).hex() == case["root"]
-    assert commitment_of(D(case["config"]), D(case["profile"]), t).hex() == case["root"]
+    assert commitment_of(D(case["config"]), D(case["profile"]), t, files, case["numerics"]).hex() == case["root"]
 
 
 def test_every_mutation_changes_the_root():
     roots = {p.stem: json.loads(p.read_text())["root"] for p in _cases()}
-    assert "happy-path" in roots and len(roots) >= 9
+    assert {"happy-path", "file-byte-changed", "numerics-version-changed", "config-sliding-window-set"} <= set(roots)
     assert len(set(roots.values())) == len(roots), roots
 
 
@@ -67,10 +69,16 @@ def test_tensor_leaf_layout():
 
 
 def test_config_leaf_layout():
-    leaf = config_leaf(D({"x": 1.5}), D({"name": "p", "on": True}))
-    body = (b"d\x02\0\0\0" + b"\x06\0\0\0config" + b"d\x01\0\0\0" + b"\x01\0\0\0x" + b"f" + struct.pack("<d", 1.5)
+    leaf = config_leaf(D({"x": 1.5}), D({"name": "p", "on": True}), "n/1")
+    body = (b"d\x03\0\0\0" + b"\x06\0\0\0config" + b"d\x01\0\0\0" + b"\x01\0\0\0x" + b"f" + struct.pack("<d", 1.5)
+            + b"\x08\0\0\0numerics" + b"s\x03\0\0\0n/1"
             + b"\x07\0\0\0profile" + b"d\x02\0\0\0" + b"\x04\0\0\0name" + b"s\x01\0\0\0p" + b"\x02\0\0\0on" + b"b\x01")
     assert leaf == CONFIG_TAG + body
+    assert config_leaf(D({}), D({})) == config_leaf(D({}), D({}), NUMERICS_VERSION)  # today's version by default
+
+
+def test_file_leaf_layout():
+    assert file_leaf("t.json", b"\xc3\xa9") == FILE_TAG + b"\x06\0\0\0t.json" + (2).to_bytes(8, "little") + b"\xc3\xa9"
 
 
 def test_non_integer_tensors_refused():
@@ -165,6 +173,17 @@ def test_config_field_change_changes_root(tensors, field, data):
     assert root(tensors, profile={**PROFILE, "a_qkv": data.draw(st.integers(2, 11))}) != root(tensors)
 
 
+@given(models(), st.binary(min_size=1, max_size=64), st.data())
+def test_file_byte_change_changes_root(tensors, data_bytes, data):
+    i, bit = data.draw(st.integers(0, len(data_bytes) - 1)), data.draw(st.integers(0, 7))
+    flipped = bytearray(data_bytes)
+    flipped[i] ^= 1 << bit
+    base = commitment_of(D(CONFIG), D(PROFILE), tensors, {"tokenizer.json": data_bytes})
+    assert commitment_of(D(CONFIG), D(PROFILE), tensors, {"tokenizer.json": bytes(flipped)}) != base
+    assert commitment_of(D(CONFIG), D(PROFILE), tensors, {}) != base
+    assert commitment_of(D(CONFIG), D(PROFILE), tensors, {"tokenizer.json": data_bytes}, "fieldprint-numerics/0") != base
+
+
 @given(models())
 def test_insertion_order_does_not_matter(tensors):
     assert root(dict(reversed(list(tensors.items())))) == root(tensors)
@@ -177,5 +196,7 @@ def test_real_model_commitment_matches_leaves(tmp_path, _llama_dir):
     from spec.profiles import PROFILES
 
     ck = load_hf_checkpoint(_llama_dir)
-    q = quantize_model(ck.config, ck.state, PROFILES["default"])
-    assert model_commitment(q) == merkle_root(list(model_leaves(q.config, q.profile, q.tensors)))
+    tok = {"tokenizer.json": ck.tokenizer_path.read_bytes()}
+    q = quantize_model(ck.config, ck.state, PROFILES["default"], tok)
+    assert model_commitment(q) == merkle_root(list(model_leaves(q.config, q.profile, q.tensors, tok)))
+    assert model_commitment(q) != model_commitment(quantize_model(ck.config, ck.state, PROFILES["default"]))

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import fieldprint.artifact as artifact
 from tools import corpus
 from tools.train_demo import TrainConfig, train
 
@@ -73,7 +74,7 @@ def test_ensure_demo_model_quantizes_once(tiny_ckpt, tmp_path):
     m["format_version"] = 0  # stale artifact: quantized again from the kept checkpoint
     (out / "manifest.json").write_text(json.dumps(m))
     ensure_demo_model(tmp_path / "demo", hf, progress=False)
-    assert load_artifact(out).manifest["format_version"] == 1
+    assert load_artifact(out).manifest["format_version"] == artifact.FORMAT_VERSION
     # A spec or converter edit since the last build: quantized again, the checkpoint is kept.
     demo._stamp_file(out).write_text("an older spec\n")
     before = (out / "manifest.json").stat().st_mtime_ns

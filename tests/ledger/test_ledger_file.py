@@ -218,7 +218,7 @@ def test_sequence_rules():
     cases = {
         "genesis-not-first": [step.model_copy(update={"seq": 0})],
         "duplicate-genesis": [g, g.model_copy(update={"seq": 1})],
-        "spec-version": [g.model_copy(update={"spec_version": "fieldprint-ledger/2"})],
+        "spec-version": [g.model_copy(update={"spec_version": "fieldprint-ledger/1"})],
         "genesis-key": [g.model_copy(update={"key_name": "has space"})],
         "step-order": _with(SMALL, 3, step.model_copy(update={"step": 1})),
         "step-attempt": _with(SMALL, 3, step.model_copy(update={"attempt": 1})),

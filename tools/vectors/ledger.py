@@ -81,7 +81,7 @@ def example_records(key: SigningKey, nonce: bytes = b3(b"fieldprint/worked-examp
                                 seed=42, max_new_tokens=3),
         commit_policy=CommitPolicy(every_n_tokens=2, on_end_of_turn=True, end_of_turn_tokens=(2,),
                                    on_stop_sequence=True, stop_sequences=((13, 10),), on_page_full=True),
-        inputs=ReplayInputs(prompt_tokens=prompt, anchor_tokens=(), window=0, eos_token_ids=(2,),
+        inputs=ReplayInputs(prompt_tokens=prompt, anchor_tokens=(), window=0, model_window=0, eos_token_ids=(2,),
                             stop_strings=("\n\n",)),
         engine=EngineIdentity(name="fieldprint_ref", version="0.1.0", build="example"),
         key_name=key.name, public_key=key.public_key)
