@@ -372,7 +372,10 @@ class RefEngine:
         the chunk and the page writes it will make."""
         pt = self.page_tokens
         table = s.table
-        dead = [b for b in dead_blocks(start, s.window, pt) if b < len(table) and table.pages[b] != EVICTED]
+        # Evict only what is dead for the step's first query (s.fed_start), never between the chunks
+        # of a chunked prefill: evictions then do not depend on the chunk size (a replay cannot know
+        # it), and no page is freed and reused before the step's record names what was written to it.
+        dead = [b for b in dead_blocks(s.fed_start, s.window, pt) if b < len(table) and table.pages[b] != EVICTED]
         if dead and self.evict:
             s.evicted += self.allocator.evict(table, dead)
             s.evicted_blocks += dead
