@@ -158,6 +158,12 @@ class Engine(Protocol):
         """Generate for one prompt or a batch until EOS, a stop string, ``max_new_tokens`` or
         ``max_position``; return tokens, text and one ``StepRecord`` per token."""
 
+    def teacher_force(self, handle: int, tokens: Sequence[int], *, max_tokens: int | None = None) -> list[StepRecord]:
+        """Run the sequence as if it had sampled ``tokens`` next, in one forward (a replay's
+        prefill): one record per token consumed, equal to the record a token-by-token run makes,
+        with ``token`` = what the sampler draws there. Stops at a finish, after ``max_tokens``,
+        or before a step whose sliding window frees a block; call again for the rest."""
+
     def fork(self, handle: int, *, sequence: int | None = None, sampling=None) -> int:
         """Return a new sequence sharing ``handle``'s pages copy-on-write."""
 

@@ -367,6 +367,74 @@ class RefEngine:
                 out.append((s.handle, self._sample(s)))
         return out
 
+    def teacher_force(self, handle: int, tokens: Sequence[int], *, max_tokens: int | None = None) -> list[StepRecord]:
+        """Run the sequence as if its sampler had drawn ``tokens`` next, in one forward pass.
+
+        Teacher forcing, for a replay that knows the tokens: the forward feeds the sequence's
+        uncached context (its prompt, or its last sampled token), then ``tokens[:-1]``, and each
+        position's logits make one step. Returns one ``StepRecord`` per token consumed, each the
+        record `step` would have returned for that step had the sampler drawn the forced tokens
+        (same step, attempt, fed range, page writes, evictions and logits: `spec.model.forward`
+        does not depend on chunking), except that ``token`` is what the sampler draws from those
+        logits; the context goes on with the forced token whatever it draws.
+
+        Consumes tokens until the sequence finishes (the finish rules read the forced tokens),
+        ``max_tokens`` are consumed, or the next step would free a block of a sliding window (the
+        engine evicts only before a forward, for its first query, so that a step's pages are
+        never freed before its record is read): call again with the rest.
+        """
+        s = self._seq(handle)
+        if s.finish_reason is not None:
+            raise EngineError(f"sequence {handle} has finished ({s.finish_reason})")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise EngineError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        tokens = self._tokens("forced tokens", list(tokens), special=False)
+        pt, start, n0 = self.page_tokens, s.cached, len(s.context)
+        first = n0 - start  # positions the first step feeds (>= 1: the prompt, or the last token)
+        limit = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
+        dead = (lambda q: len(dead_blocks(q, s.window, pt))) if self.evict and s.window is not None else None
+        finish, n = None, 0
+        while n < limit and finish is None:
+            if n and dead is not None and dead(start + first + n - 1) > dead(s.fed_start):
+                break  # step n would evict: it starts the next forward
+            s.context.append(tokens[n])
+            finish = self._finish_reason(s, tokens[n])
+            n += 1
+        if n == 0:
+            return []
+        try:
+            chunk, _ = self._prepare_chunk(s, start, first + n - 1)
+            logits = self.ops.forward(self.model, self.pool, [chunk])[0]
+        except BaseException:
+            del s.context[n0:]
+            raise
+        out = []
+        for i in range(n):
+            end = start + first + i  # fed_end of step i
+            lo = s.fed_start if i == 0 else end - 1
+            row = logits[end - 1 - start]
+            writes = _page_writes(s.table.pages, start if i == 0 else end - 1, end, pt)
+            rec = StepRecord(
+                sequence=s.sequence,
+                step=n0 + i - s.prompt_len,
+                attempt=s.attempt,
+                fed_start=lo,
+                fed_end=end,
+                fed_tokens=tuple(s.context[lo:end]),
+                writes=(tuple(s.writes) + writes) if i == 0 else writes,
+                evicted=tuple(s.evicted) if i == 0 else (),
+                evicted_blocks=tuple(s.evicted_blocks) if i == 0 else (),
+                logits=row,
+                token=int(self.ops.sample(row, s.params, s.sequence, n0 + i - s.prompt_len, s.attempt)),
+            )
+            s.records.append(rec if self.keep_logits else dataclasses.replace(rec, logits=None))
+            out.append(rec)
+        s.cached = s.fed_start = start + first + n - 1
+        s.pending_logits = None
+        s.writes, s.evicted, s.evicted_blocks = [], [], []
+        s.finish_reason = finish
+        return out
+
     def _prepare_chunk(self, s: _Sequence, start: int, take: int):
         """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches; return
         the chunk and the page writes it will make."""
@@ -386,10 +454,7 @@ class RefEngine:
             fresh = self.allocator.alloc(end - len(table))
             self.ops.zero_pages(self.pool, fresh)
             table.pages += fresh
-        writes = []
-        for b in range(first, end):
-            lo, hi = max(start, b * pt) - b * pt, min(start + take, (b + 1) * pt) - b * pt
-            writes.append(PageWrite(page=table.pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))
+        writes = list(_page_writes(table.pages, start, start + take, pt))
         chunk = self.ops.SequenceChunk(
             tokens=torch.tensor(s.context[start : start + take], dtype=torch.int64, device=self.device),
             start=start,
@@ -538,6 +603,15 @@ class RefEngine:
         holders += [s.anchors.pages for s in self._sequences.values() if not s.released and s.anchors]
         holders += [a.pages for a in self._anchor_sets.values()]
         self.allocator.check(holders)
+
+
+def _page_writes(pages: list[int], start: int, end: int, page_tokens: int) -> tuple[PageWrite, ...]:
+    """Return the page writes that feeding context tokens ``[start, end)`` makes, block by block."""
+    pt, out = page_tokens, []
+    for b in range(start // pt, blocks_for(end, pt)):
+        lo, hi = max(start, b * pt) - b * pt, min(end, (b + 1) * pt) - b * pt
+        out.append(PageWrite(page=pages[b], block=b, slot_start=lo, slot_end=hi, full=hi == pt))
+    return tuple(out)
 
 
 def _stop_index(text: str | None, stops: Sequence[str]) -> int | None:
