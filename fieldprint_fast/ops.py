@@ -24,3 +24,32 @@ from fieldprint_ref.ops import (  # noqa: F401
 from fieldprint_ref.ops import __all__ as _ref_all
 
 __all__ = list(_ref_all)
+
+# -- Triton kernels under the spec's signatures ------------------------------------------------
+# Stage ops of `spec.ops` (not engine-loop names, so not in __all__). CUDA tensors, and CPU
+# tensors under TRITON_INTERPRET=1, run the kernels; other CPU tensors run the spec itself.
+import os as _os
+
+import torch as _torch
+
+from spec import ops as _spec_ops
+
+_INTERPRET = _os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _use_kernels(x: _torch.Tensor) -> bool:
+    return x.is_cuda or _INTERPRET
+
+
+def linear(x, act_bits, weight, mul, shift, bias=None):
+    """``spec.ops.linear``: row quantization, exact int8-limb matmul, fused requantization."""
+    if not _use_kernels(x):
+        return _spec_ops.linear(x, act_bits, weight, mul, shift, bias)
+    from fieldprint_fast.kernels.linear import linear as _linear
+
+    return _linear(x, act_bits, weight, mul, shift, bias)
+
+
+def lm_head(x, act_bits, weight, mul, shift):
+    """``spec.ops.lm_head``: a `linear` with no bias."""
+    return linear(x, act_bits, weight, mul, shift)
