@@ -21,6 +21,7 @@ Writes a rich table and benchmarks/results/fidelity-<UTC date>.json. The accepta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -125,9 +126,10 @@ def sweep_profiles(base, bits: int) -> dict:
     return out
 
 
-def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print) -> dict:
+def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print, baseline_attention: bool = False) -> dict:
     """Measure every profile (names in spec.profiles, or a {label: PrecisionProfile} dict) on one
-    set of float samples; return the JSON report."""
+    set of float samples; return the JSON report. With `baseline_attention`, every profile is also
+    measured with the numerics/1 attention rule (`benchmarks.attention_v1`), labelled "<name>@attention-v1"."""
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
@@ -163,12 +165,34 @@ def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print)
             report["profiles"][name] = {"error": str(e), "profile": profile.to_dict()}
             log(f"{name}: refused ({e})")
             continue
-        res = compare(ref, spec_logits(q, seqs), seqs, PROMPT_TOKENS)
-        res.update(seconds=round(time.time() - t1, 1), commitment=model_commitment(q).hex(),
-                   profile=profile.to_dict())
-        report["profiles"][name] = res
-        log(f"{name}: ΔCE {res['delta_ce_pct']:+.3f}%  agreement {res['argmax_agreement']:.4f}  ({res['seconds']}s)")
+        variants = [(name, None)] + ([(f"{name}@attention-v1", "v1")] if baseline_attention else [])
+        for label, rule in variants:
+            t1 = time.time()
+            with _attention_rule(rule):
+                res = compare(ref, spec_logits(q, seqs), seqs, PROMPT_TOKENS)
+            res.update(seconds=round(time.time() - t1, 1), commitment=model_commitment(q).hex(),
+                       profile=profile.to_dict(), attention="numerics/1" if rule else "spec")
+            report["profiles"][label] = res
+            log(f"{label}: ΔCE {res['delta_ce_pct']:+.3f}%  agreement {res['argmax_agreement']:.4f}  ({res['seconds']}s)")
     return report
+
+
+@contextlib.contextmanager
+def _attention_rule(rule: str | None):
+    """Run spec.model.forward with the numerics/1 attention rule when rule == "v1"."""
+    import spec.model
+
+    if rule is None:
+        yield
+        return
+    from benchmarks.attention_v1 import paged_attention_v1
+
+    saved = spec.model.paged_attention
+    spec.model.paged_attention = paged_attention_v1
+    try:
+        yield
+    finally:
+        spec.model.paged_attention = saved
 
 
 def table(report: dict):
@@ -204,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sweep", type=int, metavar="BITS", default=None,
                    help="sensitivity: lower one width field of the first --profile (default: default) to BITS at a time")
+    p.add_argument("--baseline-attention", action="store_true",
+                   help="also measure every profile with the numerics/1 attention rule (benchmarks/attention_v1.py)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity-<date>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -215,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     profiles = args.profile or list(PROFILES)
     if args.sweep is not None:
         profiles = sweep_profiles(PROFILES[(args.profile or ["default"])[0]], args.sweep)
-    report = run(args.hf_dir, profiles, args.samples, args.tokens, args.seed, log=lambda s: console.print(s))
+    report = run(args.hf_dir, profiles, args.samples, args.tokens, args.seed, log=lambda s: console.print(s),
+                 baseline_attention=args.baseline_attention)
     Console().print(table(report))
     kind = "fidelity" if args.sweep is None else f"fidelity-sweep{args.sweep}"
     out = args.out or REPO / "benchmarks" / "results" / f"{kind}-{report['date'][:10]}.json"

@@ -4,18 +4,33 @@ Visibility. A query at context index i (RoPE position A + i, A = anchor length) 
 token and the context tokens j with j <= i and, when a window W is set, i - j < W. Anchor and
 context keys join ONE softmax over [K_anchor, K_context], [V_anchor, V_context].
 
-Softmax. Scores are exact; the row maximum m is the exact maximum over every visible key (two
-passes, no online rescaling), numerators e_j = exp_neg(m - s_j) in [0, 2**30] (the maximum has
-e = 2**30 exactly), Z = sum e_j, and p_j = floor(e_j * 2**P / Z) on the grid 2**-P (P = prob_bits).
-Floor makes sum p_j <= 2**P, so sum_j p_j |v_j| <= 2**P * 2**31 for any context length.
+Softmax and values (numerics/2). Scores s_j are exact; the row maximum m is the exact maximum
+over every visible key, and the numerators e_j = exp_neg(m - s_j) lie in [0, 2**30] (the maximum
+has e = 2**30 exactly); Z = sum e_j. Each V row is q_j * mv_j * 2**ev_j (int8 q_j, its page row
+scale); with E = max ev_j over the visible keys, the key's integer *weight* folds the row scale in,
+
+    w_j = round(e_j * mv_j * 2**(ev_j - E - (EXP_FRAC_BITS + SCALE_MANT_BITS - P)))  in [0, 2**P]
+
+(P = prob_bits), so the mix is one exact integer product of weights and int8 values,
+N = sum_j w_j q_j (|N| < 2**18 * 2**P * 127), and the output divides once per element:
+
+    out = round(N * 2**k / Z),  k = E + EXP_FRAC_BITS + SCALE_MANT_BITS - P,  saturated to ACT_MAX.
+
+m and E are exact maxima and N, Z exact integer sums, so a kernel may split the keys anywhere and
+combine the parts exactly. Every rounding is half away from zero (`spec.quant`). A row sees
+fewer than 2**18 keys (so Z < 2**48).
 """
 from __future__ import annotations
 
 import torch
 
-from spec.constants import ACT_FRAC_BITS, KV_SCALE_BYTES, PAGE_TOKENS, SCORE_FRAC_BITS, SCORE_MAX
+from spec.constants import (
+    ACT_FRAC_BITS, EXP_FRAC_BITS, KV_SCALE_BYTES, PAGE_TOKENS, SCALE_MANT_BITS, SCORE_FRAC_BITS, SCORE_MAX,
+)
 from spec.ops import exp_neg
-from spec.quant import absmax, dequantize_rows, floor_div, int_matmul, quantize_rows, round_shift, saturate, shift_round
+from spec.quant import div_round_pow2, int_matmul, quantize_rows, round_shift, saturate, shift_round
+
+MAX_KEYS = 2**18  # (= 262,144) a query sees fewer keys than this, so Z = sum e < 2**48
 
 
 class KVPool:
@@ -112,27 +127,41 @@ def scores(q: torch.Tensor, q_bits: int, k_rows: torch.Tensor) -> torch.Tensor:
     return saturate(shift_round(prod, sh), SCORE_MAX)
 
 
-def softmax(s: torch.Tensor, visible: torch.Tensor, exp_table: torch.Tensor, prob_bits: int) -> torch.Tensor:
-    """Return probabilities p [..., L] on the grid 2**-prob_bits: exact max m over visible scores,
-    e = exp_neg(m - s) (0 where not visible), p = floor(e * 2**prob_bits / sum e). Each row must
-    see at least one key. sum e <= L * 2**30; e * 2**prob_bits <= 2**(30 + prob_bits)."""
+def numerators(s: torch.Tensor, visible: torch.Tensor, exp_table: torch.Tensor) -> torch.Tensor:
+    """Return the softmax numerators e [..., L] in [0, 2**30]: exact max m over the visible scores,
+    e = exp_neg(m - s), 0 where not visible. Each row must see at least one key (its maximum has
+    e = 2**30 exactly, so Z = sum e >= 2**30)."""
     m = torch.where(visible, s, -SCORE_MAX - 1).amax(-1, keepdim=True)
-    e = torch.where(visible, exp_neg(m - s, exp_table), 0)
-    z = e.sum(-1, keepdim=True)  # >= 2**30: the maximum contributes exactly 2**30
-    return floor_div(e << prob_bits, z)
+    return torch.where(visible, exp_neg(m - s, exp_table), 0)
 
 
-def mix_values(p: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.Tensor:
-    """Return the Q16 output [T, H, d] = round(sum_j p_j v_j * 2**-prob_bits), v_j dequantized to Q16.
+def value_weights(e: torch.Tensor, visible: torch.Tensor, mv: torch.Tensor, ev: torch.Tensor,
+                  prob_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (w, E): the integer weights w [..., L] in [0, 2**prob_bits] and the common value
+    exponent E [..., 1] = max ev over the visible keys (`mv`, `ev`: V row scales broadcast to e).
 
-    p: [H, T, L] with sum_j p_j <= 2**prob_bits, so every partial sum is <= 2**(prob_bits + 31)."""
-    vq, mv, ev = unpack_rows(v_rows)
-    v = dequantize_rows(vq, mv, ev)  # [L, G, d] Q16
-    h, g = p.shape[0], v.shape[1]
-    kv = torch.arange(h, device=p.device) // (h // g)
-    bound = (1 << prob_bits) * absmax(v)
-    out = torch.stack([int_matmul(p[i], v[:, kv[i]].T, bound=bound) for i in range(h)], dim=1)
-    return round_shift(out, prob_bits)
+    w = round(e * mv * 2**-(E - ev + EXP_FRAC_BITS + SCALE_MANT_BITS - prob_bits)): e * mv <= 2**44,
+    and the shift is >= 14 (prob_bits <= 30), clamped at 62 (any larger shift gives 0 anyway)."""
+    big = torch.where(visible, ev, -(1 << 62)).amax(-1, keepdim=True)
+    sh = (big - ev + EXP_FRAC_BITS + SCALE_MANT_BITS - prob_bits).clamp(max=62)
+    return torch.where(visible, round_shift(e * mv, sh), 0), big
+
+
+def mix_values(e: torch.Tensor, visible: torch.Tensor, v_rows: torch.Tensor, prob_bits: int) -> torch.Tensor:
+    """Return the Q16 output [T, H, d] = round(N * 2**k / Z), saturated, from the numerators
+    e [H, T, L] (`numerators`) and the packed values v_rows [L, G, d + 4] (GQA: head h reads kv
+    head h // (H / G)): w, E = `value_weights`, N = w @ q (exact, |N| < 2**(prob_bits + 25)),
+    Z = sum e (< 2**48), k = E + EXP_FRAC_BITS + SCALE_MANT_BITS - prob_bits."""
+    vq, mv, ev = unpack_rows(v_rows)  # [L, G, d], [L, G]
+    h, g = e.shape[0], vq.shape[1]
+    kv = torch.arange(h, device=e.device) // (h // g)
+    vis = visible.expand_as(e)
+    w, big = value_weights(e, vis, mv.T[kv][:, None, :], ev.T[kv][:, None, :], prob_bits)
+    bound = (1 << prob_bits) * 127 * e.shape[-1]
+    n = torch.stack([int_matmul(w[i], vq[:, kv[i]].T, bound=bound) for i in range(h)])  # [H, T, d]
+    z = e.sum(-1, keepdim=True)
+    k = big + EXP_FRAC_BITS + SCALE_MANT_BITS - prob_bits
+    return saturate(div_round_pow2(n, z, k)).permute(1, 0, 2)
 
 
 def visibility(query_idx: torch.Tensor, anchor_len: int, lo: int, hi: int, window: int | None) -> torch.Tensor:
@@ -159,5 +188,7 @@ def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torc
     if a:
         rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
     vis = visibility(torch.arange(start, start + t, device=q.device), a, lo, start + t, window)
-    p = softmax(scores(q, q_bits, rows[:, 0]), vis[None], exp_table, prob_bits)
-    return mix_values(p, rows[:, 1], prob_bits)
+    if rows.shape[0] >= MAX_KEYS:
+        raise ValueError(f"attention over {rows.shape[0]} keys: at most {MAX_KEYS - 1} (Z < 2**48)")
+    e = numerators(scores(q, q_bits, rows[:, 0]), vis[None], exp_table)
+    return mix_values(e, vis[None], rows[:, 1], prob_bits)

@@ -11,7 +11,7 @@ arithmetic or logical shifts all agree, so engines need no care about the sign c
 `//` (torch floors, C truncates) or `>>` on negative numbers.
 
 Three places truncate instead, each on non-negative numbers: `floor_div` for the RMSNorm mean of
-squares and for softmax probabilities (so they sum to at most 1), `ceil_div` for row scales
+squares, `ceil_div` for row scales
 (rounded up so quantized values never saturate), and `isqrt` (floor of the square root).
 
 A *dynamic row scale* is an integer pair (m, e) meaning step = m * 2**e input units, with
@@ -75,6 +75,34 @@ def shift_round(x: torch.Tensor, s) -> torch.Tensor:
 def div_round(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Return n / d rounded half away from zero. Requires d >= 1 and 2|n| + d < 2**63."""
     mag = torch.div(2 * n.abs() + d, 2 * d, rounding_mode="floor")
+    return torch.where(n < 0, -mag, mag)
+
+
+DIV_POW2_CAP = 2**40  # `div_round_pow2` returns magnitudes at or above this as exactly this
+
+
+def div_round_pow2(n: torch.Tensor, d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Return n * 2**k / d rounded half away from zero, magnitudes capped at DIV_POW2_CAP (callers
+    saturate below it), for per-element integers k. Requires 1 <= d < 2**48, |n| < 2**61 and,
+    where k < 0, d * 2**-k < 2**61.
+
+    For k >= 0 it is long division on |n|: q, r = divmod(|n|, d), then k bits of the quotient at
+    most 14 at a time (q, r = q * 2**c + (r * 2**c) // d, (r * 2**c) % d; r * 2**14 < 2**62), and
+    q + 1 when 2r >= d. Capping q at every step is exact: later steps only make it larger."""
+    k = torch.as_tensor(k, dtype=torch.int64, device=n.device).expand_as(n)
+    d = torch.as_tensor(d, dtype=torch.int64, device=n.device).expand_as(n)
+    a = n.abs()
+    q, r = torch.div(a, d, rounding_mode="floor").clamp(max=DIV_POW2_CAP), a % d
+    left = k.clamp(min=0)
+    while bool((left > 0).any()):
+        c = left.clamp(max=14)
+        rc = r << c
+        q = ((q << c) + torch.div(rc, d, rounding_mode="floor")).clamp(max=DIV_POW2_CAP)
+        r, left = rc % d, left - c
+    up = (q + (2 * r >= d).to(torch.int64)).clamp(max=DIV_POW2_CAP)
+    dd = d << (-k).clamp(min=0)
+    down = torch.div(2 * a + dd, 2 * dd, rounding_mode="floor").clamp(max=DIV_POW2_CAP)
+    mag = torch.where(k >= 0, up, down)
     return torch.where(n < 0, -mag, mag)
 
 

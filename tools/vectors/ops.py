@@ -143,8 +143,8 @@ CALL = {
     "exp_neg": lambda a: {"y": ops.exp_neg(a["d"], a["table"])},
     "pack_rows": lambda a: {"rows": attention.pack_rows(a["x"])},
     "scores": lambda a: {"s": attention.scores(a["q"], a["q_bits"], a["k_rows"])},
-    "softmax": lambda a: {"p": attention.softmax(a["s"], a["visible"], a["table"], a["prob_bits"])},
-    "mix_values": lambda a: {"o": attention.mix_values(a["p"], a["v_rows"], a["prob_bits"])},
+    "numerators": lambda a: {"e": attention.numerators(a["s"], a["visible"], a["table"])},
+    "mix_values": lambda a: {"o": attention.mix_values(a["e"], a["visible"], a["v_rows"], a["prob_bits"])},
     "tables": lambda a: {"exp2": exp2_table(), "sigmoid": sigmoid_table()},
     "rng_u128": lambda a: {"u_hex": format(sampling.rng_u128(a["seed"], a["sequence"], a["step"], a["attempt"]), "032x")},
     "forward": run_forward,
@@ -161,7 +161,7 @@ def _cases() -> dict[str, dict[str, tuple[str, dict]]]:
     vrows = attention.pack_rows(_rand(6, (7, 2, 8), -(2**19), 2**19))
     s = _rand(7, (4, 3, 7), -(2**20), 2**20)
     vis = attention.visibility(torch.arange(4, 7), 2, 0, 5, None)[None].expand(4, 3, 7)
-    p = attention.softmax(s, vis, EXP, 15)
+    e = attention.numerators(s, vis, EXP)
     eps = torch.tensor([round(1e-5 * 2**RMS_EPS_FRAC_BITS)])
     w8 = _rand(3, (5, 24), -127, 127)
     mul, shift = _rand(4, (5,), 2**12, 2**13 - 1), torch.tensor([20, 25, 30, 0, -3])
@@ -215,8 +215,9 @@ def _cases() -> dict[str, dict[str, tuple[str, dict]]]:
         "exp_neg": {"sweep": ("0..40 in Q16 and beyond the clamp", dict(d=torch.tensor([0, 1, 255, 256, 65535, 65536, 45426, 2**21, 2**40] + list(range(0, 40 << 16, 77777))), table=EXP))},
         "pack_rows": {"extremes": ("KV page rows: 8 int8 values + m (u16 LE) + e (i8) + 0", dict(x=_extreme_rows(8).reshape(5, 1, 8)))},
         "scores": {"gqa": ("4 query heads over 2 kv heads, 7 keys", dict(q=_rand(18, (3, 4, 8), -(2**19), 2**19), q_bits=12, k_rows=krows))},
-        "softmax": {"anchors-and-causal": ("2 anchors + 5 context keys, causal rows", dict(s=s, visible=vis, table=EXP, prob_bits=15))},
-        "mix_values": {"gqa": ("probabilities times dequantized V", dict(p=p, v_rows=vrows, prob_bits=15))},
+        "numerators": {"anchors-and-causal": ("2 anchors + 5 context keys, causal rows", dict(s=s, visible=vis, table=EXP))},
+        "mix_values": {"gqa": ("weights with the V row scales folded in, int8 values, one division per output",
+                               dict(e=e, visible=vis, v_rows=vrows, prob_bits=15))},
         "tables": {"exp2-sigmoid": ("the 2**-f and sigmoid tables", {})},
         "forward": {
             "tiny-qwen2-default": ("2-layer qwen2 (biases, GQA 4/2): anchors, a window of 6, batched chunked prefill, decode",
