@@ -1,0 +1,272 @@
+"""
+Paged decode attention, exact, split over the context
+=====================================================
+
+One new query token per sequence against its paged int8 KV cache, bit for bit equal to
+`spec.attention.paged_attention` (numerics/2, whose docstring is the rule): a batch of
+sequences of different lengths, each with its own block table, optional pinned anchor pages
+(always visible) and an optional sliding window; GQA, with all ``H / G`` query heads of a KV head
+computed from one read of its keys and values.
+
+Why three launches
+------------------
+The spec's softmax needs two exact maxima before any value is mixed: the score maximum ``m``
+(for ``e_j = exp_neg(m - s_j)``) and the value exponent ``E = max ev_j`` (for the weights
+``w_j``). Both are exact, and everything after them is an exact integer sum, so the context can
+be split anywhere and the parts combined in any order:
+
+1. ``_scores_kernel`` (grid: KV head, split, sequence): reads the keys of its split once,
+   computes the exact scores of every query head of the group (int8 tensor-core dots, a 12-bit
+   query as two limbs), writes them to a scratch buffer (4 bytes per head and key, against 132
+   bytes of key row) and writes the split's maxima of ``s`` and of the V row exponents.
+2. ``_mix_kernel`` (same grid): reduces the per-split maxima (a few hundred integers), reads
+   its scores back and the values of its split once: ``e``, ``Z = sum e``, the weights ``w`` and
+   ``N = sum w q`` as int8 x int8 -> int32 dots of 7-bit weight limbs; writes ``N`` and ``Z``.
+3. ``_combine_kernel`` (grid: KV head, sequence): sums ``N`` and ``Z`` over the splits (int64,
+   exact in any order) and divides once per output element: ``round(N * 2**k / Z)``.
+
+Bytes per (key, KV head): 132 (K row) + 32 (the sector holding the V scale word) + 2 x 4 per
+query head (scores out and back) + 132 (V row); 328 against the 264 of reading K and V once.
+
+Program ids: the KV head varies fastest, so the ``G`` programs that read the interleaved rows of
+one page (rows of the G heads of a slot are adjacent) run together and share its sectors in L2.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fieldprint_fast.kernels.attention_math import (
+    WEIGHT_SHIFT, _div_round_pow2, _exp_neg, _score, _unpack_scale, _weight, _weight_dot, query_limbs, weight_limbs,
+)
+
+PAGE = tl.constexpr(16)  # spec.constants.PAGE_TOKENS
+SCALE_BYTES = 4  # spec.constants.KV_SCALE_BYTES
+NEG = -(2**31)  # "no key": below every score (spec: -SCORE_MAX - 1) and every exponent
+
+
+# %%
+# Addressing a key
+# ----------------
+# Logical key j of sequence b is anchor token j when j < A_b, else context token lo_b + j - A_b.
+# Its page is a block-table entry, and its K row starts at
+#     page * stride_page + layer * stride_layer + slot * stride_slot + g * (D + 4)
+# (int8 elements of the pool), its V row KV_STRIDE further; the 4 scale bytes follow the D
+# values, at a 4-byte-aligned offset (D + 4 is a multiple of 4), read as one int32 word.
+
+@triton.jit
+def _key_rows(j, valid, n_anchor, lo, tables_ptr, anchors_ptr, row_b, arow_b,
+              layer, g, stride_page, stride_layer, stride_slot, ROW: tl.constexpr):
+    """Return the int64 element offset of the K rows of logical keys j [N] (0 where not valid)."""
+    is_a = j < n_anchor
+    tok = tl.where(is_a, j, lo + j - n_anchor)
+    pa = tl.load(anchors_ptr + arow_b + tok // PAGE, mask=valid & is_a, other=0)
+    pc = tl.load(tables_ptr + row_b + tok // PAGE, mask=valid & (~is_a), other=0)
+    page = tl.where(is_a, pa, pc).to(tl.int64)
+    slot = (tok % PAGE).to(tl.int64)
+    off = page * stride_page + layer * stride_layer + slot * stride_slot + g * ROW
+    return tl.where(valid, off, 0)
+
+
+@triton.jit
+def _scores_kernel(
+    # pointers
+    pool_ptr, pool32_ptr, qlo_ptr, qhi_ptr, mq_ptr, eq_ptr, tables_ptr, anchors_ptr, meta_ptr,
+    s_ptr, mpart_ptr, epart_ptr,
+    # dimensions and strides (int8 elements of the pool)
+    layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, n_splits, s_len,
+    # meta-parameters
+    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Q_LIMBS: tl.constexpr,
+):
+    g, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ROW: tl.constexpr = D + 4
+    n_anchor = tl.load(meta_ptr + 3 * b)
+    lo = tl.load(meta_ptr + 3 * b + 1)
+    n_keys = tl.load(meta_ptr + 3 * b + 2)
+    rows = tl.arange(0, BLOCK_M)
+    heads = g * GROUP + rows
+    hmask = rows < GROUP
+    # -- the group's quantized queries: int8 limbs [BLOCK_M, D], scales [BLOCK_M] --------------
+    qoff = (b * H + heads)[:, None] * D + tl.arange(0, D)[None, :]
+    q_lo = tl.load(qlo_ptr + qoff, mask=hmask[:, None], other=0)
+    if Q_LIMBS == 2:
+        q_hi = tl.load(qhi_ptr + qoff, mask=hmask[:, None], other=0)
+    mq = tl.load(mq_ptr + b * H + heads, mask=hmask, other=0).to(tl.int64)
+    eq = tl.load(eq_ptr + b * H + heads, mask=hmask, other=0).to(tl.int64)
+    m = tl.full([BLOCK_M], NEG, tl.int32)
+    big = tl.full([BLOCK_N], NEG, tl.int32)
+    cols = tl.arange(0, D)
+    for j0 in range(sp * SPLIT, tl.minimum(sp * SPLIT + SPLIT, n_keys), BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        valid = j < n_keys
+        krow = _key_rows(j, valid, n_anchor, lo, tables_ptr, anchors_ptr, b * n_tables, b * n_anchor_tables,
+                         layer, g, stride_page, stride_layer, stride_slot, ROW)
+        # -- exact scores of every head of the group from one read of the keys ------------------
+        k = tl.load(pool_ptr + krow[:, None] + cols[None, :], mask=valid[:, None], other=0)  # [N, D] int8
+        acc = tl.dot(q_lo, tl.trans(k))
+        if Q_LIMBS == 2:
+            acc += tl.dot(q_hi, tl.trans(k)) << 7
+        mk, ek = _unpack_scale(tl.load(pool32_ptr + (krow + D) // 4, mask=valid, other=0))
+        s = _score(acc, mq, eq, mk, ek).to(tl.int32)
+        s = tl.where(valid[None, :], s, NEG)
+        tl.store(s_ptr + (b * H + heads)[:, None] * s_len + j[None, :], s, mask=hmask[:, None] & valid[None, :])
+        m = tl.maximum(m, tl.max(s, axis=1))
+        # -- the V row exponents, for E = max ev ------------------------------------------------
+        _, ev = _unpack_scale(tl.load(pool32_ptr + (krow + kv_stride + D) // 4, mask=valid, other=0))
+        big = tl.maximum(big, tl.where(valid, ev.to(tl.int32), NEG))
+    part = (b * tl.num_programs(0) + g) * n_splits + sp
+    tl.store(mpart_ptr + part * BLOCK_M + rows, m)
+    tl.store(epart_ptr + part, tl.max(big, axis=0))
+
+
+@triton.jit
+def _mix_kernel(
+    # pointers
+    pool_ptr, pool32_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr, s_ptr, mpart_ptr, epart_ptr,
+    npart_ptr, zpart_ptr,
+    # dimensions and strides
+    layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, n_splits, s_len,
+    # meta-parameters
+    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+    PROB_BITS: tl.constexpr, W_LIMBS: tl.constexpr,
+):
+    g, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ROW: tl.constexpr = D + 4
+    n_anchor = tl.load(meta_ptr + 3 * b)
+    lo = tl.load(meta_ptr + 3 * b + 1)
+    n_keys = tl.load(meta_ptr + 3 * b + 2)
+    rows = tl.arange(0, BLOCK_M)
+    heads = g * GROUP + rows
+    hmask = rows < GROUP
+    # -- the exact maxima m [BLOCK_M] and E over every split of this (sequence, KV head) ---------
+    base = (b * tl.num_programs(0) + g) * n_splits
+    si = tl.arange(0, BLOCK_S)
+    m = tl.max(tl.load(mpart_ptr + (base + si)[:, None] * BLOCK_M + rows[None, :],
+                       mask=(si < n_splits)[:, None], other=NEG), axis=0).to(tl.int64)
+    big = tl.max(tl.load(epart_ptr + base + si, mask=si < n_splits, other=NEG), axis=0).to(tl.int64)
+    big_m = tl.full([BLOCK_M], 0, tl.int64) + big
+    acc = tl.zeros([BLOCK_M, D], tl.int64)
+    z = tl.zeros([BLOCK_M], tl.int64)
+    cols = tl.arange(0, D)
+    for j0 in range(sp * SPLIT, tl.minimum(sp * SPLIT + SPLIT, n_keys), BLOCK_N):
+        j = j0 + tl.arange(0, BLOCK_N)
+        valid = j < n_keys
+        krow = _key_rows(j, valid, n_anchor, lo, tables_ptr, anchors_ptr, b * n_tables, b * n_anchor_tables,
+                         layer, g, stride_page, stride_layer, stride_slot, ROW)
+        vrow = krow + kv_stride
+        # -- numerators e = exp_neg(m - s), 0 past the end -----------------------------------------
+        s = tl.load(s_ptr + (b * H + heads)[:, None] * s_len + j[None, :], mask=hmask[:, None] & valid[None, :], other=0)
+        e = _exp_neg(m[:, None] - s.to(tl.int64), exp_ptr)
+        e = tl.where(valid[None, :], e, 0)
+        z += tl.sum(e, axis=1)
+        # -- weights with the V row scale folded in, then N += w @ q on int8 tensor cores ------
+        mv, ev = _unpack_scale(tl.load(pool32_ptr + (vrow + D) // 4, mask=valid, other=0))
+        w = _weight(e, mv, ev, big_m, PROB_BITS)
+        v = tl.load(pool_ptr + vrow[:, None] + cols[None, :], mask=valid[:, None], other=0)  # [N, D] int8
+        acc += _weight_dot(w, v, W_LIMBS)
+    part = (base + sp) * BLOCK_M + rows
+    tl.store(npart_ptr + part[:, None] * D + cols[None, :], acc)
+    tl.store(zpart_ptr + part, z)
+
+
+@triton.jit
+def _combine_kernel(npart_ptr, zpart_ptr, epart_ptr, out_ptr, n_splits,
+                    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_S: tl.constexpr, PROB_BITS: tl.constexpr):
+    g, b = tl.program_id(0), tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, D)
+    base = (b * tl.num_programs(0) + g) * n_splits
+    si = tl.arange(0, BLOCK_S)
+    big = tl.max(tl.load(epart_ptr + base + si, mask=si < n_splits, other=NEG), axis=0).to(tl.int64)
+    n = tl.zeros([BLOCK_M, D], tl.int64)
+    z = tl.zeros([BLOCK_M], tl.int64)
+    for sp in range(0, n_splits):  # exact integer sums: any order gives the same result
+        part = (base + sp) * BLOCK_M + rows
+        n += tl.load(npart_ptr + part[:, None] * D + cols[None, :])
+        z += tl.load(zpart_ptr + part)
+    k = big + (WEIGHT_SHIFT - PROB_BITS)
+    out = _div_round_pow2(n, tl.maximum(z, 1)[:, None], k + n * 0)
+    out = tl.minimum(tl.maximum(out, -(2**31 - 1)), 2**31 - 1)
+    heads = g * GROUP + rows
+    tl.store(out_ptr + (b * H + heads)[:, None] * D + cols[None, :], out, mask=(rows < GROUP)[:, None])
+
+
+def _launch_shape(n_max: int, batch: int, kv_heads: int, block_n: int) -> tuple[int, int]:
+    """Return (split length, number of splits): enough programs to fill the GPU several times
+    (>= ~1024 of them), splits of at least 4 key blocks, at most 256 splits."""
+    want = max(1, min(256, -(-1024 // (batch * kv_heads))))
+    split = max(4 * block_n, -(-n_max // want))
+    split = -(-split // block_n) * block_n
+    return split, -(-n_max // split)
+
+
+def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: torch.Tensor, starts: list[int],
+                     windows: list[int | None], anchor_tables: torch.Tensor | None, anchor_lens: list[int],
+                     q_bits: int, prob_bits: int, exp_table: torch.Tensor, block_n: int = 64,
+                     split: int | None = None) -> torch.Tensor:
+    """Return the Q16 attention output [B, H, d] (int64) of one query token per sequence.
+
+    q: [B, H, d] Q16 (int64) at context index starts[b] (its own K/V already written);
+    pool: the KV pool's data [pages, layers, 2, 16, G, d + 4] int8; tables: [B, n] int block
+    tables; windows[b]: None or >= 1; anchor_tables: [B, n_a] int (or None) with anchor_lens[b]
+    tokens. Equal, element for element, to `spec.attention.paged_attention` of each sequence.
+    ``split`` (a multiple of block_n) overrides the keys per split (tests place split boundaries).
+    """
+    from spec.quant import quantize_rows
+
+    # -- (1) check ---------------------------------------------------------------------------
+    bsz, h, d = q.shape
+    g = pool.shape[4]
+    if pool.dtype != torch.int8 or pool.dim() != 6 or pool.shape[3] != PAGE.value or pool.shape[5] != d + SCALE_BYTES:
+        raise ValueError("pool must be int8 [pages, layers, 2, 16, kv_heads, head_dim + 4]")
+    if h % g or d % 16 or not pool.is_contiguous() or not 2 <= q_bits <= 15 or not 1 <= prob_bits <= 20:
+        raise ValueError("decode_attention: heads % kv_heads == 0, head_dim % 16 == 0, q_bits <= 15, prob_bits <= 20")
+    dev = q.device
+    lo = [0 if w is None else max(0, s - w + 1) for s, w in zip(starts, windows)]
+    n_keys = [a + s + 1 - l for a, s, l in zip(anchor_lens, starts, lo)]
+    meta = torch.tensor([[a, l, n] for a, l, n in zip(anchor_lens, lo, n_keys)], dtype=torch.int32, device=dev)
+    tables = tables.to(device=dev, dtype=torch.int32).contiguous()
+    if anchor_tables is None or anchor_tables.numel() == 0:
+        anchor_tables = torch.zeros(bsz, 1, dtype=torch.int32, device=dev)
+    anchor_tables = anchor_tables.to(device=dev, dtype=torch.int32).contiguous()
+    group = h // g
+    block_m = max(16, triton.next_power_of_2(group))
+    split_override = split
+    split, n_splits = _launch_shape(max(n_keys), bsz, g, block_n)
+    if split_override:
+        if split_override % block_n:
+            raise ValueError(f"split {split_override} is not a multiple of block_n {block_n}")
+        split, n_splits = split_override, -(-max(n_keys) // split_override)
+    # -- (2) allocate: quantized queries as int8 limbs, scratch, partial results -----------
+    qq, mq, eq = quantize_rows(q, q_bits)
+    q_limbs = query_limbs(q_bits)
+    q_lo = (qq if q_limbs == 1 else qq & 127).to(torch.int8).contiguous()
+    q_hi = (qq >> 7).to(torch.int8).contiguous() if q_limbs == 2 else q_lo
+    s_len = n_splits * split
+    s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
+    mpart = torch.empty(bsz, g, n_splits, block_m, dtype=torch.int32, device=dev)
+    epart = torch.empty(bsz, g, n_splits, dtype=torch.int32, device=dev)
+    npart = torch.empty(bsz, g, n_splits, block_m, d, dtype=torch.int64, device=dev)
+    zpart = torch.empty(bsz, g, n_splits, block_m, dtype=torch.int64, device=dev)
+    out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
+    pool32 = pool.view(torch.int32)
+    exp_table = exp_table.to(device=dev, dtype=torch.int32).contiguous()
+    stride_page, stride_layer, kv_stride, stride_slot = pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3)
+    # -- (3) launch --------------------------------------------------------------------------
+    grid = (g, n_splits, bsz)
+    dims = (layer, stride_page, stride_layer, kv_stride, stride_slot, tables.shape[1], anchor_tables.shape[1], n_splits, s_len)
+    _scores_kernel[grid](pool, pool32, q_lo, q_hi, mq.to(torch.int32).contiguous(), eq.to(torch.int32).contiguous(),
+                         tables, anchor_tables, meta, s_buf, mpart, epart, *dims,
+                         H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs,
+                         num_warps=4)
+    block_s = max(2, triton.next_power_of_2(n_splits))
+    _mix_kernel[grid](pool, pool32, exp_table, tables, anchor_tables, meta, s_buf, mpart, epart, npart, zpart, *dims,
+                      H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_S=block_s,
+                      PROB_BITS=prob_bits, W_LIMBS=weight_limbs(prob_bits), num_warps=4)
+    _combine_kernel[(g, bsz)](npart, zpart, epart, out, n_splits, H=h, GROUP=group, D=d, BLOCK_M=block_m,
+                              BLOCK_S=block_s, PROB_BITS=prob_bits, num_warps=4)
+    return out
