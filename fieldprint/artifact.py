@@ -323,8 +323,13 @@ class _Stages:
         return False
 
 
-def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress: bool = True) -> ArtifactInfo:
-    """Load a HF checkpoint, quantize it with a named profile and save the artifact atomically."""
+def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress: bool = True,
+                        max_position: int | None = None) -> ArtifactInfo:
+    """Load a HF checkpoint, quantize it with a named profile and save the artifact atomically.
+
+    ``max_position`` (default: the checkpoint's ``max_position_embeddings``) limits the positions
+    the artifact serves: its RoPE tables and the engines' default KV pool scale with it, so a
+    short demo of a 128K-context model need not cost gigabytes. It may not exceed the checkpoint's."""
     from fieldprint.hf import load_hf_checkpoint
     from spec.convert import quantize_model
     from spec.profiles import PROFILES
@@ -335,13 +340,28 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
     with _Stages(progress and sys.stderr.isatty(), 4) as st:
         st.stage(f"reading {hf_dir}", 0)
         ckpt = load_hf_checkpoint(hf_dir)
+        trained_positions = ckpt.config.max_position
+        if max_position is not None:
+            ckpt.config = _limit_positions(ckpt.config, max_position, Path(hf_dir) / "config.json")
         st.stage(f"quantizing ({profile_name} profile)", 1)
         try:
-            model = quantize_model(ckpt.config, ckpt.state, PROFILES[profile_name])
+            model = quantize_model(ckpt.config, ckpt.state, PROFILES[profile_name],
+                                   {TOKENIZER_FILE: Path(ckpt.tokenizer_path).read_bytes()})
         except ValueError as e:  # includes spec.profiles.ProfileError
             raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
         st.stage("hashing source files", 2)
-        source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]}}
+        source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]},
+                  "max_position_embeddings": trained_positions}
         extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id}
         st.stage(f"committing and writing {out_dir}", 3)
-        return save_artifact(model, out_dir, ckpt.tokenizer_path, source=source, extra=extra)
+        return save_artifact(model, out_dir, source=source, extra=extra)
+
+
+def _limit_positions(config, max_position, cfg_path: Path):
+    """Return config with max_position lowered to ``max_position`` (refusing a value out of range)."""
+    import dataclasses
+
+    if isinstance(max_position, bool) or not isinstance(max_position, int) or not 1 <= max_position <= config.max_position:
+        raise ConfigError(f"--max-position: {max_position!r} must be an integer in [1, {config.max_position}] "
+                          f"(max_position_embeddings of {cfg_path})")
+    return dataclasses.replace(config, max_position=max_position)

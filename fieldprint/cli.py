@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     q.add_argument("out", help="output artifact folder")
     q.add_argument("--profile", default="default", choices=sorted(PROFILES), help="precision profile")
+    q.add_argument("--max-position", type=_int("--max-position", 1), default=None,
+                   help="positions the artifact serves (default: the checkpoint's max_position_embeddings); RoPE "
+                        "tables and the default KV pool scale with it")
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.add_argument("--json", action="store_true", help="print a JSON summary")
     q.set_defaults(func=cmd_quantize)
@@ -131,7 +134,8 @@ def cmd_quantize(args) -> int:
     if not Path(args.hf_dir).is_dir():
         raise UsageError(f"hf_dir: checkpoint folder not found: {args.hf_dir}")
     t0 = time.perf_counter()
-    info = quantize_checkpoint(args.hf_dir, args.out, profile_name=args.profile, progress=not (args.quiet or args.json))
+    info = quantize_checkpoint(args.hf_dir, args.out, profile_name=args.profile, progress=not (args.quiet or args.json),
+                               max_position=args.max_position)
     summary = {"artifact": str(args.out), "profile": args.profile, "seconds": round(time.perf_counter() - t0, 3)}
     for key in ("commitment", "num_params", "size_bytes"):
         v = getattr(info, key, None)

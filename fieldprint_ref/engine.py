@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 import fieldprint_ref.ops as ref_ops
-from fieldprint_ref.errors import ContextTooLongError, EngineError, SamplingParamError
+from fieldprint_ref.errors import ContextTooLongError, EngineError, OutOfPagesError, SamplingParamError
 from fieldprint_ref.paging import EVICTED, BlockTable, PageAllocator, blocks_for, dead_blocks
 from fieldprint_ref.records import AnchorInfo, GenerationResult, PageWrite, StepRecord
 from fieldprint_ref.weights import has_exact_views, with_exact_views
@@ -93,6 +93,7 @@ class RefEngine:
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.page_tokens = int(self.ops.PAGE_TOKENS)
+        self.default_pool = num_pages is None
         if num_pages is None:
             num_pages = self._default_num_pages()
         self.pool = self.ops.allocate_pool(self.config, model.profile, num_pages, device=self.device)
@@ -108,10 +109,34 @@ class RefEngine:
         self.keep_logits = keep_logits
 
     def _default_num_pages(self) -> int:
+        """Pages of the default pool: room for DEFAULT_POOL_SEQUENCES full-length sequences, but
+        never more than DEFAULT_POOL_BYTES (a long-context model gets fewer pages; `add_sequence`
+        refuses a request that cannot fit, naming num_pages)."""
         probe = self.ops.allocate_pool(self.config, self.model.profile, 1, device="cpu")
         page_size = max(1, probe.data[0].numel() * probe.data.element_size())
         per_seq = blocks_for(self.config.max_position, self.page_tokens)
-        return max(2 * per_seq, min(DEFAULT_POOL_SEQUENCES * per_seq, DEFAULT_POOL_BYTES // page_size))
+        return max(1, min(DEFAULT_POOL_SEQUENCES * per_seq, DEFAULT_POOL_BYTES // page_size))
+
+    def _check_room(self, prompt_len: int, max_new_tokens: int, anchor_len: int, window: int | None) -> None:
+        """Refuse a request that cannot fit the pool even alone: its prompt's pages are all live
+        until its first token, and then every context token (or, with a window, the window's
+        blocks) stays cached. Anchor pages are shared and already allocated."""
+        pt = self.page_tokens
+        fed = min(prompt_len + max_new_tokens - 1, self.config.max_position - anchor_len)  # tokens that enter the cache
+        need = blocks_for(fed, pt)
+        if window is not None:
+            need = min(need, blocks_for(window, pt) + 1)
+        need = max(need, blocks_for(prompt_len, pt))
+        anchors = sum(len(i.pages) for i in self._anchor_sets.values())
+        room = self.allocator.num_pages - anchors
+        if need > room:
+            pool = (f"the default pool ({DEFAULT_POOL_BYTES >> 20} MiB) has {self.allocator.num_pages} pages"
+                    if self.default_pool else f"num_pages is {self.allocator.num_pages}")
+            raise OutOfPagesError(
+                f"request needs at least {need} KV pages of {pt} tokens (prompt {prompt_len} + max_new_tokens "
+                f"{max_new_tokens}{f', window {window}' if window is not None else ''}), {pool}"
+                f"{f' ({anchors} hold anchors)' if anchors else ''}: pass a larger num_pages "
+                f"(fieldprint generate --num-pages), or fewer tokens")
 
     # ---------------------------------------------------------------------------- text
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -233,6 +258,7 @@ class RefEngine:
             raise SamplingParamError(f"sequence index must be an integer in [0, 2**64), got {sequence!r}")
         if stop and self.tokenizer is None:
             raise EngineError("stop strings need a tokenizer (this engine has none)")
+        self._check_room(len(tokens), max_new_tokens, a, window)
         handle = self._next_handle
         self._next_handle += 1
         if anchors is not None:

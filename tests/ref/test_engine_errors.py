@@ -27,9 +27,12 @@ def test_generation_stops_at_max_position(model):
 
 
 def test_out_of_pages_is_a_clear_error(model):
-    e = RefEngine(model, num_pages=2)
-    with pytest.raises(OutOfPagesError, match="KV pool out of pages: need 3, 2 free of 2"):
-        e.generate(list(range(40)))
+    e = RefEngine(model, num_pages=2)  # a request that can never fit is refused before it runs
+    with pytest.raises(OutOfPagesError, match=r"request needs at least 3 KV pages .*num_pages is 2"):
+        e.generate(list(range(40)), max_new_tokens=1)
+    e = RefEngine(model, num_pages=4)  # each fits alone, not both at once
+    with pytest.raises(OutOfPagesError, match="KV pool out of pages: need 3, 1 free of 4"):
+        e.generate([list(range(40)), list(range(40))], max_new_tokens=1)
     e = RefEngine(model, num_pages=2)  # fits with a window: pages are recycled
     assert len(e.generate(list(range(30)), max_new_tokens=20, window=8).tokens) == 20
 
