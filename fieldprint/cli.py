@@ -25,8 +25,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Show each option's default after its help, unless the help already says it or there is
+    nothing to show (no default, a flag, an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if not action.option_strings or "default" in text or d is None or d is False or d == []:
+            return text
+        if d is argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class UsageError(Exception):
     """A command-line value is invalid (raised before any work starts)."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fieldprint")
+    except Exception:  # not installed: running from a checkout
+        return "0+checkout"
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -83,10 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     from fieldprint import ledger_cli
     from spec.profiles import PROFILES
 
-    parser = _Parser(prog="fieldprint", description="Verification-first LLM inference.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from spec.ledger import SPEC_VERSION
 
-    q = sub.add_parser("quantize", help="quantize a Hugging Face checkpoint into a Fieldprint artifact")
+    parser = _Parser(prog="fieldprint", description="Verification-first LLM inference.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fieldprint {_version()} ({SPEC_VERSION})")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = dict(formatter_class=_HelpFormatter)
+
+    q = sub.add_parser("quantize", help="quantize a Hugging Face checkpoint into a Fieldprint artifact", **fmt)
     q.add_argument("hf_dir", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     q.add_argument("out", help="output artifact folder")
     q.add_argument("--profile", default="default", choices=sorted(PROFILES), help="precision profile")
@@ -97,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print a JSON summary")
     q.set_defaults(func=cmd_quantize)
 
-    g = sub.add_parser("generate", help="generate text with a quantized model")
+    g = sub.add_parser("generate", help="generate text with a quantized model", **fmt,
+                       epilog=f"exit status: 0 done, {EXIT_USER_ERROR} bad input (nothing written), "
+                              f"{ledger_cli.EXIT_GENERATION_FAILED} the runtime could not recover from a fault "
+                              "(the ledger ends with reason error; no text is printed)")
     g.add_argument("--model", help="artifact folder (default: the embedded demo model, built on first use)")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--anchors", help="anchor text (system prompt) computed once into pinned pages")
@@ -105,25 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = g.add_mutually_exclusive_group(required=True)
     p.add_argument("--prompt", help="prompt text")
     p.add_argument("--prompt-file", help="read the prompt from this file")
-    g.add_argument("--max-new-tokens", type=_int("--max-new-tokens", 1), default=64)
+    g.add_argument("--max-new-tokens", type=_int("--max-new-tokens", 1), default=64, metavar="N",
+                   help="generate at most N tokens")
     g.add_argument("--temperature", type=_decimal("--temperature", Fraction(0)), default=Fraction(0),
-                   help="0 = greedy (default); exact decimal")
-    g.add_argument("--top-k", type=_int("--top-k", 1), default=None)
-    g.add_argument("--top-p", type=_decimal("--top-p", Fraction(0), Fraction(1), lo_open=True), default=None)
-    g.add_argument("--seed", type=_int("--seed", 0, 2**64 - 1), default=0)
+                   help="sampling temperature, an exact decimal; 0 = greedy")
+    g.add_argument("--top-k", type=_int("--top-k", 1), default=None, metavar="K",
+                   help="sample among the K most likely tokens only (default: all)")
+    g.add_argument("--top-p", type=_decimal("--top-p", Fraction(0), Fraction(1), lo_open=True), default=None,
+                   metavar="P", help="sample among the most likely tokens whose probabilities sum to P, an exact "
+                                     "decimal in (0, 1] (default: all)")
+    g.add_argument("--seed", type=_int("--seed", 0, 2**64 - 1), default=0,
+                   help="sampling seed (a token depends only on the seed, the step and the logits)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument("--engine", choices=["ref", "fast"], default="ref")
+    g.add_argument("--engine", choices=["ref", "fast"], default="ref",
+                   help="ref: the reference engine (plain PyTorch, any device); fast: the Triton engine (bit-exact "
+                        "with ref)")
     g.add_argument("--window", type=_int("--window", 1), default=None,
                    help="sliding attention window in tokens (default: the model's own, from its committed config; "
                         "another value overrides it and a ledger records the override)")
-    g.add_argument("--chunk-size", type=_int("--chunk-size", 1), default=None, help="prefill chunk size")
-    g.add_argument("--num-pages", type=_int("--num-pages", 1), default=None, help="KV pool size in pages")
-    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument("--chunk-size", type=_int("--chunk-size", 1), default=None, metavar="N",
+                   help="feed the prompt in chunks of N tokens (changes no result and no ledger record; default: "
+                        "one chunk)")
+    g.add_argument("--num-pages", type=_int("--num-pages", 1), default=None, metavar="N",
+                   help="KV pool size in 16-token pages (default: from a 256 MiB budget)")
+    g.add_argument("--device", default="cpu", help="torch device")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ledger_cli.add_generate_args(g)
     g.set_defaults(func=cmd_generate)
 
-    ledger_cli.register(sub)  # keygen
+    ledger_cli.register(sub, **fmt)  # keygen
     return parser
 
 
@@ -178,7 +219,7 @@ def cmd_generate(args) -> int:
     from fieldprint import ledger_cli
     from fieldprint.engine import load_engine
 
-    ledger_cli.check_ledger_args(args)
+    plan = ledger_cli.prepare(args, max_new_tokens=args.max_new_tokens)  # every ledger option, before any work
     prompt = args.prompt if args.prompt is not None else _read_text(args.prompt_file, "--prompt-file")
     anchors = args.anchors if args.anchors is not None else (
         _read_text(args.anchors_file, "--anchors-file") if args.anchors_file is not None else None
@@ -208,14 +249,19 @@ def cmd_generate(args) -> int:
 
         kw = dict(sampling=sampling, max_new_tokens=args.max_new_tokens, window=window, stop=args.stop,
                   chunk_size=args.chunk_size, on_step=on_step)
-        if args.ledger is not None:  # the verifying runtime: signed ledger, commits, rollbacks
-            res = ledger_cli.run_generate_with_ledger(args, engine, art, prompt, **kw)
+        session = None
+        if plan is not None:  # the verifying runtime: signed ledger, commits, rollbacks
+            res, session = ledger_cli.run_generate_with_ledger(plan, engine, art, prompt, **kw)
         else:
             res = engine.generate(prompt, **kw)
     timing = _timing(t0, times)
+    failed = session is not None and session.end_reason == "error"
     if args.json:
         print(json.dumps(_result_json(args, model_path, art, engine, info, res, timing, window) | {
-            "model_window": model_window, "window_override": window != model_window}))
+            "model_window": model_window, "window_override": window != model_window,
+            "ledger": None if session is None else ledger_cli.ledger_json(plan, session)}))
+    elif failed:
+        pass  # the text of a generation the runtime could not verify is not a result
     else:
         if sys.stdout.isatty():  # a person is reading: show the prompt (dim) before the completion
             from rich.console import Console
@@ -232,6 +278,9 @@ def cmd_generate(args) -> int:
                else "") + "]",
             file=sys.stderr,
         )
+    if failed:
+        print(f"error: {ledger_cli.failure_message(session)}", file=sys.stderr)
+        return ledger_cli.EXIT_GENERATION_FAILED
     return 0
 
 
@@ -325,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fieldprint generate ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 0
 
 
 if __name__ == "__main__":

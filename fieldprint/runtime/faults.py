@@ -39,11 +39,19 @@ class FlipAnchor:
     bit: int = 0
 
 
+class FaultError(ValueError):
+    """A planned fault cannot fire (its block is evicted or does not exist, its byte is outside the page)."""
+
+    def __init__(self, message: str, flip=None):
+        super().__init__(message)
+        self.flip = flip
+
+
 def flip_bit(page: torch.Tensor, byte: int, bit: int) -> None:
     """Flip bit ``bit`` (0 = least significant) of byte ``byte`` of a page, in place."""
     flat = page.view(torch.uint8).view(-1)
     if not 0 <= byte < flat.numel() or not 0 <= bit < 8:
-        raise ValueError(f"byte {byte} / bit {bit} outside a page of {flat.numel()} bytes")
+        raise FaultError(f"byte {byte} / bit {bit} outside a page of {flat.numel()} bytes")
     flat[byte] ^= 1 << bit
 
 
@@ -73,10 +81,19 @@ class FaultPlan:
         wait_validations()
         for f in due:
             if isinstance(f, FlipKV):
-                page = engine.block_table(handle)[f.block]
+                table = engine.block_table(handle)
+                if not 0 <= f.block < len(table):
+                    raise FaultError(f"context block {f.block} does not exist after step {step} (blocks 0 .. "
+                                     f"{len(table) - 1})", f)
+                page = table[f.block]
                 if page < 0:
-                    raise ValueError(f"FlipKV: block {f.block} is evicted")
+                    raise FaultError(f"context block {f.block} was evicted by the sliding window before step {step}", f)
             else:
+                if not 0 <= f.page < len(anchor_pages):
+                    raise FaultError(f"anchor page {f.page} does not exist ({len(anchor_pages)} anchor pages)", f)
                 page = anchor_pages[f.page]
-            flip_bit(engine.page_tensor(page), f.byte, f.bit)
+            try:
+                flip_bit(engine.page_tensor(page), f.byte, f.bit)
+            except FaultError as e:
+                raise FaultError(str(e), f) from None
             self.applied.append((f, page))

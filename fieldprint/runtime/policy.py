@@ -4,7 +4,7 @@ The decision itself is ``spec.commits.commit_reason`` (one copy, shared with the
 which checks every commit sits where the policy says). This module adds the command-line
 syntax: a comma-separated list of triggers::
 
-    every=8            commit after every 8th generated token ((step + 1) % 8 == 0)
+    every=8            commit after every 8th generated token ((step + 1) % 8 == 0); N >= 1
     page-full          commit when a KV page becomes full
     eot=2|7            commit after token 2 or 7 (end of turn)
     stop=5 6|9 9 9     commit when the generated tokens end with 5 6, or with 9 9 9
@@ -45,8 +45,9 @@ def parse_policy(text: str) -> CommitPolicy:
                 every = int(value)
             except ValueError:
                 raise PolicyError(f"every=N needs an integer, got {value!r}") from None
-            if every < 0:
-                raise PolicyError("every=N needs N >= 0")
+            if every < 1:
+                raise PolicyError(f"every=N needs N >= 1, got {every} (leave every=N out to commit only at the "
+                                  "prefill, the end and the other triggers)")
         elif name == "page-full" and not value:
             full = True
         elif name == "eot":

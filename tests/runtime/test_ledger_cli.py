@@ -33,10 +33,11 @@ def _generate(tmp_path, keys, *flags, name="g.fpl"):
     p = argparse.ArgumentParser()
     ledger_cli.add_generate_args(p)
     args = p.parse_args(["--ledger", str(tmp_path / name), "--key", str(keys[0]), "--fsync", "none", *flags])
+    plan = ledger_cli.prepare(args, max_new_tokens=12)
     eng = fx.engine()
     eng.set_anchors(fx.ANCHORS)
-    res = ledger_cli.run_generate_with_ledger(args, eng, fx.artifact(), fx.PROMPT,
-                                              sampling=SamplingParams(temperature="4/5", seed=7), max_new_tokens=12)
+    res, _ = ledger_cli.run_generate_with_ledger(plan, eng, fx.artifact(), fx.PROMPT,
+                                                 sampling=SamplingParams(temperature="4/5", seed=7), max_new_tokens=12)
     return tmp_path / name, res
 
 

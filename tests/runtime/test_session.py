@@ -109,7 +109,7 @@ def test_policy_strings_round_trip():
     assert p.every_n_tokens == 8 and p.on_page_full and p.end_of_turn_tokens == (2, 7)
     assert p.stop_sequences == ((5, 6), (9, 9, 9))
     assert parse_policy(describe_policy(p)) == p
-    for bad in ("every=x", "every=-1", "sometimes", "stop=", "eot=a"):
+    for bad in ("every=x", "every=-1", "every=0", "sometimes", "stop=", "eot=a"):
         with pytest.raises(PolicyError):
             parse_policy(bad)
 
