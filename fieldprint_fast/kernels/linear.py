@@ -73,6 +73,7 @@ SCALE_MANT_BITS = tl.constexpr(_SCALE_MANT_BITS)  # (= 14) row-scale mantissa bi
 LIMB_BITS = tl.constexpr(7)  # v = hi * 2**7 + lo, lo in [0, 127]
 MAX_LIMBS = 2  # operands of up to 14 magnitude bits (|v| < 2**14)
 MAX_K = (2**31 - 1) // 2**14  # (= 131,071) longest limb dot an int32 accumulator holds exactly
+QUANT_BLOCK = 16384  # rows up to this long are quantized from registers, in one read
 
 
 # %%
@@ -86,20 +87,41 @@ def _bit_length(v):
 
 
 @triton.jit
+def _quantize_block(x, mask, q_out, stride_ql, left, d, LIMBS: tl.constexpr):
+    """Store div_round(x << left, d) as int8 limbs: a float64 quotient, one integer correction."""
+    two_d = 2 * d
+    num = 2 * (tl.abs(x) << left) + d
+    t = (num.to(tl.float64) / two_d.to(tl.float64)).to(tl.int64)
+    r = num - t * two_d
+    t = tl.where(r < 0, t - 1, t)
+    t = tl.where(r >= two_d, t + 1, t)
+    q = tl.where(x < 0, -t, t)
+    if LIMBS == 1:
+        tl.store(q_out, q.to(tl.int8), mask=mask)
+    else:
+        tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
+        tl.store(q_out + stride_ql, (q >> LIMB_BITS).to(tl.int8), mask=mask)
+
+
+@triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, m_ptr, e_ptr,  # x [N, K] int32/int64; q [LIMBS, N, K] int8; m, e [N] int32
     K, stride_xn, stride_ql, stride_qn,
-    QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK: tl.constexpr,
+    QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     """One program per row: absmax, row scale (m, e), then q = div_round(x * 2**-e, m) as limbs."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row * stride_xn
-    # -- absmax of the row ----------------------------------------------------------------
-    amax = tl.zeros([BLOCK], dtype=tl.int64)
-    for k0 in range(0, K, BLOCK):
-        x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0).to(tl.int64)
-        amax = tl.maximum(amax, tl.abs(x))
+    # -- absmax of the row (ONE_PASS: the row is one block, kept in registers) --------------
+    if ONE_PASS:
+        x_all = tl.load(x_row + offs, mask=offs < K, other=0).to(tl.int64)
+        amax = tl.abs(x_all)
+    else:
+        amax = tl.zeros([BLOCK], dtype=tl.int64)
+        for k0 in range(0, K, BLOCK):
+            x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0).to(tl.int64)
+            amax = tl.maximum(amax, tl.abs(x))
     amax = tl.maximum(tl.max(amax, axis=0), 1)  # a zero row is treated as amax = 1
     # -- row scale: spec.quant.row_scale -------------------------------------------------
     e = _bit_length(amax) - _bit_length(tl.full([], QMAX, tl.int64)) + 1 - SCALE_MANT_BITS
@@ -108,24 +130,14 @@ def _quantize_rows_kernel(
     den = tl.full([], QMAX, tl.int64) << right
     m = ((amax << left) + den - 1) // den  # ceil_div of non-negative integers
     d = m << right
-    two_d = 2 * d
-    two_d_f = two_d.to(tl.float64)
-    # -- q = div_round(x << left, d): float64 quotient, one integer correction ----------
-    for k0 in range(0, K, BLOCK):
-        mask = k0 + offs < K
-        x = tl.load(x_row + k0 + offs, mask=mask, other=0).to(tl.int64)
-        num = 2 * (tl.abs(x) << left) + d
-        t = (num.to(tl.float64) / two_d_f).to(tl.int64)
-        r = num - t * two_d
-        t = tl.where(r < 0, t - 1, t)
-        t = tl.where(r >= two_d, t + 1, t)
-        q = tl.where(x < 0, -t, t)
-        q_out = q_ptr + row * stride_qn + k0 + offs
-        if LIMBS == 1:
-            tl.store(q_out, q.to(tl.int8), mask=mask)
-        else:
-            tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
-            tl.store(q_out + stride_ql, (q >> LIMB_BITS).to(tl.int8), mask=mask)
+    # -- q = div_round(x << left, d) -----------------------------------------------------
+    if ONE_PASS:
+        _quantize_block(x_all, offs < K, q_ptr + row * stride_qn + offs, stride_ql, left, d, LIMBS)
+    else:
+        for k0 in range(0, K, BLOCK):
+            mask = k0 + offs < K
+            x = tl.load(x_row + k0 + offs, mask=mask, other=0).to(tl.int64)
+            _quantize_block(x, mask, q_ptr + row * stride_qn + k0 + offs, stride_ql, left, d, LIMBS)
     tl.store(m_ptr + row, m.to(tl.int32))
     tl.store(e_ptr + row, e.to(tl.int32))
 
@@ -269,9 +281,11 @@ def quantize_rows(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     e = torch.empty((n,), dtype=torch.int32, device=x.device)
     if n == 0:
         return q, m, e
-    block = min(4096, triton.next_power_of_2(max(k, 16)))
+    block = min(QUANT_BLOCK, triton.next_power_of_2(max(k, 16)))
+    warps = 4 if block <= 2048 else 8 if block <= 4096 else 16  # <= 32 int64 values per thread
     _quantize_rows_kernel[(n,)](x, q, m, e, k, x.stride(0), q.stride(0), q.stride(1),
-                                QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK=block, num_warps=4)
+                                QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK=block, ONE_PASS=k <= block,
+                                num_warps=warps)
     return q, m, e
 
 

@@ -95,6 +95,20 @@ def test_quantize_rows_equals_spec(n, k, bits, kind, int32, seed):
     assert_equal(e.long(), want_e, "e")
 
 
+def test_quantize_rows_long_rows(monkeypatch):
+    """Rows longer than QUANT_BLOCK take the two-pass path (absmax, then quantize block by block)."""
+    monkeypatch.setattr(K, "QUANT_BLOCK", 64)
+    gen = torch.Generator().manual_seed(13)
+    for n, k, bits in ((3, 65, 8), (2, 200, 12), (1, 128, 15)):
+        x = q16_rows(gen, n, k, "both")
+        want_q, want_m, want_e = spec_quantize_rows(x, bits)
+        limbs, m, e = K.quantize_rows(*to_dev(x), bits)
+        q = limbs[0].long() if limbs.shape[0] == 1 else limbs[1].long() * 128 + limbs[0].long()
+        assert_equal(q, want_q, f"q {n}x{k}")
+        assert_equal(m.long(), want_m, "m")
+        assert_equal(e.long(), want_e, "e")
+
+
 def test_quantize_rows_refuses_bad_width():
     with pytest.raises(ValueError, match="bits"):
         K.quantize_rows(torch.zeros((1, 4), dtype=torch.int64, device=DEVICE), 16)

@@ -1,0 +1,197 @@
+"""Benchmark the Triton integer linear layer against bf16 ``torch.matmul`` and ``torch._int_mm``.
+
+Shapes: 8192^3, and the linear stages of Llama-3.2-1B and Llama-3-8B (q/k/v and gate/up fused
+along the output axis, as an engine runs them; the fusion is exact because row quantization
+and requantization are per row and per output channel) at M = 1, 8, 64, 4096, for the ``int8``
+profile (8-bit activations) and the ``default`` one (12-bit activations: two int8 limbs).
+
+Per case, in one run on one device:
+
+* ``fp``     : the whole ``fieldprint_fast.kernels.linear.linear`` (int64 Q16 in, row
+  quantization, matmul, requantization, int64 Q16 out), checked equal to ``spec.ops.linear``;
+* ``gemm``   : the matmul kernel alone on pre-quantized limbs, int32 output;
+* ``bf16``   : ``x @ W.T`` in bf16 (cuBLAS), bf16 output;
+* ``int_mm`` : ``torch._int_mm`` (int8 in, int32 out; it refuses M <= 16).
+
+Times are medians of ``triton.testing.do_bench`` (which clears the L2 before every call, so
+weights come from HBM). TOP/s = 2 M N K / t; weight GB/s = bytes of the weights / t; the copy
+ceiling is a 2 GiB device-to-device copy (bytes read + written) measured in the same run.
+Writes benchmarks/results/linear-<GPU>-<date>.json (or --out) and prints a table.
+
+    python benchmarks/bench_linear.py [--quick] [--out FILE] [--sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+from fieldprint_fast.kernels import linear as K
+from spec import ops as spec_ops
+from spec.constants import ACT_MAX
+
+SHAPES = {  # name -> (O, K)
+    "8192^3": (8192, 8192),
+    "1B.qkv": (3072, 2048), "1B.o": (2048, 2048), "1B.gate_up": (16384, 2048), "1B.down": (2048, 8192),
+    "1B.lm_head": (128256, 2048),
+    "8B.qkv": (6144, 4096), "8B.o": (4096, 4096), "8B.gate_up": (28672, 4096), "8B.down": (4096, 14336),
+    "8B.lm_head": (128256, 4096),
+}
+PROFILE_ACT_BITS = {"int8": 8, "default": 12}
+GEMM_CANDIDATES = [
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+]
+SKINNY_CANDIDATES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, num_warps=w, num_stages=s)
+                     for bn, bk, w, s in ((16, 256, 4, 4), (32, 256, 4, 4), (64, 256, 4, 4), (32, 512, 4, 3),
+                                          (64, 512, 8, 3), (128, 256, 4, 4))]
+
+
+def q16_rows(m: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    mag = torch.randint(16, 28, (m, 1), generator=gen, device="cuda")
+    x = torch.randint(-ACT_MAX, ACT_MAX + 1, (m, k), generator=gen, device="cuda", dtype=torch.int64)
+    return x >> (31 - mag)
+
+
+def bench(fn) -> float:
+    """Median milliseconds of fn (do_bench: warm-up, L2 cleared before each call)."""
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 2 GiB device-to-device copy."""
+    src = torch.empty(1 << 31, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    del src, dst
+    return 2 * (1 << 31) / (ms * 1e-3)
+
+
+def run_case(name: str, m: int, profile: str, gen: torch.Generator, check: bool) -> dict:
+    o, k = SHAPES[name]
+    if name == "8192^3":
+        m = 8192
+    bits = PROFILE_ACT_BITS[profile]
+    x = q16_rows(m, k, gen)
+    w = torch.randint(-127, 128, (o, k), generator=gen, device="cuda", dtype=torch.int8)
+    mul = torch.randint(1 << 12, 1 << 13, (o,), generator=gen, device="cuda", dtype=torch.int32)
+    shift = torch.randint(18, 26, (o,), generator=gen, device="cuda", dtype=torch.int32)
+    row = dict(shape=name, profile=profile, M=m, N=o, K=k)
+    y = K.linear(x, bits, w, mul, shift)
+    if check:
+        want = spec_ops.linear(x, bits, w, mul, shift)
+        row["parity_outputs"] = want.numel()
+        row["parity_mismatches"] = int((y != want).sum())
+        del want
+    q, qm, qe = K.quantize_rows(x, bits)
+    row["fp_ms"] = bench(lambda: K.linear(x, bits, w, mul, shift))
+    row["gemm_ms"] = bench(lambda: K.linear_quantized(q, qm, qe, w.unsqueeze(0), mul, shift, out_dtype=torch.int32))
+    xb, wb = x.to(torch.float32).mul_(2.0**-16).to(torch.bfloat16), w.to(torch.bfloat16)
+    row["bf16_ms"] = bench(lambda: xb @ wb.T)
+    xi = q[0] if bits <= 8 else q[1]  # an int8 operand of the right shape for _int_mm's timing
+    try:
+        row["int_mm_ms"] = bench(lambda: torch._int_mm(xi, w.T))
+    except RuntimeError as err:
+        row["int_mm_ms"] = None
+        row["int_mm_error"] = str(err).splitlines()[0][:120]
+    ops, wbytes = 2 * m * o * k, o * k
+    for key in ("fp", "gemm", "bf16", "int_mm"):
+        ms = row[f"{key}_ms"]
+        if ms is not None:
+            row[f"{key}_tops"] = ops / (ms * 1e-3) / 1e12
+            row[f"{key}_weight_gbs"] = wbytes * (2 if key == "bf16" else 1) / (ms * 1e-3) / 1e9
+    row["speedup_fp_vs_bf16"] = row["bf16_ms"] / row["fp_ms"]
+    row["speedup_gemm_vs_bf16"] = row["bf16_ms"] / row["gemm_ms"]
+    return row
+
+
+def sweep(name: str, m: int, candidates: list[dict], la: int, gen: torch.Generator) -> list[dict]:
+    """Time the matmul kernel alone for each tile candidate (compile errors are recorded)."""
+    o, k = SHAPES[name]
+    x = q16_rows(m, k, gen)
+    w = torch.randint(-127, 128, (1, o, k), generator=gen, device="cuda", dtype=torch.int8)
+    mul = torch.full((o,), 5000, dtype=torch.int32, device="cuda")
+    shift = torch.full((o,), 22, dtype=torch.int32, device="cuda")
+    q, qm, qe = K.quantize_rows(x, 8 if la == 1 else 12)
+    want = spec_ops.linear(x, 8 if la == 1 else 12, w[0], mul, shift) if m * o <= 1 << 26 else None
+    out = []
+    for cfg in candidates:
+        r = dict(shape=name, M=m, limbs=la, config=cfg)
+        try:
+            y = K.linear_quantized(q, qm, qe, w, mul, shift, config=cfg)
+            if want is not None:
+                r["parity_mismatches"] = int((y != want).sum())
+            r["ms"] = bench(lambda: K.linear_quantized(q, qm, qe, w, mul, shift, out_dtype=torch.int32, config=cfg))
+            r["tops"] = 2 * m * o * k / (r["ms"] * 1e-3) / 1e12
+            r["weight_gbs"] = o * k / (r["ms"] * 1e-3) / 1e9
+        except Exception as err:  # noqa: BLE001 - record and go on (out of shared memory, ...)
+            r["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        print(json.dumps(r), flush=True)
+        out.append(r)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="8B shapes and 8192^3 only")
+    ap.add_argument("--sweep", action="store_true", help="also time tile candidates")
+    ap.add_argument("--budget", type=float, default=240.0, help="stop starting cases after this many seconds")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_linear: needs a CUDA device", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dev = torch.cuda.get_device_name()
+    res = dict(device=dev, date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
+               copy_bandwidth_gbs=copy_bandwidth() / 1e9, cases=[], sweeps=[])
+    print(f"{dev}: copy {res['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
+    if args.sweep:
+        res["sweeps"] += sweep("8192^3", 8192, GEMM_CANDIDATES, 1, gen)
+        res["sweeps"] += sweep("8192^3", 8192, GEMM_CANDIDATES[1:], 2, gen)
+        for name in ("8B.down", "8B.gate_up"):
+            res["sweeps"] += sweep(name, 1, SKINNY_CANDIDATES, 1, gen)
+    names = [n for n in SHAPES if not args.quick or not n.startswith("1B")]
+    cases = [("8192^3", 8192)] + [(n, m) for n in names if n != "8192^3" for m in (1, 8, 64, 4096)]
+    for name, m in cases:
+        for profile in PROFILE_ACT_BITS:
+            if time.time() - t0 > args.budget:
+                res["stopped_early"] = True
+                break
+            row = run_case(name, m, profile, gen, check=True)
+            res["cases"].append(row)
+            print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+    out = args.out or Path(__file__).parent / "results" / (
+        f"linear-{dev.replace(' ', '_')}-{res['date']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print_table(res)
+    return 0
+
+
+def print_table(res: dict) -> None:
+    print(f"\n{res['device']} {res['date']}  copy {res['copy_bandwidth_gbs']:.0f} GB/s")
+    print(f"{'shape':<12}{'prof':<8}{'M':>6} {'fp ms':>8} {'gemm ms':>8} {'bf16 ms':>8} {'int_mm':>8} "
+          f"{'fp TOP/s':>9} {'fp wGB/s':>9} {'x bf16':>7} {'bad':>4}")
+    for r in res["cases"]:
+        im = f"{r['int_mm_ms']:.3f}" if r.get("int_mm_ms") else "-"
+        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>6} {r['fp_ms']:>8.3f} {r['gemm_ms']:>8.3f} {r['bf16_ms']:>8.3f} "
+              f"{im:>8} {r['fp_tops']:>9.1f} {r['fp_weight_gbs']:>9.0f} {r['speedup_fp_vs_bf16']:>7.2f} "
+              f"{r.get('parity_mismatches', '-'):>4}")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        sys.exit(0)
