@@ -146,7 +146,34 @@ def cli_reference(module_name: str) -> str:
             out.append(f"### `{parser.prog} {name}`\n\n{render_prose(helps.get(name) or '')}")
             out.append(f"```text\n{child.format_usage().strip()}\n```")
             out.append(_actions_table(child))
+            if child.epilog:
+                out.append(f"```text\n{child.epilog.strip()}\n```")
     return "\n\n".join(out)
+
+
+# -- fidelity -------------------------------------------------------------------------------
+def fidelity_table(results: Path) -> str:
+    """Return the profile table of the newest fidelity run (``benchmarks/fidelity.py`` JSON)."""
+    import json
+
+    runs = []
+    for path in sorted(results.glob("fidelity-*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data.get("profiles"), dict) and "sweep" not in path.name:
+            runs.append((str(data.get("date", "")), path.name, data))
+    if not runs:
+        raise ValueError(f"{results}: no fidelity-*.json results")
+    date, name, data = max(runs)
+    out = [f"Measured {date[:10]} (`benchmarks/results/{name}`): {data.get('samples')} samples x "
+           f"{data.get('tokens')} tokens, teacher-forced on `{data.get('checkpoint')}`"
+           f"{', numerics ' + str(data['numerics']) if data.get('numerics') else ''}.", "",
+           "| profile | cross-entropy vs float | argmax agreement | KL(float, quantized) |", "|---|---:|---:|---:|"]
+    for pname, row in data["profiles"].items():
+        if ":" in pname:  # a sweep variant
+            continue
+        out.append(f"| `{pname}` | {row['delta_ce_pct']:+.4f} % | {100 * row['argmax_agreement']:.1f} % | "
+                   f"{row['kl_float_quant']:.2e} |")
+    return "\n".join(out)
 
 
 # -- mkdocs events ---------------------------------------------------------------------------
@@ -156,6 +183,8 @@ def _expand(match: re.Match) -> str:
         return constants_table(arg)
     if kind == "cli":
         return cli_reference(arg)
+    if kind == "fidelity":
+        return fidelity_table(REPO / "benchmarks" / "results")
     if kind == "benchmarks":
         sys.path.insert(0, str(REPO))
         from tools.plot_benchmarks import markdown_report
