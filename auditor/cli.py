@@ -5,6 +5,7 @@
     fieldprint-audit show out.fpl [--model ARTIFACT] [--trusted-key KEY.pub] [--json]
 
 Exit codes (``auditor.report``): 0 valid, 1 invalid, 2 unreadable input, 3 incomplete.
+Output into a closed pipe (``| head``) is dropped quietly: the exit code is still the verdict's.
 """
 from __future__ import annotations
 
@@ -16,22 +17,64 @@ import sys
 from auditor.report import combined_exit, render_text
 
 
+EXIT_CODES = """exit codes:
+  0  valid       sealed, signed by the trusted key, every record checks, the replay matches
+  1  invalid     a frame, record, signature, checkpoint, commitment or replayed value is wrong
+  2  unreadable  the ledger, model artifact or key cannot be used, or bad arguments
+  3  incomplete  not sealed (a crash) or ended in error, but every signed record verifies"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D102 - usage errors are unreadable input
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of processes >= 1, got {text!r} (leave it out "
+                                         "for one per CPU)")
+    return n
+
+
+class _Stdout:
+    """stdout that a closed pipe (``| head -1``) silences instead of failing the command."""
+
+    closed = False
+
+    @classmethod
+    def print(cls, text: str) -> None:
+        if cls.closed:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            cls.closed = True
+            # later writes, and the interpreter's flush at exit, go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fieldprint-audit", description="Verify Fieldprint ledgers offline (CPU replay).")
+    p = _Parser(prog="fieldprint-audit", description="Verify Fieldprint ledgers offline (CPU replay).",
+                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    v = sub.add_parser("verify", help="verify ledgers: signatures, checkpoints, sequence and a full replay")
+    v = sub.add_parser("verify", help="verify ledgers: signatures, checkpoints, sequence and a full replay",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("ledgers", nargs="+", help="ledger files or folders of *.fpl")
     v.add_argument("--model", required=True, help="model artifact folder the ledger must commit to")
     v.add_argument("--trusted-key", required=True, help="public key file (or verifier string) of the engine")
     v.add_argument("--anchors-file", help="anchor text to replay instead of the ledger's anchor tokens (checked "
                    "against its anchor commitment)")
-    v.add_argument("--no-replay", action="store_true", help="check signatures and structure only")
-    v.add_argument("--jobs", type=int, default=None, help="parallel processes for several ledgers")
+    v.add_argument("--no-replay", action="store_true", help="do not run the model: check signatures, structure, the "
+                   "model commitment and every rule that follows from the records (the report lists what is not "
+                   "checked)")
+    v.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="parallel processes for several ledgers, N >= 1 (default: one per CPU)")
     v.add_argument("--json", action="store_true", help="one JSON report per line")
     v.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
     s = sub.add_parser("show", help="print a ledger's timeline of commits, validations and rollbacks")
@@ -71,12 +114,12 @@ def cmd_verify(args) -> int:
     reports = verify_many(paths, jobs=args.jobs, model=args.model, trusted_key=args.trusted_key,
                           anchors_text=anchors, replay=not args.no_replay, progress=progress)
     for r in reports:
-        print(r.to_json() if args.json else render_text(r))
+        _Stdout.print(r.to_json() if args.json else render_text(r))
     if len(reports) > 1 and not args.json:
         counts = {}
         for r in reports:
             counts[r.verdict] = counts.get(r.verdict, 0) + 1
-        print("summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+        _Stdout.print("summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     return combined_exit(reports)
 
 
@@ -92,7 +135,10 @@ def cmd_show(args) -> int:
             print(f"error: {e.message}", file=sys.stderr)
             return 2
     text, code = show(args.ledger, tokenizer=_tokenizer(args.model), trusted_key=key, as_json=args.json)
-    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    if code == 0:
+        _Stdout.print(text)
+    else:
+        print(text, file=sys.stderr)
     return code
 
 

@@ -365,7 +365,8 @@ class Replayer:
             return _Fatal(d)
         commit, start = window
         if d.record is None or d.record < start:
-            d.message += (f" ({branch}; the {REHASH_VALIDATOR} failure of commit {commit} explains divergences from "
+            d.message += (f" ({branch}; before the fault window: the {REHASH_VALIDATOR} failure of commit {commit} "
+                          f"explains divergences from "
                           f"record {start} on, the start of that commit's segment)")
             return _Fatal(d)
         return None
@@ -463,8 +464,11 @@ class Replayer:
                             "validation and were not rolled back", field="reason")
 
     # ------------------------------------------------------------------------ driver
-    def run(self, records: list) -> ReplayResult:
-        """Replay ``records`` (record 0 is the genesis); return the result (never raises for divergences)."""
+    def run(self, records: list, *, cut: bool = False) -> ReplayResult:
+        """Replay ``records`` (record 0 is the genesis); return the result (never raises for divergences).
+
+        ``cut``: the records stop before a record the caller already rejected; a divergence still
+        pending at the cut is dropped (the records that would have explained it are not there)."""
         self.n_commits = sum(isinstance(r, Commit) for r in records)
         self.i = 0
         self.pending: Divergence | None = None
@@ -497,7 +501,9 @@ class Replayer:
                     self._rollback(r)
                 elif isinstance(r, End):
                     self._end(r)
-            if self.pending is not None and not isinstance(records[-1], End):
+            if self.pending is not None and cut:  # records after the cut may explain it: the caller decides
+                self.pending = None
+            elif self.pending is not None and not isinstance(records[-1], End):
                 self._resolve_pending_fault("the signed records stop before the rollback")
             if self.engine is not None:
                 n = min(self.result.steps_replayed, len(self.generated))

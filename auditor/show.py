@@ -11,8 +11,8 @@ import json
 import os
 
 from auditor.report import window_info, window_text
-from spec.ledger import Commit, End, Genesis, KVPage, Rollback, TokenStep, Validation
-from spec.ledger_file import parse_ledger_bytes
+from spec.ledger import Commit, End, Genesis, KVPage, LedgerError, Rollback, TokenStep, Validation
+from spec.ledger_file import read_ledger
 
 
 def _detok(tokenizer, tokens):
@@ -101,18 +101,16 @@ def show(path, *, tokenizer=None, trusted_key=None, as_json: bool = False) -> tu
     from auditor.verify import UNREADABLE_FRAMES
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return f"error: cannot read {os.fspath(path)}: {e.strerror}", 2
-    read = parse_ledger_bytes(data)
+        read = read_ledger(path)  # streamed; frame sizes bounded by the genesis
+    except LedgerError as e:
+        return f"error: {e.message}", 2
     if read.hash_profile is None and read.reason in UNREADABLE_FRAMES:
         return f"error: {os.fspath(path)} is not a Fieldprint ledger ({read.reason})", 2
     verdict = None
     if trusted_key is not None:
         from spec.ledger_file import verify_ledger_structure
 
-        st = verify_ledger_structure(data, trusted_key)
+        st = verify_ledger_structure(read, trusted_key)
         verdict = st.status + (f" ({st.reason})" if st.reason else "")
     events = timeline(read.records, tokenizer)
     status = read.status + (f" at offset {read.offset}: {read.reason}" if read.status != "complete" else "")

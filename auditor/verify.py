@@ -2,7 +2,7 @@
 
 ``verify_ledger`` runs, in order, stopping at the first failure:
 
-1. read the file (``spec.ledger_file.parse_ledger_bytes``): frames and their checksums;
+1. read the file (``spec.ledger_file.read_ledger``, streamed): frames, their sizes and checksums;
 2. ``spec.ledger_file.verify_ledger_structure`` with the trusted key: genesis key, every
    checkpoint's signature, origin, size, root, ``prev`` chain and consistency with the previous
    one, the record sequence rules (steps, attempts, commit coverage, rollback targets);
@@ -26,10 +26,10 @@ from pathlib import Path
 from auditor.records import NOT_CHECKED, RecordChecker
 from auditor.replay import Replayer
 from auditor.report import Report, window_info
-from spec.keys import Verifier, parse_verifier
+from spec.keys import SIGNER_PREFIX, Verifier, parse_verifier
 from spec.commits import REHASH_VALIDATOR
 from spec.ledger import Commit, End, Genesis, LedgerError, Rollback, TokenStep, Validation
-from spec.ledger_file import parse_ledger_bytes, verify_ledger_structure
+from spec.ledger_file import read_ledger, verify_ledger_structure
 
 UNREADABLE_FRAMES = ("bad-magic", "truncated-header", "io")
 
@@ -44,15 +44,23 @@ def load_trusted_key(key) -> Verifier:
     if isinstance(key, Verifier):
         return key
     text = str(key)
+    source = "--trusted-key"
     if os.path.exists(text):
+        source = f"--trusted-key {text}"
         try:
-            text = Path(text).read_text(encoding="utf-8")
+            text = Path(text).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise _Unreadable("key-io", f"cannot read trusted key {key}: {e}") from None
+    stripped = text.strip()
+    if stripped.startswith(SIGNER_PREFIX) or stripped.startswith("-----BEGIN") or "PRIVATE KEY" in stripped[:64]:
+        raise _Unreadable("key-private", f"{source} is a PRIVATE key; it expects the engine's public key file (the "
+                          "KEY.pub that `fieldprint keygen` writes next to KEY.key: one line name+keyid+base64). "
+                          "Keep the private key secret: an auditor never needs it")
     try:
         return parse_verifier(text)
     except LedgerError as e:
-        raise _Unreadable("key-format", f"trusted key {str(key)[:80]}: {e.message}") from None
+        raise _Unreadable("key-format", f"{source[:120]}: {e.message} (expected the engine's public key file, the "
+                          ".pub that `fieldprint keygen` writes)") from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,11 +138,9 @@ def verify_ledger(path, *, model, trusted_key, anchors_text: str | None = None, 
 
 def _verify(report, path, model, trusted_key, anchors_text, replay, progress) -> Report:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise _Unreadable("io", f"cannot read ledger {os.fspath(path)}: {e.strerror}") from None
-    read = parse_ledger_bytes(data)
+        read = read_ledger(path)  # streamed, frame sizes bounded by the genesis: never the whole file in memory
+    except LedgerError as e:
+        raise _Unreadable("io", f"cannot read ledger {e.message.removeprefix('cannot read ')}") from None
     if read.hash_profile is None and read.reason in UNREADABLE_FRAMES:
         raise _Unreadable(read.reason, f"{os.fspath(path)} is not a Fieldprint ledger ({read.error.message})")
     key = load_trusted_key(trusted_key)
@@ -145,7 +151,7 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
         if e.record is not None:
             offsets[n] = e.offset
             n += 1
-    st = verify_ledger_structure(data, key)
+    st = verify_ledger_structure(read, key)
     report.status = st.status
     report.records = len(read.records)
     report.checkpoints = len(st.checkpoints)
@@ -175,13 +181,15 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
     report.notes += checked.notes
     d = checked.divergence
     res = None
-    if replay:
+    if d is not None:  # replay only what precedes the first record-level violation: nothing past it is sane
+        records = records[:d.record]
+    if replay and records:
         anchors = anchor_override(anchors_text, tokenizer)
         total = sum(isinstance(r, TokenStep) for r in records)
         t0 = time.perf_counter()
         with _Bar(total, progress, os.path.basename(os.fspath(path))) as advance:
             res = Replayer(qm, tokenizer, commitment, anchor_tokens=anchors, offsets=offsets,
-                           progress=advance).run(records)
+                           progress=advance).run(records, cut=d is not None)
         secs = time.perf_counter() - t0
         report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
                          "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}
@@ -191,7 +199,7 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
         report.notes += res.notes
         if res.divergence is not None and (d is None or (res.divergence.record or 0) <= (d.record or 0)):
             d = res.divergence  # the first divergence of the two; the replay's on a tie (it says more)
-    else:
+    elif not replay:
         report.checks = "records"
         report.not_checked = list(NOT_CHECKED)
         report.notes.append("replay skipped (--no-replay): checked the model commitment and every rule that follows "
@@ -241,6 +249,8 @@ def ledger_paths(targets) -> list[str]:
 def verify_many(paths, *, jobs: int | None = None, **kw) -> list[Report]:
     """Verify several ledgers in parallel processes (one model load per process)."""
     paths = list(paths)
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1 (None: one process per CPU), got {jobs!r}")
     if len(paths) <= 1 or jobs == 1:
         return [verify_ledger(p, **kw) for p in paths]
     jobs = min(len(paths), jobs or os.cpu_count() or 1)

@@ -103,6 +103,8 @@ def _parse_body(body: str) -> Checkpoint:
         raise _fail("checkpoint-format", "origin line is empty or contains a space")
     if not size_text.isdigit() or not size_text.isascii() or (size_text != "0" and size_text[0] == "0"):
         raise _fail("checkpoint-format", f"size line {size_text!r} is not a decimal without leading zeros")
+    if len(size_text) > len(str(2**64 - 1)):  # before int(): Python refuses to parse over 4,300 digits
+        raise _fail("checkpoint-format", f"size line has {len(size_text)} digits: it does not fit in 64 bits")
     size = int(size_text)
     if size >= 2**64:
         raise _fail("checkpoint-format", "size does not fit in 64 bits")

@@ -9,7 +9,7 @@ Layout (all integers little-endian)::
      11  reserved      1  0
      12  check         4  BLAKE3(bytes 0..11)[:4]
     frames, back to back, until the end of the file
-      0  length        4  u32 payload length, at most MAX_FRAME_PAYLOAD
+      0  length        4  u32 payload length, at most MAX_FRAME_PAYLOAD (see "Frame sizes")
       4  kind          1  u8: 1 = record, 2 = checkpoint
       5  reserved      3  0
       8  header_check  4  BLAKE3(frame bytes 0..7)[:4]
@@ -29,19 +29,29 @@ entries it could read:
 
 ``read_ledger`` never raises anything but ``LedgerError``; ``verify_ledger_structure``
 then checks what the frames say (sequence, signatures, roots, chain, consistency).
+
+Frame sizes: the first frame (the genesis) holds at most ``MAX_FRAME_PAYLOAD`` bytes; a
+checkpoint frame at most ``MAX_NOTE_BYTES``; every later record frame at most
+``record_size_limit(genesis)``, the largest encoding a record of that ledger can have (a
+``kv_page`` of ``MAX_PAGE_LAYERS`` layers, a validation with two longest strings, a commit of
+``max_new_tokens`` tokens, an eviction of every block). A longer frame is corrupt
+(``frame-too-large``) and is rejected from its header, before its payload is read: a reader
+streams the file and holds only decoded records, never the file.
 The per-frame checksums only detect accidents; authenticity comes from the signed
 checkpoints over the Merkle tree of the records.
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import BinaryIO, Literal, Sequence
 
 import blake3 as _blake3
 
 from spec.checkpoint import (
+    MAX_NOTE_BYTES,
     Checkpoint,
     CheckpointError,
     checkpoint_hash,
@@ -53,7 +63,10 @@ from spec.checkpoint import (
 from spec.commits import anchor_commitment, anchor_pages, anchor_slots, page_digest, pages_root, prompt_commitment
 from spec.keys import SigningKey, Verifier, check_key_name
 from spec.ledger import (
+    DIGEST_SIZE,
     HASH_PROFILES,
+    MAX_LIST_ITEMS,
+    MAX_STRING_BYTES,
     SPEC_VERSION,
     ZERO_DIGEST,
     Commit,
@@ -79,6 +92,7 @@ HEADER_SIZE = 16  # magic 8 + version 2 + profile 1 + reserved 1 + check 4
 FRAME_HEADER_SIZE = 12  # length 4 + kind 1 + reserved 3 + header check 4
 FRAME_CHECK_SIZE = 8  # truncated BLAKE3 of frame header and payload
 MAX_FRAME_PAYLOAD = 2**24  # (= 16,777,216) bytes; longer frames are corrupt
+MAX_PAGE_LAYERS = 2**12  # (= 4,096) most layer digests a kv_page may carry
 FRAME_RECORD = 1
 FRAME_CHECKPOINT = 2
 PROFILE_NAMES = {code: name for name, code in HASH_PROFILES.items()}
@@ -121,13 +135,17 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
 
 @dataclass
 class Entry:
-    """One frame read back: a decoded record, or a checkpoint (parsed, not yet verified)."""
+    """One frame read back: a decoded record, or a checkpoint (parsed, not yet verified).
+
+    ``size`` is the whole frame's length in bytes; ``payload`` is kept for checkpoints only
+    (a record's payload is its canonical encoding, ``encode_record(record)``)."""
 
     offset: int
     kind: int
     payload: bytes
     record: object | None = None
     checkpoint: Checkpoint | None = None
+    size: int = 0
 
 
 @dataclass
@@ -144,6 +162,14 @@ class LedgerRead:
     @property
     def records(self) -> list:
         return [e.record for e in self.entries if e.record is not None]
+
+
+def record_size_limit(genesis: Genesis) -> int:
+    """Return the most payload bytes a record frame after ``genesis`` may hold: the longest
+    encoding of any record of that ledger, plus 1 KiB for fixed fields."""
+    steps = min(genesis.sampling.max_new_tokens, MAX_LIST_ITEMS)
+    blocks = min(-(-(genesis.prompt_length + steps) // max(1, genesis.page_tokens)), MAX_LIST_ITEMS)
+    return 1024 + max(DIGEST_SIZE * MAX_PAGE_LAYERS, 2 * MAX_STRING_BYTES, 4 * steps, 4 * blocks)
 
 
 def _read_header(data: bytes) -> str:
@@ -163,12 +189,15 @@ def _read_header(data: bytes) -> str:
     return PROFILE_NAMES[profile]
 
 
-def _read_frame(data: bytes, pos: int) -> tuple[Entry, int]:
-    """Return the entry at ``pos`` and the offset after it; raise FrameError otherwise."""
-    left = len(data) - pos
-    if left < FRAME_HEADER_SIZE:
-        raise FrameError("truncated-frame", f"{left} bytes left, a frame header needs {FRAME_HEADER_SIZE}")
-    head = data[pos:pos + FRAME_HEADER_SIZE]
+def _read_frame(f: BinaryIO, pos: int, record_limit: int) -> tuple[Entry, int] | None:
+    """Return the entry at ``pos`` (the stream's position) and the offset after it, or None at the
+    end of the stream; raise FrameError otherwise. Record frames over ``record_limit`` bytes are
+    rejected from the header, before their payload is read."""
+    head = f.read(FRAME_HEADER_SIZE)
+    if not head:
+        return None
+    if len(head) < FRAME_HEADER_SIZE:
+        raise FrameError("truncated-frame", f"{len(head)} bytes left, a frame header needs {FRAME_HEADER_SIZE}")
     if _check(head[:8], 4) != head[8:12]:
         raise FrameError("frame-header-checksum", "frame header checksum does not match")
     length, kind = struct.unpack("<IB", head[:5])
@@ -176,49 +205,60 @@ def _read_frame(data: bytes, pos: int) -> tuple[Entry, int]:
         raise FrameError("frame-reserved", "frame header reserved bytes are not zero")
     if kind not in (FRAME_RECORD, FRAME_CHECKPOINT):
         raise FrameError("frame-kind", f"unknown frame kind {kind}")
-    if length > MAX_FRAME_PAYLOAD:
-        raise FrameError("frame-too-large", f"frame claims {length} payload bytes, limit {MAX_FRAME_PAYLOAD}")
-    end = pos + FRAME_HEADER_SIZE + length + FRAME_CHECK_SIZE
-    if end > len(data):
-        raise FrameError("truncated-frame", f"frame needs {end - pos} bytes, only {left} left")
-    payload = data[pos + FRAME_HEADER_SIZE:end - FRAME_CHECK_SIZE]
-    if _check(head + payload, FRAME_CHECK_SIZE) != data[end - FRAME_CHECK_SIZE:end]:
+    limit = record_limit if kind == FRAME_RECORD else MAX_NOTE_BYTES
+    if length > limit:
+        what = ("this ledger's genesis allows" if limit < MAX_FRAME_PAYLOAD else "the format allows") \
+            if kind == FRAME_RECORD else "a signed checkpoint may have"
+        raise FrameError("frame-too-large", f"{'record' if kind == FRAME_RECORD else 'checkpoint'} frame claims "
+                         f"{length} payload bytes, {what} at most {limit}")
+    body = f.read(length + FRAME_CHECK_SIZE)
+    if len(body) < length + FRAME_CHECK_SIZE:
+        raise FrameError("truncated-frame", f"frame needs {FRAME_HEADER_SIZE + length + FRAME_CHECK_SIZE} bytes, "
+                         f"only {FRAME_HEADER_SIZE + len(body)} left")
+    payload, check = body[:length], body[length:]
+    if _check(head + payload, FRAME_CHECK_SIZE) != check:
         raise FrameError("frame-checksum", "frame checksum does not match its contents")
-    entry = Entry(pos, kind, payload)
+    size = FRAME_HEADER_SIZE + length + FRAME_CHECK_SIZE
     if kind == FRAME_RECORD:
-        entry.record = decode_record(payload)
-    else:
-        entry.checkpoint = parse_signed_checkpoint(payload)[0]
-    return entry, end
+        return Entry(pos, kind, b"", record=decode_record(payload), size=size), pos + size
+    return Entry(pos, kind, payload, checkpoint=parse_signed_checkpoint(payload)[0], size=size), pos + size
 
 
 _TORN = ("truncated-header", "truncated-frame")
 
 
-def parse_ledger_bytes(data: bytes) -> LedgerRead:
-    """Read a whole ledger file's bytes; see the module docstring for the statuses."""
-    data = bytes(data)
+def _read_stream(f: BinaryIO) -> LedgerRead:
+    """Read a ledger from a binary stream, frame by frame; see the module docstring."""
     try:
-        profile = _read_header(data)
+        profile = _read_header(f.read(HEADER_SIZE))
     except LedgerError as e:
         status: Status = "truncated" if e.reason in _TORN else "corrupt"
         return LedgerRead(None, [], status, 0, e.reason, e.at(offset=0))
     entries: list[Entry] = []
-    pos = HEADER_SIZE
-    while pos < len(data):
+    pos, limit, n = HEADER_SIZE, MAX_FRAME_PAYLOAD, 0
+    while True:
         try:
-            entry, pos_next = _read_frame(data, pos)
+            got = _read_frame(f, pos, limit)
         except LedgerError as e:
             status = "truncated" if e.reason in _TORN else "corrupt"
-            n = sum(1 for x in entries if x.record is not None)
             return LedgerRead(profile, entries, status, pos, e.reason, e.at(offset=pos, index=n))
+        if got is None:
+            break
+        entry, pos = got
         entries.append(entry)
-        pos = pos_next
+        if entry.record is not None:
+            n += 1
+            if n == 1 and isinstance(entry.record, Genesis):
+                limit = record_size_limit(entry.record)
     sealed = _sealed(entries)
     if sealed is not None:
-        n = sum(1 for x in entries if x.record is not None)
         return LedgerRead(profile, entries, "truncated", pos, sealed.reason, sealed.at(offset=pos, index=n))
     return LedgerRead(profile, entries, "complete", pos)
+
+
+def parse_ledger_bytes(data: bytes) -> LedgerRead:
+    """Read a whole ledger file's bytes; see the module docstring for the statuses."""
+    return _read_stream(io.BytesIO(data))
 
 
 def _sealed(entries: list[Entry]) -> LedgerError | None:
@@ -231,13 +271,12 @@ def _sealed(entries: list[Entry]) -> LedgerError | None:
 
 
 def read_ledger(path: str | os.PathLike) -> LedgerRead:
-    """Read a ledger file; raise only ``LedgerError`` (also for I/O errors)."""
+    """Read a ledger file, streaming (it is never held whole); raise only ``LedgerError`` (also for I/O errors)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return _read_stream(f)
     except OSError as e:
         raise LedgerError("io", f"cannot read {os.fspath(path)}: {e.strerror}") from None
-    return parse_ledger_bytes(data)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,14 +563,17 @@ class _SequenceState:
         self.next_step, self.attempt, self.max_attempt = r.to_step, r.attempt, r.attempt
 
 
-def verify_ledger_structure(source: bytes | str | os.PathLike, trusted: Verifier | None = None,
+def verify_ledger_structure(source: bytes | str | os.PathLike | LedgerRead, trusted: Verifier | None = None,
                             *, check_consistency: bool = True) -> LedgerReport:
     """Check a ledger file's frames, record sequence, checkpoint signatures, roots and chain.
 
     ``trusted`` is the engine's public key; without it the genesis key is used, which only
     shows the ledger is self-consistent (``key_source == "genesis"``). Never raises but
     ``LedgerError`` (for unreadable files); everything else is reported in the result."""
-    read = parse_ledger_bytes(source) if isinstance(source, (bytes, bytearray)) else read_ledger(source)
+    if isinstance(source, LedgerRead):
+        read = source
+    else:
+        read = parse_ledger_bytes(source) if isinstance(source, (bytes, bytearray)) else read_ledger(source)
     report = LedgerReport("truncated")
     try:
         _verify_entries(read, trusted, report, check_consistency)

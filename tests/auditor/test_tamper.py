@@ -16,7 +16,7 @@ from auditor.verify import verify_ledger
 from fieldprint.runtime.faults import FaultPlan
 from spec.keys import SigningKey
 from spec.ledger import Commit, Genesis, KVPage, Rollback, TokenStep, Validation
-from spec.ledger_file import FRAME_CHECK_SIZE, FRAME_HEADER_SIZE, HEADER_SIZE, build_ledger_bytes, parse_ledger_bytes
+from spec.ledger_file import HEADER_SIZE, build_ledger_bytes, parse_ledger_bytes
 
 STRUCTURAL = {"frame-checksum", "frame-header-checksum", "frame-reserved", "frame-kind", "frame-too-large",
               "truncated-frame", "record-seq", "step-order", "commit-range", "commit-tokens", "commit-pages",
@@ -39,7 +39,7 @@ def ledgers(tmp_path_factory):
 def frames(data: bytes) -> list[tuple[int, int, object]]:
     """Return (start, end, entry) for every frame of a ledger."""
     read = parse_ledger_bytes(data)
-    return [(e.offset, e.offset + FRAME_HEADER_SIZE + len(e.payload) + FRAME_CHECK_SIZE, e) for e in read.entries]
+    return [(e.offset, e.offset + e.size, e) for e in read.entries]
 
 
 def check(tmp_path, data: bytes, name="t.fpl", replay=False, **kw):
@@ -292,18 +292,32 @@ def test_forged_page_digest(tmp_path, ledgers, rehash_root, reason):
 
 
 @pytest.mark.parametrize("layer", [1, 2])
-def test_a_flipped_byte_in_one_layer_is_reported_with_that_layer(tmp_path, layer):
-    """A page corrupted while it is written (a bit flips in layer ``layer`` of the prompt's partial
-    page right before the prefill commit records it) is signed as it is: the runtime's re-hash
-    agrees with the record, the replay's clean page does not, and it names the page and the layer."""
+def test_a_forged_digest_in_one_layer_is_reported_with_that_layer(tmp_path, layer):
+    """One layer digest of the prompt's partial page (test model with 3 layers) replaced, the page
+    root and the commit's pages root recomputed, re-signed with the engine's key: only the replay
+    sees it, and it names the page and the layer."""
     from auditor.report import render_text
-    from fieldprint.runtime.faults import FlipKV
+    from spec.commits import page_digest, pages_root
 
-    slice_bytes = fx.engine(fx.artifact(0, 3)).page_tensor(0)[0].numel()  # one layer of one page
-    flip = FlipKV(step=0, block=1, byte=layer * slice_bytes + 5, bit=2)
-    out = fx.generate(tmp_path / "layer.fpl", layers=3, faults=FaultPlan(flips=[flip]), max_new_tokens=4)
-    assert not out.rollbacks
-    rep = fx.verify(out.ledger, model=fx.artifact(0, 3))
+    out = fx.generate(tmp_path / "clean3.fpl", layers=3, max_new_tokens=4)
+
+    def edit(recs):
+        res, pages = [], []
+        for r in recs:
+            if isinstance(r, KVPage) and r.kind == "context" and r.block == 1 and r.used == 3:
+                layers = r.layer_digests[:layer] + (bytes(31) + b"\x05",) + r.layer_digests[layer + 1:]
+                r = r.model_copy(update=dict(layer_digests=layers, digest=page_digest(layers)))
+            if isinstance(r, KVPage):
+                pages.append(r.digest)
+            if isinstance(r, Commit):
+                r = r.model_copy(update=dict(pages_root=pages_root(pages)))
+                pages = []
+            res.append(r)
+        return res
+
+    p = tmp_path / "layer.fpl"
+    p.write_bytes(_forge(out, edit))
+    rep = fx.verify(p, model=fx.artifact(0, 3))
     d = rep.divergence
     assert rep.verdict == "invalid" and rep.reason == "replay-page", rep.to_json()
     assert (d["page_kind"], d["block"], d["layer"], d["field"], d["step"]) == ("context", 1, layer, "layer_digests", 0)
