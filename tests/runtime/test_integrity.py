@@ -17,7 +17,7 @@ import fp_fixtures as fx
 from fieldprint.runtime.faults import FaultPlan, FlipKV
 from fieldprint_ref.paging import blocks_for, dead_blocks
 from spec.commits import REHASH_VALIDATOR, make_policy
-from spec.ledger import Commit, KVEvict, TokenStep, Validation
+from spec.ledger import Commit, KVEvict, KVPage, TokenStep, Validation
 from spec.ledger_file import read_ledger
 from spec.sampling import SamplingParams
 
@@ -167,3 +167,27 @@ def test_honest_ledgers_verify_and_do_not_depend_on_chunking(tmp_path_factory, p
     assert open(chunked.ledger, "rb").read() == open(whole.ledger, "rb").read()
     rep = fx.verify(chunked.ledger)
     assert rep.verdict == "valid", rep.message
+
+
+def test_a_page_freed_and_reused_before_its_step_is_recorded_ends_in_error_not_a_wrong_digest(tmp_path):
+    # An engine that evicts between prefill chunks (what the reference engine did on 2976e80)
+    # frees block 0 and reuses its page for block 2 before the step's record names block 0's
+    # write: the runtime must refuse to hash the page as block 0.
+    from fieldprint.runtime.session import VerifyingSession
+    from fieldprint_ref.engine import RefEngine
+
+    class EvictsMidPrefill(RefEngine):
+        def _prepare_chunk(self, s, start, take):
+            saved, s.fed_start = s.fed_start, start
+            try:
+                return super()._prepare_chunk(s, start, take)
+            finally:
+                s.fed_start = saved
+
+    art = fx.artifact()
+    eng = EvictsMidPrefill(art.model, tokenizer=art.tokenizer, num_pages=48)
+    out = VerifyingSession(eng, key=fx.key(), ledger_path=tmp_path / "reuse.fpl", policy=make_policy(4), window=16,
+                           chunk_size=8, max_new_tokens=4, model_commitment=art.commitment, fsync="none",
+                           nonce=b"\x07" * 32).run(prompt_of(38))
+    assert out.end_reason == "error" and "freed and reused" in out.error
+    assert not any(isinstance(r, KVPage) for r in records(out.ledger))
