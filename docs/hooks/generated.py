@@ -6,6 +6,8 @@ A page asks for generated content with a directive on a line of its own:
 |---|---|
 | ``<!-- fieldprint:constants MODULE -->`` | a Name \\| Definition \\| Value \\| Meaning table of MODULE's public constants |
 | ``<!-- fieldprint:cli MODULE -->`` | the reference of the argparse parser that ``MODULE.build_parser()`` returns |
+| ``<!-- fieldprint:include PATH -->`` | the repository file PATH in a code block |
+| ``<!-- fieldprint:fidelity -->`` | the profile table of the newest ``benchmarks/results/fidelity-*.json`` |
 | ``<!-- fieldprint:benchmarks -->`` | one section per JSON file under ``benchmarks/results/`` (``tools/plot_benchmarks.py``) |
 
 Values come from importing the module, definitions and meanings from its source (the right-hand
@@ -28,7 +30,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mathtext import render_prose  # noqa: E402 - needs the path above
 
-_DIRECTIVE = re.compile(r"^<!-- fieldprint:(?P<kind>[a-z-]+)(?: (?P<arg>[\w.]+))? -->$", re.M)
+_DIRECTIVE = re.compile(r"^<!-- fieldprint:(?P<kind>[a-z-]+)(?: (?P<arg>[\w./-]+))? -->$", re.M)
 
 
 # -- constants -------------------------------------------------------------------------------
@@ -183,6 +185,12 @@ def _expand(match: re.Match) -> str:
         return constants_table(arg)
     if kind == "cli":
         return cli_reference(arg)
+    if kind == "include":
+        path = (REPO / arg).resolve()
+        if REPO not in path.parents or not path.is_file():
+            raise ValueError(f"fieldprint:include {arg}: not a file of the repository")
+        lang = {".json": "json", ".py": "python"}.get(path.suffix, "text")
+        return f"```{lang}\n{path.read_text(encoding='utf-8').rstrip()}\n```"
     if kind == "fidelity":
         return fidelity_table(REPO / "benchmarks" / "results")
     if kind == "benchmarks":
