@@ -184,6 +184,8 @@ class VerifyingSession:
         self.hash_profile = hash_profile
         self.hasher_fn = HASHERS[hash_profile]
         self.fsync = fsync
+        if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
         self.max_rollbacks = max_rollbacks
         self.nonce = nonce
         self.on_step = on_step

@@ -256,3 +256,14 @@ def test_sha256_profile_ledger_verifies(tmp_path):
     assert read_ledger(out.ledger).hash_profile == "sha256"
     rep = fx.verify(out.ledger)
     assert rep.verdict == "valid" and not rep.notes, rep.to_json()
+
+
+def test_max_rollbacks_zero_ends_in_error_at_the_first_fault_and_negative_is_refused(tmp_path):
+    out = fx.generate(tmp_path / "zero.fpl", max_rollbacks=0, faults=FaultPlan(flips=[FlipKV(step=5, block=1)]))
+    assert out.end_reason == "error" and not out.rollbacks
+    assert out.error.startswith("giving up after 0 rollbacks: kv-rehash:")
+    assert records(out.ledger)[-1].reason == "error"
+    assert fx.verify(out.ledger).verdict == "incomplete"
+    with pytest.raises(ValueError, match="max_rollbacks"):
+        fx.generate(tmp_path / "neg.fpl", max_rollbacks=-5)
+    assert not (tmp_path / "neg.fpl").exists()
