@@ -10,13 +10,15 @@ in ``model.safetensors.index.json``) and ``tokenizer.json``. Supported architect
 | ``Qwen2ForCausalLM``  | qwen2     | q/k/v biases                                     |
 
 Anything else is refused by name, and so is every feature the integer spec does not implement
-(RoPE scaling, an o_proj or MLP bias, an activation other than SiLU, pre-quantized weights).
+(RoPE scalings other than linear, llama3 and yarn, an o_proj or MLP bias, an activation other
+than SiLU, pre-quantized weights). Supported RoPE scalings become the committed RoPE tables.
 Every safetensors file is checked (header length, header JSON, dtypes, offsets, file size)
 before any tensor is read, so a truncated download is reported with the file's name.
 """
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,19 +111,77 @@ def _unsupported(path: Path, name: str, value, why: str):
     return UnsupportedArchitectureError(f"unsupported feature in {path.name}: field '{name}' = {value!r} ({why})")
 
 
-def _rope_theta(cfg: dict, path: Path) -> float:
-    """Return rope_theta; refuse any RoPE scaling (old 'rope_scaling' or new 'rope_parameters')."""
-    if cfg.get("rope_scaling") is not None:
-        raise _unsupported(path, "rope_scaling", cfg["rope_scaling"], "RoPE scaling is not in the spec")
-    rp = cfg.get("rope_parameters")
-    if rp is not None:
-        if not isinstance(rp, dict):
-            raise CheckpointError(f"{path}: field 'rope_parameters' must be an object, got {rp!r}")
-        if rp.get("rope_type", "default") != "default":
-            raise _unsupported(path, "rope_parameters.rope_type", rp["rope_type"], "RoPE scaling is not in the spec")
-        if "rope_theta" in rp:
-            return _field(rp, "rope_theta", path, float)
-    return _field(cfg, "rope_theta", path, float, default=10000.0)
+def _rope(cfg: dict, path: Path) -> tuple[float, dict | None]:
+    """Return (rope_theta, the spec's RoPE scaling dict or None) of a config.json.
+
+    Reads the old field 'rope_scaling' or the new 'rope_parameters' (transformers 5). The types
+    'linear', 'llama3' and 'yarn' become spec tables (spec.tables.rope_frequencies), with every
+    default resolved here, as transformers resolves it; 'dynamic', 'longrope' and anything else
+    are refused by name."""
+    from spec.tables import check_rope_scaling
+
+    given = {}
+    for name in ("rope_parameters", "rope_scaling"):
+        v = cfg.get(name)
+        if v is not None and not isinstance(v, dict):
+            raise CheckpointError(f"{path}: field '{name}' must be an object, got {v!r}")
+        if v is not None:
+            given[name] = v
+    scaled = {k: v for k, v in given.items() if v.get("rope_type", v.get("type", "default")) != "default"}
+    if len(scaled) == 2 and {k: v for k, v in scaled["rope_parameters"].items() if k != "rope_theta"} != \
+            {k: v for k, v in scaled["rope_scaling"].items() if k != "rope_theta"}:
+        raise CheckpointError(f"{path}: fields 'rope_parameters' and 'rope_scaling' give different RoPE scalings")
+    field = next(iter(scaled), next(iter(given), None))
+    if field is None:
+        return _field(cfg, "rope_theta", path, float, default=10000.0), None
+    rp = given[field]
+    theta = _field(rp, "rope_theta", path, float) if "rope_theta" in rp else \
+        _field(cfg, "rope_theta", path, float, default=10000.0)
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    if rp.get("partial_rotary_factor", 1.0) != 1.0:
+        raise _unsupported(path, f"{field}.partial_rotary_factor", rp["partial_rotary_factor"],
+                           "partial rotary embeddings are not in the spec")
+    if kind == "default":
+        return theta, None
+    if kind in ("dynamic", "longrope"):
+        raise _unsupported(path, f"{field}.rope_type", kind, "its frequencies depend on the sequence length, so "
+                           "they cannot be committed tables (the spec has linear, llama3 and yarn)")
+    if kind not in ("linear", "llama3", "yarn"):
+        raise _unsupported(path, f"{field}.rope_type", kind, "not in the spec (it has linear, llama3 and yarn)")
+
+    def get(name, kind_of=float, default=...):
+        try:
+            return _field(rp, name, path, kind_of, default=default)
+        except CheckpointError as e:  # name the nested field
+            raise CheckpointError(str(e).replace(f"field '{name}'", f"field '{field}.{name}'")) from None
+
+    out = {"rope_type": kind}
+    if kind in ("llama3", "yarn"):
+        out["original_max_position_embeddings"] = get("original_max_position_embeddings", int)
+    if kind == "yarn":
+        factor = get("factor", default=None)
+        out["factor"] = factor if factor is not None else \
+            _field(cfg, "max_position_embeddings", path) / out["original_max_position_embeddings"]
+        mscale, mscale_all = get("mscale", default=None), get("mscale_all_dim", default=None)
+
+        def yarn_mscale(scale: float, m: float = 1.0) -> float:  # transformers' get_mscale
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attention = get("attention_factor", default=None)
+        if attention is None:
+            attention = (yarn_mscale(out["factor"], mscale) / yarn_mscale(out["factor"], mscale_all)
+                         if mscale and mscale_all else yarn_mscale(out["factor"]))
+        out.update(attention_factor=float(attention), beta_fast=get("beta_fast", default=32.0),
+                   beta_slow=get("beta_slow", default=1.0), truncate=get("truncate", bool, default=True))
+    else:
+        out["factor"] = get("factor")
+    if kind == "llama3":
+        out.update(low_freq_factor=get("low_freq_factor"), high_freq_factor=get("high_freq_factor"))
+    try:
+        check_rope_scaling(out)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: field '{field}': {e}") from None
+    return theta, out
 
 
 def config_from_hf(cfg: dict, path: Path) -> tuple[ModelConfig, int | None]:
@@ -146,6 +206,7 @@ def config_from_hf(cfg: dict, path: Path) -> tuple[ModelConfig, int | None]:
         sliding = _field(cfg, "sliding_window", path)
     if arch == "qwen2" and cfg.get("use_sliding_window"):
         raise _unsupported(path, "use_sliding_window", True, "Qwen2 per-layer sliding windows are not in the spec")
+    theta, rope_scaling = _rope(cfg, path)
     heads = _field(cfg, "num_attention_heads", path)
     hidden = _field(cfg, "hidden_size", path)
     kv = _field(cfg, "num_key_value_heads", path, default=heads)
@@ -165,12 +226,13 @@ def config_from_hf(cfg: dict, path: Path) -> tuple[ModelConfig, int | None]:
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
-        rope_theta=_rope_theta(cfg, path),
+        rope_theta=theta,
         rms_norm_eps=_field(cfg, "rms_norm_eps", path, float, default=1e-6),
         max_position=_field(cfg, "max_position_embeddings", path),
         tie_embeddings=_field(cfg, "tie_word_embeddings", path, bool, default=False, positive=False),
         qkv_bias=arch == "qwen2",
         sliding_window=sliding,
+        rope_scaling=rope_scaling,
     )
     return config, sliding
 

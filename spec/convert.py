@@ -10,7 +10,7 @@ need not be reproducible across machines, only the integer forward must be. All 
 - Embedding: symmetric per row (per token) with embed_bits; multiplier = scale_t * 2**16 (to Q16).
   Tied lm_head reads the same integer rows with multiplier scale_t.
 - Biases, norm gains: round(value * 2**16) (Q16), saturated to ACT_MAX. RMSNorm eps: round(eps * 2**48).
-- Tables: spec.tables (RoPE cos/sin, sigmoid, 2**-f).
+- Tables: spec.tables (RoPE cos/sin with the config's RoPE scaling folded in, sigmoid, 2**-f).
 """
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def quantize_model(config: ModelConfig, float_state: dict[str, torch.Tensor], pr
         out["lm_head.mul"], out["lm_head.shift"] = weight_multiplier(escale)
     else:
         _linear(out, "lm_head", st["lm_head.weight"], profile.w_lm_head)
-    out["rope.cos"], out["rope.sin"] = rope_tables(config.head_dim, config.rope_theta, config.max_position)
+    out["rope.cos"], out["rope.sin"] = rope_tables(config.head_dim, config.rope_theta, config.max_position,
+                                                   config.rope_scaling)
     out["sigmoid.table"], out["exp2.table"] = sigmoid_table(), exp2_table()
     out["rms.eps"] = torch.tensor([round(config.rms_norm_eps * (1 << RMS_EPS_FRAC_BITS))], dtype=torch.int64)
     return QuantizedModel(config, profile, out, files)

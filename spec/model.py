@@ -9,7 +9,7 @@ from spec import ops
 from spec.attention import paged_attention, write_kv
 from spec.constants import EXP_TABLE_BITS, SIGMOID_DOMAIN, SIGMOID_STEP_BITS
 from spec.profiles import PrecisionProfile, validate_profile
-from spec.tables import exp2_table
+from spec.tables import check_rope_scaling, exp2_table
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ModelConfig:
             raise ValueError(f"sliding_window must be None or an integer >= 1, got {w!r}")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise ValueError(f"rope_scaling must be None or an object, got {self.rope_scaling!r}")
+        check_rope_scaling(self.rope_scaling)
 
     def to_dict(self) -> dict:
         return asdict(self)

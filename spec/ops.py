@@ -87,7 +87,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, table: torch.Tensor) -> torch.T
 def rope(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [N, heads, d] (Q16) by position pos [N] (rotate-half pairing i <-> i + d/2):
     out1 = round((x1 cos - x2 sin) * 2**-30), out2 = round((x2 cos + x1 sin) * 2**-30), saturated.
-    cos, sin: [max_position, d/2] Q30; |x1 cos - x2 sin| <= 2 * 2**31 * 2**30 = 2**62."""
+    cos, sin: [max_position, d/2] Q30 with |cos| + |sin| < 2**32 (checked by QuantizedModel; a YaRN
+    attention factor < 2 is folded into the tables), so |x1 cos - x2 sin| < 2**31 * 2**32 = 2**63."""
     half = x.shape[-1] // 2
     c, s = cos[pos].to(torch.int64)[:, None, :], sin[pos].to(torch.int64)[:, None, :]
     x1, x2 = x[..., :half], x[..., half:]

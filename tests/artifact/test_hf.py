@@ -81,8 +81,10 @@ def test_gpt2_config_refused(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
-    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}),
+    ("rope_scaling", {"rope_type": "dynamic", "factor": 2.0}),
+    ("rope_parameters", {"rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0}),
+    ("rope_parameters", {"rope_type": "ntk-by-parts", "rope_theta": 10000.0, "factor": 4.0}),
+    ("rope_scaling", {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}),
     ("hidden_act", "gelu"),
     ("mlp_bias", True),
     ("attention_bias", True),

@@ -88,3 +88,34 @@ def test_request_too_big_for_the_pool_is_refused(tmp_path):
         eng.generate(list(range(2, 22)), max_new_tokens=70)
     assert len(eng.generate(list(range(2, 22)), max_new_tokens=40).tokens) == 40  # 59 cached tokens: 4 pages
     assert eng.allocator.num_free == 4  # the refused request left nothing allocated
+
+
+def test_llama3_rope_checkpoint_quantizes_generates_and_audits(tmp_path):
+    """A Llama-3.1-shaped config (rope_scaling llama3) was refused; its scaling now lives in the
+    committed RoPE tables and config, and a ledger of it audits."""
+    from ckpts import hf_model, save_hf
+
+    from auditor.verify import verify_ledger
+    from fieldprint.artifact import load_artifact, quantize_checkpoint
+    from fieldprint.engine import load_engine
+    from fieldprint.errors import ArtifactError
+    from fieldprint.runtime.session import VerifyingSession
+    from spec.keys import SigningKey
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+    hf = save_hf(hf_model("llama", max_position_embeddings=4096, rope_parameters=rope), tmp_path / "hf")
+    quantize_checkpoint(hf, tmp_path / "art", "default", progress=False, max_position=96)
+    art = load_artifact(tmp_path / "art")
+    assert art.model.config.rope_scaling["rope_type"] == "llama3" and art.model.config.rope_theta == 500000.0
+    key = SigningKey("llama3.test", bytes(range(32)))
+    eng = load_engine("ref", art, num_pages=16)
+    VerifyingSession(eng, key=key, ledger_path=tmp_path / "l.fpl", max_new_tokens=8, fsync="none").run(
+        [2 + (5 * i) % 60 for i in range(40)])  # positions past original_max_position_embeddings
+    rep = verify_ledger(tmp_path / "l.fpl", model=art, trusted_key=key.verifier)
+    assert rep.verdict == "valid", rep.message
+    m = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    m["config"]["rope_scaling"]["factor"] = 4.0
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="field 'commitment'"):
+        load_artifact(tmp_path / "art")
