@@ -468,7 +468,7 @@ class Replayer:
         """Replay ``records`` (record 0 is the genesis); return the result (never raises for divergences).
 
         ``cut``: the records stop before a record the caller already rejected; a divergence still
-        pending at the cut is dropped (the records that would have explained it are not there)."""
+        pending at the cut is fatal (no valid record after it can explain it)."""
         self.n_commits = sum(isinstance(r, Commit) for r in records)
         self.i = 0
         self.pending: Divergence | None = None
@@ -501,9 +501,9 @@ class Replayer:
                     self._rollback(r)
                 elif isinstance(r, End):
                     self._end(r)
-            if self.pending is not None and cut:  # records after the cut may explain it: the caller decides
-                self.pending = None
-            elif self.pending is not None and not isinstance(records[-1], End):
+            if self.pending is not None and cut:  # nothing after the cut can explain it: the first divergence
+                raise _Fatal(self.pending)
+            if self.pending is not None and not isinstance(records[-1], End):
                 self._resolve_pending_fault("the signed records stop before the rollback")
             if self.engine is not None:
                 n = min(self.result.steps_replayed, len(self.generated))

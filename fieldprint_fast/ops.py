@@ -16,12 +16,11 @@ from fieldprint_ref.ops import (  # noqa: F401
     SequenceChunk,
     allocate_pool,
     copy_page,
-    forward,
     page_bytes,
     sample,
     zero_pages,
 )
-from fieldprint_ref.ops import __all__ as _ref_all
+from fieldprint_ref.ops import __all__ as _ref_all  # forward: defined below, over the kernels
 
 __all__ = list(_ref_all)
 
@@ -53,3 +52,40 @@ def linear(x, act_bits, weight, mul, shift, bias=None):
 def lm_head(x, act_bits, weight, mul, shift):
     """``spec.ops.lm_head``: a `linear` with no bias."""
     return linear(x, act_bits, weight, mul, shift)
+
+
+def paged_attention(q, pool, layer, block_table, start, anchors, window, q_bits, prob_bits, exp_table):
+    """``spec.attention.paged_attention``: the decode kernel for one query token, the prefill
+    kernel for a chunk (``fieldprint_fast.kernels.attention_decode`` / ``attention_prefill``).
+    Profiles the kernels do not cover (q_bits > 15, prob_bits > 20) run the spec."""
+    from spec.attention import MAX_KEYS, _slots, paged_attention as _spec_attention
+
+    if not _use_kernels(q) or q_bits > 15 or prob_bits > 20:
+        return _spec_attention(q, pool, layer, block_table, start, anchors, window, q_bits, prob_bits, exp_table)
+    t = q.shape[0]
+    lo = 0 if window is None else max(0, start - window + 1)
+    a = 0 if anchors is None else anchors.length
+    if a + start + t - lo >= MAX_KEYS:
+        raise ValueError(f"attention over {a + start + t - lo} keys: at most {MAX_KEYS - 1} (Z < 2**48)")
+    # the spec's refusals: a visible block evicted or beyond the table (checked on the host copy)
+    _slots(block_table.cpu(), _torch.arange(lo, start + t))
+    a_table = None if not a else anchors.block_table
+    if a:
+        _slots(a_table.cpu(), _torch.arange(0, a))
+    if t == 1:
+        from fieldprint_fast.kernels.attention_decode import decode_attention
+
+        return decode_attention(q, pool.data, layer, block_table[None], [start], [window],
+                                None if a_table is None else a_table[None], [a], q_bits, prob_bits, exp_table)
+    from fieldprint_fast.kernels.attention_prefill import prefill_attention
+
+    return prefill_attention(q, pool.data, layer, block_table, start, window, a_table, a, q_bits, prob_bits, exp_table)
+
+
+def forward(model, pool, chunks):
+    """``spec.model.forward`` with this module's kernels (`linear`, `lm_head`, `paged_attention`)."""
+    import sys
+
+    from spec.model import forward as _spec_forward
+
+    return _spec_forward(model, pool, chunks, kernels=sys.modules[__name__])

@@ -165,10 +165,11 @@ class QuantizedModel:
         self.config, self.profile, self.tensors = config, profile, tensors
         self.files = {k: bytes(v) for k, v in files.items()}
 
-    def linear(self, name: str, x: torch.Tensor, act_bits: int) -> torch.Tensor:
-        """Apply linear `name` to rows x (Q16) with inputs quantized to act_bits."""
+    def linear(self, name: str, x: torch.Tensor, act_bits: int, op=ops.linear) -> torch.Tensor:
+        """Apply linear `name` to rows x (Q16) with inputs quantized to act_bits (`op`: `spec.ops.linear`
+        or an engine's exact replacement, see `forward`)."""
         t = self.tensors
-        return ops.linear(x, act_bits, t[f"{name}.weight"], t[f"{name}.mul"], t[f"{name}.shift"], t.get(f"{name}.bias"))
+        return op(x, act_bits, t[f"{name}.weight"], t[f"{name}.mul"], t[f"{name}.shift"], t.get(f"{name}.bias"))
 
 
 def _positions(chunk: SequenceChunk) -> torch.Tensor:
@@ -177,13 +178,26 @@ def _positions(chunk: SequenceChunk) -> torch.Tensor:
     return torch.arange(chunk.tokens.numel(), dtype=torch.int64, device=chunk.tokens.device) + a + chunk.start
 
 
+class StageOps:
+    """The stage operators `forward` calls: the spec's own, or where `kernels` (an engine's op
+    module) defines one of the same name, that one. A replacement has the spec function's
+    signature and must return the same integers (engines check it with parity suites)."""
+
+    NAMES = ("linear", "lm_head", "paged_attention")
+
+    def __init__(self, kernels=None):
+        self.linear = getattr(kernels, "linear", ops.linear)
+        self.lm_head = getattr(kernels, "lm_head", ops.lm_head)
+        self.paged_attention = getattr(kernels, "paged_attention", paged_attention)
+
+
 def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: torch.Tensor,
-                     chunks: list[SequenceChunk]) -> torch.Tensor:
+                     chunks: list[SequenceChunk], st: StageOps) -> torch.Tensor:
     """Return layer n's attention output rows [N, H] (Q16): norm, q/k/v, RoPE, write K/V, attend, o."""
     c, t, p = model.config, model.tensors, model.profile
     h = ops.rms_norm(x, t[f"layers.{n}.attn_norm.gamma"], t["rms.eps"])
     a_bits = p.linear_bits("qkv", n)[1]
-    q, k, v = (model.linear(f"layers.{n}.{s}", h, a_bits) for s in "qkv")
+    q, k, v = (model.linear(f"layers.{n}.{s}", h, a_bits, st.linear) for s in "qkv")
     q = ops.rope(q.view(-1, c.num_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
     k = ops.rope(k.view(-1, c.num_kv_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
     v = v.view(-1, c.num_kv_heads, c.head_dim)
@@ -191,20 +205,20 @@ def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: 
     for ch in chunks:  # each chunk's K/V is written before it attends (its queries see themselves)
         rows = slice(r, r + ch.tokens.numel())
         write_kv(pool, n, ch.block_table, ch.start, k[rows], v[rows])
-        outs.append(paged_attention(q[rows], pool, n, ch.block_table, ch.start, ch.anchors, ch.window,
+        outs.append(st.paged_attention(q[rows], pool, n, ch.block_table, ch.start, ch.anchors, ch.window,
                                     p.q_bits, p.prob_bits, t["exp2.table"]))
         r = rows.stop
     o = torch.cat(outs).reshape(x.shape[0], c.num_heads * c.head_dim)
-    return model.linear(f"layers.{n}.o", o, p.linear_bits("o", n)[1])
+    return model.linear(f"layers.{n}.o", o, p.linear_bits("o", n)[1], st.linear)
 
 
-def _mlp_block(model: QuantizedModel, n: int, x: torch.Tensor) -> torch.Tensor:
+def _mlp_block(model: QuantizedModel, n: int, x: torch.Tensor, st: StageOps) -> torch.Tensor:
     """Return layer n's MLP output rows (Q16): norm, gate/up, SwiGLU, down."""
     t, p = model.tensors, model.profile
     h = ops.rms_norm(x, t[f"layers.{n}.mlp_norm.gamma"], t["rms.eps"])
     a_bits = p.linear_bits("gate_up", n)[1]
-    g, u = model.linear(f"layers.{n}.gate", h, a_bits), model.linear(f"layers.{n}.up", h, a_bits)
-    return model.linear(f"layers.{n}.down", ops.swiglu(g, u, t["sigmoid.table"]), p.linear_bits("down", n)[1])
+    g, u = model.linear(f"layers.{n}.gate", h, a_bits, st.linear), model.linear(f"layers.{n}.up", h, a_bits, st.linear)
+    return model.linear(f"layers.{n}.down", ops.swiglu(g, u, t["sigmoid.table"]), p.linear_bits("down", n)[1], st.linear)
 
 
 def _check_chunks(model: QuantizedModel, chunks: list[SequenceChunk]) -> None:
@@ -221,22 +235,25 @@ def _check_chunks(model: QuantizedModel, chunks: list[SequenceChunk]) -> None:
             raise ValueError("window must be >= 1")
 
 
-def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk]) -> list[torch.Tensor]:
+def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk], kernels=None) -> list[torch.Tensor]:
     """Run every chunk through the model; write each chunk's K/V into its pages; return integer
     logits (int64 [T_i, vocab], Q16) for every position of every chunk.
+
+    `kernels` (engines only; not normative) is a module or object whose `linear`, `lm_head` and
+    `paged_attention`, where it has them, replace the spec's (`StageOps`), e.g. `fieldprint_fast.ops`.
 
     Linear layers run on the concatenated rows of all chunks; every row-wise operator depends on its
     row only and attention is exact, so results do not depend on batching or chunking. Chunks of one
     call must not share pages they write.
     """
     _check_chunks(model, chunks)
-    t, p = model.tensors, model.profile
+    t, p, st = model.tensors, model.profile, StageOps(kernels)
     x = ops.embed(torch.cat([ch.tokens for ch in chunks]), t["embed.weight"], t["embed.mul"], t["embed.shift"])
     pos = torch.cat([_positions(ch) for ch in chunks])
     for n in range(model.config.num_layers):
-        x = ops.residual_add(x, _attention_block(model, pool, n, x, pos, chunks))
-        x = ops.residual_add(x, _mlp_block(model, n, x))
+        x = ops.residual_add(x, _attention_block(model, pool, n, x, pos, chunks, st))
+        x = ops.residual_add(x, _mlp_block(model, n, x, st))
     h = ops.rms_norm(x, t["final_norm.gamma"], t["rms.eps"])
     w = t["embed.weight"] if model.config.tie_embeddings else t["lm_head.weight"]
-    logits = ops.lm_head(h, p.a_lm_head, w, t["lm_head.mul"], t["lm_head.shift"])
+    logits = st.lm_head(h, p.a_lm_head, w, t["lm_head.mul"], t["lm_head.shift"])
     return list(logits.split([ch.tokens.numel() for ch in chunks]))

@@ -43,7 +43,7 @@ from fieldprint_fast.kernels.attention_math import (
 
 PAGE = tl.constexpr(16)  # spec.constants.PAGE_TOKENS
 SCALE_BYTES = 4  # spec.constants.KV_SCALE_BYTES
-NEG = -(2**31)  # "no key": below every score (spec: -SCORE_MAX - 1) and every exponent
+NEG = tl.constexpr(-(2**31))  # "no key": below every score (spec: -SCORE_MAX - 1) and every exponent
 
 
 # %%
@@ -77,7 +77,7 @@ def _scores_kernel(
     # dimensions and strides (int8 elements of the pool)
     layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, n_splits, s_len,
     # meta-parameters
-    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    H, GROUP, D: tl.constexpr, SPLIT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, Q_LIMBS: tl.constexpr,
 ):
     g, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -129,9 +129,9 @@ def _mix_kernel(
     # dimensions and strides
     layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, n_splits, s_len,
     # meta-parameters
-    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+    H, GROUP, D: tl.constexpr, SPLIT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
-    PROB_BITS: tl.constexpr, W_LIMBS: tl.constexpr,
+    PROB_BITS, W_LIMBS: tl.constexpr,
 ):
     g, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ROW: tl.constexpr = D + 4
@@ -174,8 +174,8 @@ def _mix_kernel(
 
 @triton.jit
 def _combine_kernel(npart_ptr, zpart_ptr, epart_ptr, out_ptr, n_splits,
-                    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_S: tl.constexpr, PROB_BITS: tl.constexpr):
+                    H, GROUP, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_S: tl.constexpr, PROB_BITS):
     g, b = tl.program_id(0), tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, D)
@@ -216,7 +216,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     tokens. Equal, element for element, to `spec.attention.paged_attention` of each sequence.
     ``split`` (a multiple of block_n) overrides the keys per split (tests place split boundaries).
     """
-    from spec.quant import quantize_rows
+    from fieldprint_fast.kernels.linear import quantize_rows  # spec.quant.quantize_rows as int8 limbs, one launch
 
     # -- (1) check ---------------------------------------------------------------------------
     bsz, h, d = q.shape
@@ -242,10 +242,9 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
             raise ValueError(f"split {split_override} is not a multiple of block_n {block_n}")
         split, n_splits = split_override, -(-max(n_keys) // split_override)
     # -- (2) allocate: quantized queries as int8 limbs, scratch, partial results -----------
-    qq, mq, eq = quantize_rows(q, q_bits)
+    limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
     q_limbs = query_limbs(q_bits)
-    q_lo = (qq if q_limbs == 1 else qq & 127).to(torch.int8).contiguous()
-    q_hi = (qq >> 7).to(torch.int8).contiguous() if q_limbs == 2 else q_lo
+    q_lo, q_hi = limbs[0], limbs[-1]
     s_len = n_splits * split
     s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
     mpart = torch.empty(bsz, g, n_splits, block_m, dtype=torch.int32, device=dev)
@@ -259,7 +258,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     # -- (3) launch --------------------------------------------------------------------------
     grid = (g, n_splits, bsz)
     dims = (layer, stride_page, stride_layer, kv_stride, stride_slot, tables.shape[1], anchor_tables.shape[1], n_splits, s_len)
-    _scores_kernel[grid](pool, pool32, q_lo, q_hi, mq.to(torch.int32).contiguous(), eq.to(torch.int32).contiguous(),
+    _scores_kernel[grid](pool, pool32, q_lo, q_hi, mq, eq,
                          tables, anchor_tables, meta, s_buf, mpart, epart, *dims,
                          H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs,
                          num_warps=4)

@@ -83,10 +83,10 @@ def _exp_neg(d, table_ptr):
 
 
 @triton.jit
-def _weight(e, mv, ev, big, PROB_BITS: tl.constexpr):
+def _weight(e, mv, ev, big, prob_bits):
     """Integer weights w [M, N] in [0, 2**P] (`spec.attention.value_weights`): round(e * mv *
     2**-(E - ev + 44 - P)); e int64 [M, N], (mv, ev) [N], E [M] (E = big)."""
-    sh = big[:, None] - ev[None, :] + (WEIGHT_SHIFT - PROB_BITS)
+    sh = big[:, None] - ev[None, :] + (WEIGHT_SHIFT - prob_bits)
     sh = tl.minimum(tl.maximum(sh, 0), 62)  # >= 14 wherever e > 0
     return _round_shift(e * mv[None, :], sh)
 

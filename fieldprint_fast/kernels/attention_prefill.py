@@ -43,7 +43,7 @@ from fieldprint_fast.kernels.attention_math import (
 
 PAGE = tl.constexpr(16)  # spec.constants.PAGE_TOKENS
 SCALE_BYTES = 4  # spec.constants.KV_SCALE_BYTES
-NEG = -(2**31)  # "no key": below every score (spec: -SCORE_MAX - 1) and every exponent
+NEG = tl.constexpr(-(2**31))  # "no key": below every score (spec: -SCORE_MAX - 1) and every exponent
 
 
 @triton.jit
@@ -83,11 +83,11 @@ def _prefill_kernel(
     # the pool (strides in int8 elements)
     layer, stride_page, stride_layer, kv_stride, stride_slot,
     # meta-parameters
-    H: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    Q_LIMBS: tl.constexpr, PROB_BITS: tl.constexpr, W_LIMBS: tl.constexpr,
+    H, GROUP, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q_LIMBS: tl.constexpr, PROB_BITS, W_LIMBS: tl.constexpr,
 ):
     blk, g = tl.program_id(0), tl.program_id(1)
-    TOKENS: tl.constexpr = BLOCK_M // GROUP
+    TOKENS = BLOCK_M // GROUP
     rows = tl.arange(0, BLOCK_M)
     t = blk * TOKENS + rows // GROUP
     head = g * GROUP + rows % GROUP
@@ -155,7 +155,7 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
     pool: the KV pool's data [pages, layers, 2, 16, G, d + 4] int8; table: the sequence's block
     table; anchor_table: the anchor pages (or None) holding anchor_len tokens.
     """
-    from spec.quant import quantize_rows
+    from fieldprint_fast.kernels.linear import quantize_rows  # spec.quant.quantize_rows as int8 limbs, one launch
 
     # -- (1) check ---------------------------------------------------------------------------
     t, h, d = q.shape
@@ -169,10 +169,9 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
     block_m = max(block_m, triton.next_power_of_2(group))
     lo = 0 if window is None else max(0, start - window + 1)
     # -- (2) allocate: quantized queries as int8 limbs, the output -----------------------------
-    qq, mq, eq = quantize_rows(q, q_bits)
+    limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
     q_limbs = query_limbs(q_bits)
-    q_lo = (qq if q_limbs == 1 else qq & 127).to(torch.int8).contiguous()
-    q_hi = (qq >> 7).to(torch.int8).contiguous() if q_limbs == 2 else q_lo
+    q_lo, q_hi = limbs[0], limbs[-1]
     table = table.to(device=dev, dtype=torch.int32).contiguous()
     if anchor_table is None or anchor_len == 0:
         anchor_table, anchor_len = torch.zeros(1, dtype=torch.int32, device=dev), 0
@@ -182,7 +181,7 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
     grid = (triton.cdiv(t, block_m // group), g)
     _prefill_kernel[grid](
         pool, pool.view(torch.int32), exp_table.to(device=dev, dtype=torch.int32).contiguous(), q_lo, q_hi,
-        mq.to(torch.int32).contiguous(), eq.to(torch.int32).contiguous(), table, anchor_table, out,
+        mq, eq, table, anchor_table, out,
         t, start, lo, 0 if window is None else window, anchor_len,
         layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
         H=h, GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs, PROB_BITS=prob_bits,

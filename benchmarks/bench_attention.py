@@ -1,0 +1,172 @@
+"""Exact paged attention kernels against SDPA bf16, measured in the same run (issue 8).
+
+    python -m benchmarks.bench_attention                   # every row (CUDA)
+    python -m benchmarks.bench_attention --quick           # a few rows
+    python -m benchmarks.bench_attention --out FILE.json
+
+Decode rows: one query token per sequence, GQA 32/8, head dim 128, context 4K / 32K / 128K,
+batch 1 / 8 / 64, 0 or 4K anchor tokens (pinned pages shared by the batch; SDPA gets them as part
+of each sequence's keys). Ours reads int8 page rows (128 values + 4 scale bytes) through random
+block tables (`fieldprint_fast.kernels.attention_decode`); SDPA reads contiguous bf16 K and V
+[B, 8, L, 128] (`enable_gqa=True`). GB/s is the bytes each must read (ours: K and V page rows once,
+264 bytes per key and KV head; SDPA: 512) over the median time; `ratio` = SDPA time / ours.
+
+Prefill rows: one causal chunk of T = 4K / 16K tokens from position 0, same heads; TOP/s counts
+2 * T**2 * H * d (the causal half of QK and PV) for both.
+
+Inputs are random (valid page rows: int8 values, scale mantissas in (2**12, 2**14]); every row
+rotates among enough copies of its inputs to exceed the L2 cache several times. Timing:
+`triton.testing.do_bench`, median. Writes a table and benchmarks/results/attention-<GPU>-<date>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+H, G, D = 32, 8, 128
+ROW = D + 4
+L2_BYTES = 50 * 2**20
+
+
+def random_pool(pages: int, dev) -> torch.Tensor:
+    """Return a pool [pages, 1, 2, 16, G, D + 4] of valid random page rows."""
+    pool = torch.randint(-127, 128, (pages, 1, 2, 16, G, ROW), dtype=torch.int8, device=dev)
+    m = torch.randint(2**12 + 1, 2**14 + 1, (pages, 1, 2, 16, G), device=dev)
+    e = torch.randint(-14, -5, (pages, 1, 2, 16, G), device=dev)
+    to8 = lambda x: ((x & 255) - (((x & 255) >> 7) << 8)).to(torch.int8)  # noqa: E731
+    pool[..., D], pool[..., D + 1], pool[..., D + 2], pool[..., D + 3] = to8(m), to8(m >> 8), to8(e), 0
+    return pool
+
+
+def _copies(nbytes: int) -> int:
+    return max(1, min(8, -(-4 * L2_BYTES // max(nbytes, 1))))
+
+
+def bench_decode(ctx: int, batch: int, anchors: int, dev, bench) -> dict:
+    from fieldprint_fast.kernels.attention_decode import decode_attention
+    from spec.tables import exp2_table
+
+    exp = exp2_table().to(dev)
+    blocks, a_blocks = ctx // 16, -(-anchors // 16)
+    keys = ctx + anchors
+    n = _copies(batch * keys * G * 2 * ROW)
+    sets = []
+    for _ in range(n):
+        pool = random_pool(batch * blocks + a_blocks, dev)
+        perm = torch.randperm(batch * blocks + a_blocks, device=dev)
+        tables = perm[a_blocks:].view(batch, blocks)
+        at = perm[:a_blocks][None].expand(batch, -1) if anchors else None
+        q = torch.randint(-(2**18), 2**18, (batch, H, D), device=dev)
+        sets.append((q, pool, tables, at))
+    starts, windows, alens = [ctx - 1] * batch, [None] * batch, [anchors] * batch
+    it = iter(range(10**9))
+
+    def ours():
+        q, pool, tables, at = sets[next(it) % n]
+        decode_attention(q, pool, 0, tables, starts, windows, at, alens, 12, 15, exp)
+
+    t_ours = bench(ours)
+    del sets
+    torch.cuda.empty_cache()
+    n2 = _copies(batch * keys * G * 2 * D * 2)
+    kv = [(torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16),
+           torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16)) for _ in range(n2)]
+    qf = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    it2 = iter(range(10**9))
+
+    def sdpa():
+        k, v = kv[next(it2) % n2]
+        torch.nn.functional.scaled_dot_product_attention(qf, k, v, enable_gqa=True)
+
+    t_sdpa = bench(sdpa)
+    del kv
+    torch.cuda.empty_cache()
+    ours_bytes = batch * keys * G * 2 * (ROW - 4 + 4)
+    sdpa_bytes = batch * keys * G * 2 * D * 2
+    return {"kind": "decode", "context": ctx, "batch": batch, "anchors": anchors,
+            "ours_ms": t_ours, "sdpa_ms": t_sdpa, "ours_GBps": ours_bytes / t_ours / 1e6,
+            "sdpa_GBps": sdpa_bytes / t_sdpa / 1e6, "ratio": t_sdpa / t_ours}
+
+
+def bench_prefill(t: int, dev, bench) -> dict:
+    from fieldprint_fast.kernels.attention_prefill import prefill_attention
+    from spec.tables import exp2_table
+
+    exp = exp2_table().to(dev)
+    pool = random_pool(t // 16, dev)
+    table = torch.randperm(t // 16, device=dev)
+    q = torch.randint(-(2**18), 2**18, (t, H, D), device=dev)
+    t_ours = bench(lambda: prefill_attention(q, pool, 0, table, 0, None, None, 0, 12, 15, exp))
+    qf = torch.randn(1, H, t, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, G, t, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(1, G, t, D, device=dev, dtype=torch.bfloat16)
+    t_sdpa = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qf, k, v, is_causal=True, enable_gqa=True))
+    ops = 2 * t * t * H * D
+    return {"kind": "prefill", "context": t, "batch": 1, "anchors": 0, "ours_ms": t_ours, "sdpa_ms": t_sdpa,
+            "ours_TOPs": ops / t_ours / 1e9, "sdpa_TFLOPs": ops / t_sdpa / 1e9, "ratio": t_sdpa / t_ours}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import triton
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="128K decode at batch 1 and 8, 4K prefill only")
+    p.add_argument("--no-prefill", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention: needs a CUDA device", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+    rows = []
+    if args.quick:
+        decode = [(131072, 1, 0), (131072, 8, 0), (131072, 1, 4096)]
+        prefill = [4096]
+    else:
+        decode = [(c, b, a) for c in (4096, 32768, 131072) for b in (1, 8, 64) for a in (0, 4096)]
+        prefill = [4096, 16384]
+    for c, b, a in decode:
+        try:
+            rows.append(bench_decode(c, b, a, dev, bench))
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"kind": "decode", "context": c, "batch": b, "anchors": a, "error": "out of memory"})
+            torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+    for t in ([] if args.no_prefill else prefill):
+        rows.append(bench_prefill(t, dev, bench))
+        print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name()
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": name,
+              "torch": torch.__version__, "triton": triton.__version__, "heads": H, "kv_heads": G, "head_dim": D,
+              "q_bits": 12, "prob_bits": 15, "rows": rows}
+    print(f"\n{'kind':8} {'ctx':>7} {'B':>3} {'anch':>5} {'ours ms':>9} {'SDPA ms':>9} {'ours':>12} {'SDPA':>12} {'ratio':>6}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['kind']:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5}  {r['error']}")
+            continue
+        unit = ("GB/s", "ours_GBps", "sdpa_GBps") if r["kind"] == "decode" else ("TOP/s", "ours_TOPs", "sdpa_TFLOPs")
+        print(f"{r['kind']:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5} {r['ours_ms']:>9.3f} {r['sdpa_ms']:>9.3f} "
+              f"{r[unit[1]]:>7.0f} {unit[0]:>4} {r[unit[2]]:>7.0f} {unit[0]:>4} {r['ratio']:>6.2f}")
+    gpu = "H200" if "H200" in name else name.replace(" ", "-")
+    out = args.out or REPO / "benchmarks" / "results" / f"attention-{gpu}-{report['date'][:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
