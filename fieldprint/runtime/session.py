@@ -250,9 +250,9 @@ class VerifyingSession:
     def _check_before_eviction(self) -> None:
         """Snapshot the pages the next step's eviction will free, to be re-hashed at the next
         commit: a fault in a page the window frees before the commit is seen all the same."""
-        table = self.engine.block_table(self._handle)
         if not self._generated or self.window is None:
             return
+        table = self.engine.block_table(self._handle)
         first_query = self._prompt_len + len(self._generated) - 1  # the next step feeds the last token
         for b in dead_blocks(first_query, self.window, self.page_tokens):
             if b < len(table) and table[b] != EVICTED and b not in self._eviction_checked and b in self._digests:
