@@ -44,15 +44,17 @@ SHAPES = {  # name -> (O, K)
     "8B.lm_head": (128256, 4096),
 }
 PROFILE_ACT_BITS = {"int8": 8, "default": 12}
-GEMM_CANDIDATES = [
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-]
-SKINNY_CANDIDATES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, num_warps=w, num_stages=s)
-                     for bn, bk, w, s in ((16, 256, 4, 4), (32, 256, 4, 4), (64, 256, 4, 4), (32, 512, 4, 3),
-                                          (64, 512, 8, 3), (128, 256, 4, 4))]
+COPY_BW: list[float] = []  # bytes/s of the device copy, measured first
+GEMM_CANDIDATES = {  # limbs -> tiles tried on 8192^3 with --sweep
+    1: [(128, 64, 128, 4, 4), (128, 64, 128, 4, 5), (128, 128, 64, 8, 4), (64, 128, 128, 4, 4),
+        (128, 128, 128, 8, 3), (256, 64, 128, 8, 4)],
+    2: [(128, 128, 128, 8, 4), (128, 64, 128, 8, 4), (64, 128, 128, 4, 4), (128, 128, 64, 8, 4)],
+}
+SKINNY_CANDIDATES = [(64, 256, 1), (64, 256, 2), (64, 256, 4), (32, 256, 4), (128, 256, 2), (64, 512, 2)]
+
+
+def tile(bm, bn, bk, warps, stages, split=1, group=8):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group, num_warps=warps, num_stages=stages, SPLIT_K=split)
 
 
 def q16_rows(m: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -64,6 +66,36 @@ def q16_rows(m: int, k: int, gen: torch.Generator) -> torch.Tensor:
 def bench(fn) -> float:
     """Median milliseconds of fn (do_bench: warm-up, L2 cleared before each call)."""
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def graph_ms(fns: list) -> float:
+    """Milliseconds per call of fns (one per weight copy, > L2 in all) replayed from a CUDA graph:
+    the way a decode step runs them, with no host launch overhead in the number."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns * 2:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    times = []
+    for _ in range(7):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(fns))
+    return sorted(times)[len(times) // 2]
+
+
+def copies_for(nbytes: int) -> int:
+    """Weight copies to rotate through so that one pass over them is >= 256 MB (4x the L2)."""
+    return max(2, min(32, -(-(256 << 20) // nbytes)))
 
 
 def copy_bandwidth() -> float:
@@ -92,24 +124,39 @@ def run_case(name: str, m: int, profile: str, gen: torch.Generator, check: bool)
         row["parity_mismatches"] = int((y != want).sum())
         del want
     q, qm, qe = K.quantize_rows(x, bits)
-    row["fp_ms"] = bench(lambda: K.linear(x, bits, w, mul, shift))
-    row["gemm_ms"] = bench(lambda: K.linear_quantized(q, qm, qe, w.unsqueeze(0), mul, shift, out_dtype=torch.int32))
-    xb, wb = x.to(torch.float32).mul_(2.0**-16).to(torch.bfloat16), w.to(torch.bfloat16)
-    row["bf16_ms"] = bench(lambda: xb @ wb.T)
+    xb = x.to(torch.float32).mul_(2.0**-16).to(torch.bfloat16)
     xi = q[0] if bits <= 8 else q[1]  # an int8 operand of the right shape for _int_mm's timing
-    try:
-        row["int_mm_ms"] = bench(lambda: torch._int_mm(xi, w.T))
-    except RuntimeError as err:
-        row["int_mm_ms"] = None
-        row["int_mm_error"] = str(err).splitlines()[0][:120]
+    peers = {
+        "fp": lambda w: K.linear(x, bits, w, mul, shift),
+        "gemm": lambda w: K.linear_quantized(q, qm, qe, w.unsqueeze(0), mul, shift, out_dtype=torch.int32),
+        "bf16": lambda w: xb @ w.T,
+        "int_mm": lambda w: torch._int_mm(xi, w.T),
+    }
+    row["timing"] = "cuda-graph" if m <= 64 else "do_bench"
+    for key, fn in peers.items():
+        try:
+            if m <= 64:
+                wt = w.to(torch.bfloat16) if key == "bf16" else w
+                ws = [wt] + [wt.clone() for _ in range(copies_for(wt.numel() * wt.element_size()) - 1)]
+                row[f"{key}_ms"] = graph_ms([(lambda f, v: lambda: f(v))(fn, v) for v in ws])
+                del ws
+            else:
+                wt = w.to(torch.bfloat16) if key == "bf16" else w
+                row[f"{key}_ms"] = bench(lambda: fn(wt))
+        except RuntimeError as err:
+            row[f"{key}_ms"] = None
+            row[f"{key}_error"] = str(err).splitlines()[0][:120]
     ops, wbytes = 2 * m * o * k, o * k
     for key in ("fp", "gemm", "bf16", "int_mm"):
         ms = row[f"{key}_ms"]
         if ms is not None:
             row[f"{key}_tops"] = ops / (ms * 1e-3) / 1e12
             row[f"{key}_weight_gbs"] = wbytes * (2 if key == "bf16" else 1) / (ms * 1e-3) / 1e9
-    row["speedup_fp_vs_bf16"] = row["bf16_ms"] / row["fp_ms"]
-    row["speedup_gemm_vs_bf16"] = row["bf16_ms"] / row["gemm_ms"]
+    if row["bf16_ms"] and row["fp_ms"] and row["gemm_ms"]:
+        row["speedup_fp_vs_bf16"] = row["bf16_ms"] / row["fp_ms"]
+        row["speedup_gemm_vs_bf16"] = row["bf16_ms"] / row["gemm_ms"]
+        row["fp_copy_fraction"] = row["fp_weight_gbs"] * 1e9 / COPY_BW[0]
+        row["gemm_copy_fraction"] = row["gemm_weight_gbs"] * 1e9 / COPY_BW[0]
     return row
 
 
@@ -129,7 +176,12 @@ def sweep(name: str, m: int, candidates: list[dict], la: int, gen: torch.Generat
             y = K.linear_quantized(q, qm, qe, w, mul, shift, config=cfg)
             if want is not None:
                 r["parity_mismatches"] = int((y != want).sum())
-            r["ms"] = bench(lambda: K.linear_quantized(q, qm, qe, w, mul, shift, out_dtype=torch.int32, config=cfg))
+            run = lambda v: K.linear_quantized(q, qm, qe, v, mul, shift, out_dtype=torch.int32, config=cfg)  # noqa: E731
+            if m <= 64:
+                ws = [w] + [w.clone() for _ in range(copies_for(w.numel()) - 1)]
+                r["ms"] = graph_ms([(lambda v: lambda: run(v))(v) for v in ws])
+            else:
+                r["ms"] = bench(lambda: run(w))
             r["tops"] = 2 * m * o * k / (r["ms"] * 1e-3) / 1e12
             r["weight_gbs"] = o * k / (r["ms"] * 1e-3) / 1e9
         except Exception as err:  # noqa: BLE001 - record and go on (out of shared memory, ...)
@@ -152,15 +204,17 @@ def main(argv=None) -> int:
     t0 = time.time()
     gen = torch.Generator(device="cuda").manual_seed(0)
     dev = torch.cuda.get_device_name()
+    COPY_BW.append(copy_bandwidth())
     res = dict(device=dev, date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
-               copy_bandwidth_gbs=copy_bandwidth() / 1e9, cases=[], sweeps=[])
+               copy_bandwidth_gbs=COPY_BW[0] / 1e9, cases=[], sweeps=[])
     print(f"{dev}: copy {res['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
     if args.sweep:
-        res["sweeps"] += sweep("8192^3", 8192, GEMM_CANDIDATES, 1, gen)
-        res["sweeps"] += sweep("8192^3", 8192, GEMM_CANDIDATES[1:], 2, gen)
-        for name in ("8B.down", "8B.gate_up"):
-            res["sweeps"] += sweep(name, 1, SKINNY_CANDIDATES, 1, gen)
-    names = [n for n in SHAPES if not args.quick or not n.startswith("1B")]
+        for la in (1, 2):
+            res["sweeps"] += sweep("8192^3", 8192, [tile(*c) for c in GEMM_CANDIDATES[la]], la, gen)
+        for name in ("8B.down", "8B.o"):
+            res["sweeps"] += sweep(name, 1, [tile(16, bn, bk, 4, 4, split, 1) for bn, bk, split in SKINNY_CANDIDATES],
+                                   1, gen)
+    names = sorted((n for n in SHAPES if not args.quick or not n.startswith("1B")), key=lambda n: n.startswith("1B"))
     cases = [("8192^3", 8192)] + [(n, m) for n in names if n != "8192^3" for m in (1, 8, 64, 4096)]
     for name, m in cases:
         for profile in PROFILE_ACT_BITS:
@@ -180,13 +234,16 @@ def main(argv=None) -> int:
 
 
 def print_table(res: dict) -> None:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
     print(f"\n{res['device']} {res['date']}  copy {res['copy_bandwidth_gbs']:.0f} GB/s")
     print(f"{'shape':<12}{'prof':<8}{'M':>6} {'fp ms':>8} {'gemm ms':>8} {'bf16 ms':>8} {'int_mm':>8} "
           f"{'fp TOP/s':>9} {'fp wGB/s':>9} {'x bf16':>7} {'bad':>4}")
     for r in res["cases"]:
-        im = f"{r['int_mm_ms']:.3f}" if r.get("int_mm_ms") else "-"
-        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>6} {r['fp_ms']:>8.3f} {r['gemm_ms']:>8.3f} {r['bf16_ms']:>8.3f} "
-              f"{im:>8} {r['fp_tops']:>9.1f} {r['fp_weight_gbs']:>9.0f} {r['speedup_fp_vs_bf16']:>7.2f} "
+        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>6} {f(r['fp_ms'], '8.4f')} {f(r['gemm_ms'], '8.4f')} "
+              f"{f(r['bf16_ms'], '8.4f')} {f(r.get('int_mm_ms'), '8.4f')} {f(r.get('fp_tops'), '9.1f')} "
+              f"{f(r.get('fp_weight_gbs'), '9.0f')} {f(r.get('speedup_fp_vs_bf16'), '7.2f')} "
               f"{r.get('parity_mismatches', '-'):>4}")
 
 

@@ -166,20 +166,53 @@ def _shift_round(p, s):
 # ----------------------------------
 
 @triton.jit
+def _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr,
+              y_ptr, M, N, stride_ym, stride_yn, LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Combine the limb dots exactly (int64), requantize (spec.quant.requantize), add the bias, store."""
+    acc = acc00.to(tl.int64)
+    if LA == 2:
+        acc += acc10.to(tl.int64) << LIMB_BITS
+    if LW == 2:
+        acc += acc01.to(tl.int64) << LIMB_BITS
+        if LA == 2:
+            acc += acc11.to(tl.int64) << (2 * LIMB_BITS)
+    m = tl.load(m_ptr + offs_m).to(tl.int64)
+    e = tl.load(e_ptr + offs_m).to(tl.int64)
+    mul = tl.load(mul_ptr + offs_n).to(tl.int64)
+    shift = tl.load(shift_ptr + offs_n).to(tl.int64)
+    prod = acc * m[:, None] * mul[None, :]
+    y = _shift_round(prod, shift[None, :] - e[:, None])
+    y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n).to(tl.int64)
+        y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
+    y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
 def _linear_kernel(
     # pointers
-    a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-    # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, y [M, N]
+    a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, y [M, N]; ws [4, M, N] int32
     M, N, K,
     # strides
     stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_ym, stride_yn,
     # meta-parameters
     LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
-    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias), saturated."""
+    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias), saturated.
+
+    With SPLIT_K > 1, program (tile, s) sums the s-th share of the K blocks and adds its int32
+    partial dots into ``ws`` atomically (integer addition: exact in any order; every partial sum
+    is bounded by the full one, < 2**31); the last program of a tile to arrive (``count``) takes
+    the sums, leaves ``ws`` and ``count`` zero for the next launch, and runs the epilogue.
+    """
     # -- grouped program order (Triton matmul tutorial, "L2 Cache Optimizations") ----------
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     group = GROUP_M * num_pid_n
@@ -191,14 +224,21 @@ def _linear_kernel(
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :].to(tl.int64) * stride_wn
+    # -- this program's share of the K blocks ---------------------------------------------
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(k_blocks, SPLIT_K)
+    k_first = pid_k * share
+    k_stop = tl.minimum(k_first + share, k_blocks)
+    a_ptrs = (a_ptr + offs_m[:, None].to(tl.int64) * stride_am
+              + (k_first * BLOCK_K + offs_k[None, :]).to(tl.int64) * stride_ak)
+    w_ptrs = (w_ptr + (k_first * BLOCK_K + offs_k[:, None]).to(tl.int64) * stride_wk
+              + offs_n[None, :].to(tl.int64) * stride_wn)
     # -- K loop: one int32 accumulator per limb pair --------------------------------------
     acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(k_first, k_stop):
         if EVEN_K:
             a0 = tl.load(a_ptrs)
             w0 = tl.load(w_ptrs)
@@ -223,29 +263,37 @@ def _linear_kernel(
                 acc11 = tl.dot(a1, w1, acc11, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    # -- combine the limbs exactly (int64) -------------------------------------------------
-    acc = acc00.to(tl.int64)
-    if LA == 2:
-        acc += acc10.to(tl.int64) << LIMB_BITS
-    if LW == 2:
-        acc += acc01.to(tl.int64) << LIMB_BITS
-        if LA == 2:
-            acc += acc11.to(tl.int64) << (2 * LIMB_BITS)
-    # -- requantize: spec.quant.requantize, then the bias ----------------------------------
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = tl.load(m_ptr + offs_m).to(tl.int64)
-    e = tl.load(e_ptr + offs_m).to(tl.int64)
-    mul = tl.load(mul_ptr + offs_n).to(tl.int64)
-    shift = tl.load(shift_ptr + offs_n).to(tl.int64)
-    prod = acc * m[:, None] * mul[None, :]
-    y = _shift_round(prod, shift[None, :] - e[:, None])
-    y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n).to(tl.int64)
-        y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
-    y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
-    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    if SPLIT_K == 1:
+        _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
+                  bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS)
+    else:
+        # -- split K: exact integer sums in ws, the last program of the tile finishes -------
+        inside = (rm[:, None] < M) & (rn[None, :] < N)
+        ws = ws_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
+        plane = M.to(tl.int64) * N
+        tl.atomic_add(ws, acc00, mask=inside, sem="release")
+        if LW == 2:
+            tl.atomic_add(ws + plane, acc01, mask=inside, sem="release")
+        if LA == 2:
+            tl.atomic_add(ws + 2 * plane, acc10, mask=inside, sem="release")
+            if LW == 2:
+                tl.atomic_add(ws + 3 * plane, acc11, mask=inside, sem="release")
+        tl.debug_barrier()  # every thread's partial sums precede the arrival below
+        arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            acc00 = tl.atomic_xchg(ws, zero, mask=inside, sem="acq_rel")
+            if LW == 2:
+                acc01 = tl.atomic_xchg(ws + plane, zero, mask=inside, sem="acq_rel")
+            if LA == 2:
+                acc10 = tl.atomic_xchg(ws + 2 * plane, zero, mask=inside, sem="acq_rel")
+                if LW == 2:
+                    acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem="acq_rel")
+            tl.atomic_xchg(count_ptr + pid, 0)
+            _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
+                      bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS)
 
 
 # %%
@@ -323,19 +371,37 @@ def weight_limbs(w: torch.Tensor) -> torch.Tensor | None:
     return limbs
 
 
-def _config(m: int, n: int, la: int, lw: int, device: torch.device) -> dict:
+_SPLIT_K_BUFFERS: dict = {}
+
+
+def _split_k_buffers(device: torch.device, ws_numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return zeroed int32 (workspace, arrival counters) for split-K launches on the current
+    stream, grown as needed and kept: each launch leaves them zero again (see _linear_kernel)."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (str(device), stream)
+    ws, count = _SPLIT_K_BUFFERS.get(key, (None, None))
+    if ws is None or ws.numel() < ws_numel or count.numel() < tiles:
+        ws = torch.zeros(max(ws_numel, 0 if ws is None else ws.numel()), dtype=torch.int32, device=device)
+        count = torch.zeros(max(tiles, 0 if count is None else count.numel()), dtype=torch.int32, device=device)
+        _SPLIT_K_BUFFERS[key] = (ws, count)
+    return ws, count
+
+
+def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device) -> dict:
     """Return the tile of one launch: see the module docstring, "Shape classes"."""
     pairs = la * lw
-    if m > 64:
-        block_n = 256 if pairs == 1 else 128 if pairs == 2 else 64
-        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4 if pairs == 1 else 3)
+    if m > 64:  # the fastest tiles of the 8192^3 sweep (benchmarks/results/linear-*.json)
+        if pairs == 1:
+            return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
+        return dict(BLOCK_M=128, BLOCK_N=128 if pairs == 2 else 64, BLOCK_K=128, GROUP_M=8, num_warps=8,
+                    num_stages=4)
     block_m = 16 if m <= 16 else 64
-    want = 4 * _sm_count(device)  # programs: a few per SM keep enough weight bytes in flight
-    block_n = 128
-    while block_n > 16 and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < want:
-        block_n //= 2
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=256 if pairs == 1 else 128, GROUP_M=1,
-                num_warps=4, num_stages=4)
+    block_n, block_k = 64, 256 if pairs == 1 else 128
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    want = 2 * _sm_count(device)  # programs: a few per SM keep enough weight bytes in flight
+    split = max(1, min(want // tiles, triton.cdiv(k, 4 * block_k)))  # >= 4 K blocks per program
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, num_warps=4, num_stages=4,
+                SPLIT_K=split)
 
 
 def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch.Tensor, mul: torch.Tensor,
@@ -356,14 +422,16 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
     y = torch.empty((mm, n), dtype=out_dtype, device=q.device)
     if mm == 0 or n == 0:
         return y
-    cfg = dict(config or _config(mm, n, la, lw, q.device))
-    grid = (triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     if k == 0:  # an empty sum: acc = 0
         q = torch.zeros((la, mm, 1), dtype=torch.int8, device=q.device)
         w = torch.zeros((lw, n, 1), dtype=torch.int8, device=q.device)
         k = 1
-    _linear_kernel[grid](
-        q, w, m, e, mul, shift, bias if bias is not None else mul, y,
+    cfg = dict(SPLIT_K=1) | dict(config or _config(mm, n, k, la, lw, q.device))
+    tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    cfg["SPLIT_K"] = max(1, min(cfg["SPLIT_K"], triton.cdiv(k, cfg["BLOCK_K"])))
+    ws, count = _split_k_buffers(q.device, 4 * mm * n, tiles) if cfg["SPLIT_K"] > 1 else (y, y)
+    _linear_kernel[(tiles, cfg["SPLIT_K"])](
+        q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
         mm, n, k,
         q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
         LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, **cfg,

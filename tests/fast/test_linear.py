@@ -143,15 +143,18 @@ def test_linear_equals_spec(n, k, o, widths, wide, kind, shifts, bias, seed):
 
 TILES = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_stages=1),
          dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=64, GROUP_M=2, num_warps=2, num_stages=2),
-         dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=3, num_warps=2, num_stages=2)]
+         dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=3, num_warps=2, num_stages=2),
+         dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_stages=1, SPLIT_K=3),
+         dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=2, num_stages=2, SPLIT_K=2)]
 
 
 @settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 70), k=st.integers(1, 150), o=st.integers(1, 70), tile=st.sampled_from(TILES),
        la=st.integers(1, 2), lw=st.integers(1, 2), int32_out=st.booleans(), seed=st.integers(0, 2**31))
 def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, seed):
-    """Many programs per launch (grouped order, edge tiles wrapping around, K tails) for every
-    limb combination, against the spec's requantize(int_matmul(q, W))."""
+    """Many programs per launch (grouped order, edge tiles wrapping around, K tails, split K)
+    for every limb combination, against the spec's requantize(int_matmul(q, W)). Split-K
+    launches must leave their workspace zero: each example reuses it."""
     gen = torch.Generator().manual_seed(seed)
     a_bits, w_bits = (8, 12)[la - 1], (8, 10)[lw - 1]
     x = q16_rows(gen, n, k, "both")
@@ -163,6 +166,8 @@ def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, seed):
     got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift), out_dtype=torch.int32 if int32_out else torch.int64,
                              config=tile)
     assert_equal(got.long(), want, f"tile {tile}")
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
 
 
 def test_split_limbs_recombine():
