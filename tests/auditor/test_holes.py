@@ -255,8 +255,11 @@ def test_an_invented_fault_must_name_a_real_page(tmp_path, ledgers):
     forged_tokens = retoken(recs, index(recs, TokenStep, step=step, attempt=0), 0)
     for bad in ("the pages are fine, honestly", detail(7, block0[:16]), detail(0, "cd" * 8),
                 detail(0, block0[:16], block0[:16])):
-        rep = verify(tmp_path, sign(_claim(forged_tokens, bad)))
+        rep = verify(tmp_path, sign(_claim(recs, bad)))
         assert rep.verdict == "invalid" and rep.reason == "fault-claim", (bad, rep.to_json())
+        # with a forged token before the bogus claim, the token is the first divergence and it is fatal
+        rep = verify(tmp_path, sign(_claim(forged_tokens, bad)))
+        assert rep.verdict == "invalid" and rep.divergence["step"] == step, (bad, rep.to_json())
     # a claim naming a live page and its recorded digest cannot be disproven: the report says so
     rep = verify(tmp_path, sign(_claim(forged_tokens, detail(0, block0[:16]))))
     assert rep.verdict == "valid" and rep.fault_history, rep.to_json()
