@@ -60,6 +60,9 @@ def run(engine, batch, target, *, sequences, sampling, chunk_size, window, max_n
          seed_batched=3, chunk_alone=None, chunk_batched=16, window=None, max_new_tokens=2)
 @example(target=list(range(17)), others=[[1], [2] * 15], where=0, sampling=SamplingParams(), seed_alone=7,
          seed_batched=8, chunk_alone=3, chunk_batched=None, window=16, max_new_tokens=4)
+# a window that hides block 0 before a chunked prefill ends: evictions wait for the step (issue 7)
+@example(target=list(range(24)), others=[], where=0, sampling=SamplingParams(), seed_alone=None,
+         seed_batched=5, chunk_alone=None, chunk_batched=3, window=2, max_new_tokens=3)
 @given(
     target=prompts,
     others=st.lists(prompts, max_size=3),
