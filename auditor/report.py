@@ -104,6 +104,8 @@ def _short(v) -> str:
 def render_text(r: Report) -> str:
     """Return a few lines for people: verdict first, then where and why."""
     head = {"valid": "VALID", "invalid": "INVALID", "unreadable": "UNREADABLE", "incomplete": "INCOMPLETE"}[r.verdict]
+    if r.checks == "records" and r.verdict in ("valid", "incomplete"):
+        head += " (records only, not replayed)"
     lines = [f"{r.ledger}: {head}" + (f" [{r.reason}]" if r.reason else "")]
     if r.message:
         lines.append(f"  {r.message}")
