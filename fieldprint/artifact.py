@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import sys
@@ -71,29 +72,33 @@ def file_hash(path: Path) -> str:
 # -- save ------------------------------------------------------------------------------------
 def build_manifest(model, source: dict | None = None, extra: dict | None = None) -> dict:
     """Return the manifest dict of a model (computes every leaf hash and the commitment)."""
-    leaf_hashes = [leaf_hash(config_leaf(model.config, model.profile), BLAKE3)]
-    files = {}
-    for name in sorted_names(model.files):
-        lh = leaf_hash(file_leaf(name, model.files[name]), BLAKE3)
-        leaf_hashes.append(lh)
-        files[name] = {"size": len(model.files[name]), "blake3": blake3.blake3(model.files[name]).hexdigest(),
-                       "leaf_hash": lh.hex()}
     index = {}
     for name in sorted_names(model.tensors):
         t = model.tensors[name]
-        lh = leaf_hash(tensor_leaf(name, t), BLAKE3)
+        index[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                       "leaf_hash": leaf_hash(tensor_leaf(name, t), BLAKE3).hex()}
+    return _manifest_of(model.config, model.profile, model.files, index, source, extra)
+
+
+def _manifest_of(config, profile, files: dict[str, bytes], index: dict, source: dict | None, extra: dict | None) -> dict:
+    """Return the manifest of a model given its tensor index (name -> dtype, shape, leaf hash)."""
+    leaf_hashes = [leaf_hash(config_leaf(config, profile), BLAKE3)]
+    entries = {}
+    for name in sorted_names(files):
+        lh = leaf_hash(file_leaf(name, files[name]), BLAKE3)
         leaf_hashes.append(lh)
-        index[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "leaf_hash": lh.hex()}
+        entries[name] = {"size": len(files[name]), "blake3": blake3.blake3(files[name]).hexdigest(), "leaf_hash": lh.hex()}
+    leaf_hashes += [bytes.fromhex(index[name]["leaf_hash"]) for name in sorted_names(index)]
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "commitment": root_from_leaf_hashes(leaf_hashes, BLAKE3).hex(),
         "commitment_scheme": "spec.commitment/v2 (BLAKE3 RFC 9162 Merkle root: config, files, tensors)",
         "numerics": NUMERICS_VERSION,
-        "config": model.config.to_dict(),
-        "profile": model.profile.to_dict(),
-        "files": files,
-        "tensors": index,
+        "config": config.to_dict(),
+        "profile": profile.to_dict(),
+        "files": {name: entries[name] for name in sorted_names(entries)},
+        "tensors": {name: index[name] for name in sorted_names(index)},
         "source": source or {},
     }
     manifest.update(extra or {})
@@ -137,6 +142,48 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def _model_files(files: dict[str, bytes], out: Path) -> dict[str, bytes]:
+    """Return the committed files of an artifact: exactly its tokenizer."""
+    if TOKENIZER_FILE not in files:
+        raise ArtifactError(f"{out}: an artifact needs a tokenizer (pass tokenizer_path)")
+    unknown = sorted(set(files) - {TOKENIZER_FILE})
+    if unknown:
+        raise ArtifactError(f"{out}: cannot save committed file {unknown[0]!r} (an artifact holds {TOKENIZER_FILE} only)")
+    return files
+
+
+def _write_folder(out: Path, files: dict[str, bytes], write_model) -> dict:
+    """Write an artifact folder atomically: ``write_model(tmp)`` writes model.safetensors into the
+    temporary folder and returns the manifest; then the committed files and the manifest (last:
+    its presence marks a complete folder), then the folder replaces ``out``. Returns the manifest."""
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = write_model(tmp)
+        _fsync(tmp / MODEL_FILE)
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        _write_json(tmp / MANIFEST_FILE, manifest)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary readable folder
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _info(out: Path, manifest: dict) -> ArtifactInfo:
+    return ArtifactInfo(path=out, commitment=bytes.fromhex(manifest["commitment"]),
+                        num_params=sum(math.prod(e["shape"]) for e in manifest["tensors"].values()),
+                        size_bytes=sum(f.stat().st_size for f in out.iterdir()), manifest=manifest)
+
+
 def save_artifact(model, out_dir, tokenizer_path=None, source: dict | None = None, extra: dict | None = None) -> ArtifactInfo:
     """Write model + manifest + tokenizer to out_dir atomically and return what was written.
 
@@ -151,37 +198,75 @@ def save_artifact(model, out_dir, tokenizer_path=None, source: dict | None = Non
         if not tokenizer_path.is_file():
             raise ArtifactError(f"{tokenizer_path}: tokenizer file not found")
         files[TOKENIZER_FILE] = tokenizer_path.read_bytes()
-    if TOKENIZER_FILE not in files:
-        raise ArtifactError(f"{out}: an artifact needs a tokenizer (pass tokenizer_path)")
-    unknown = sorted(set(files) - {TOKENIZER_FILE})
-    if unknown:
-        raise ArtifactError(f"{out}: cannot save committed file {unknown[0]!r} (an artifact holds {TOKENIZER_FILE} only)")
     model = copy.copy(model)
-    model.files = files
-    _check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(model, source, extra)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    model.files = _model_files(files, out)
+
+    def write_model(tmp: Path) -> dict:
+        manifest = build_manifest(model, source, extra)
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.tensors.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT, "commitment": manifest["commitment"]})
-        _fsync(tmp / MODEL_FILE)
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        _write_json(tmp / MANIFEST_FILE, manifest)  # written last: its presence marks a complete folder
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is an ordinary readable folder
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ArtifactInfo(path=out, commitment=bytes.fromhex(manifest["commitment"]),
-                        num_params=sum(t.numel() for t in model.tensors.values()),
-                        size_bytes=sum(f.stat().st_size for f in out.iterdir()), manifest=manifest)
+        return manifest
+
+    return _info(out, _write_folder(out, model.files, write_model))
+
+
+class TensorFileWriter:
+    """Write a safetensors file tensor by tensor, in any order, holding one tensor at a time.
+
+    The header is laid out up front from the names, dtypes and shapes a QuantizedModel must have
+    (`spec.model.tensor_specs`; data in sorted-name order, header padded to 8 bytes), so each
+    tensor goes straight to its offset. ``write`` checks a tensor against its spec and returns
+    its commitment leaf hash; ``close`` checks that every tensor was written and stores the
+    commitment in the header's metadata (the placeholder has the same length)."""
+
+    ST_NAMES = {torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64", torch.uint8: "U8"}
+
+    def __init__(self, path: Path, specs: dict):
+        self.path, self.specs, self.offsets, self.written = path, specs, {}, set()
+        pos = 0
+        for name in sorted_names(specs):
+            dtype, shape = specs[name]
+            n = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            self.offsets[name] = (pos, pos + n)
+            pos += n
+        self.data_size = pos
+        self.header = self._header("0" * 64)
+        self.f = open(path, "wb")
+        self.f.write(self.header)
+        self.f.truncate(len(self.header) + self.data_size)
+
+    def _header(self, commitment: str) -> bytes:
+        entries = {name: {"dtype": self.ST_NAMES[self.specs[name][0]], "shape": list(self.specs[name][1]),
+                          "data_offsets": list(self.offsets[name])} for name in sorted_names(self.specs)}
+        text = json.dumps({"__metadata__": {"format": FORMAT, "commitment": commitment}, **entries},
+                          separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        return len(text).to_bytes(8, "little") + text
+
+    def write(self, name: str, t: torch.Tensor) -> bytes:
+        if name not in self.specs or name in self.written:
+            raise ArtifactError(f"{self.path}: tensor '{name}' is not expected here (or written twice)")
+        dtype, shape = self.specs[name]
+        if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+            raise ArtifactError(f"{self.path}: tensor '{name}' is {t.dtype} {list(t.shape)}, want {dtype} {list(shape)}")
+        leaf = tensor_leaf(name, t)  # the tensor's bytes (little-endian, C order) end the leaf
+        begin, end = self.offsets[name]
+        self.f.seek(len(self.header) + begin)
+        self.f.write(memoryview(leaf)[len(leaf) - (end - begin):])
+        self.written.add(name)
+        return leaf_hash(leaf, BLAKE3)
+
+    def close(self, commitment: str) -> None:
+        missing = sorted(set(self.specs) - self.written)
+        if missing:
+            raise ArtifactError(f"{self.path}: tensor '{missing[0]}' was never written")
+        final = self._header(commitment)
+        assert len(final) == len(self.header)
+        self.f.seek(0)
+        self.f.write(final)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -325,36 +410,69 @@ class _Stages:
 
 def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress: bool = True,
                         max_position: int | None = None) -> ArtifactInfo:
-    """Load a HF checkpoint, quantize it with a named profile and save the artifact atomically.
+    """Quantize a HF checkpoint with a named profile into an artifact, streaming, and save it atomically.
+
+    Conversion streams: each float weight is read from its shard when needed (bf16, fp16 or fp32
+    safetensors, `fieldprint.hf.LazyState`), quantized (`spec.convert.quantize_tensors`), written
+    to its place in model.safetensors (`TensorFileWriter`) and dropped, so peak memory is a small
+    multiple of the largest tensor, not of the model. The artifact equals the one `save_artifact`
+    writes for `spec.convert.quantize_model` of the same checkpoint (same tensors, same commitment).
 
     ``max_position`` (default: the checkpoint's ``max_position_embeddings``) limits the positions
     the artifact serves: its RoPE tables and the engines' default KV pool scale with it, so a
     short demo of a 128K-context model need not cost gigabytes. It may not exceed the checkpoint's."""
     from fieldprint.hf import load_hf_checkpoint
-    from spec.convert import quantize_model
-    from spec.profiles import PROFILES
+    from spec.convert import quantize_tensors
+    from spec.model import check_rope_tables, tensor_specs
+    from spec.profiles import PROFILES, validate_profile
+    from spec.tables import exp2_table
 
     if profile_name not in PROFILES:
         raise ConfigError(f"profile: unknown precision profile {profile_name!r} "
                           f"(choose one of {', '.join(sorted(PROFILES))})")
-    with _Stages(progress and sys.stderr.isatty(), 4) as st:
-        st.stage(f"reading {hf_dir}", 0)
-        ckpt = load_hf_checkpoint(hf_dir)
-        trained_positions = ckpt.config.max_position
-        if max_position is not None:
-            ckpt.config = _limit_positions(ckpt.config, max_position, Path(hf_dir) / "config.json")
-        st.stage(f"quantizing ({profile_name} profile)", 1)
+    profile, out = PROFILES[profile_name], Path(out_dir)
+    ckpt = load_hf_checkpoint(hf_dir, lazy=True)
+    trained_positions = ckpt.config.max_position
+    if max_position is not None:
+        ckpt.config = _limit_positions(ckpt.config, max_position, Path(hf_dir) / "config.json")
+    config = ckpt.config
+    try:
+        validate_profile(profile, config)
+    except ValueError as e:  # spec.profiles.ProfileError
+        raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
+    specs = tensor_specs(config, profile)
+    files = {TOKENIZER_FILE: Path(ckpt.tokenizer_path).read_bytes()}
+    source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]},
+              "max_position_embeddings": trained_positions}
+    extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id}
+
+    def write_model(tmp: Path) -> dict:
+        index, rope = {}, {}
+        writer = TensorFileWriter(tmp / MODEL_FILE, specs)
         try:
-            model = quantize_model(ckpt.config, ckpt.state, PROFILES[profile_name],
-                                   {TOKENIZER_FILE: Path(ckpt.tokenizer_path).read_bytes()})
-        except ValueError as e:  # includes spec.profiles.ProfileError
-            raise ConfigError(f"profile {profile_name!r} cannot run {Path(hf_dir) / 'config.json'}: {e}") from None
-        st.stage("hashing source files", 2)
-        source = {"files": {f.name: file_hash(f) for f in [ckpt.path / "config.json", *ckpt.weight_files]},
-                  "max_position_embeddings": trained_positions}
-        extra = {"eos_token_ids": ckpt.eos_token_ids or None, "bos_token_id": ckpt.bos_token_id}
-        st.stage(f"committing and writing {out_dir}", 3)
-        return save_artifact(model, out_dir, source=source, extra=extra)
+            with _Stages(progress and sys.stderr.isatty(), len(specs)) as st:
+                for done, (name, t) in enumerate(quantize_tensors(config, ckpt.state, profile)):
+                    st.stage(f"quantizing {name} ({profile_name} profile)", done)
+                    if name == "exp2.table" and not torch.equal(t, exp2_table()):
+                        raise ArtifactError("tensor exp2.table differs from spec.tables.exp2_table()")
+                    if name in ("rope.cos", "rope.sin"):
+                        rope[name] = t
+                        if len(rope) == 2:
+                            check_rope_tables(rope.pop("rope.cos"), rope.pop("rope.sin"))
+                    index[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                                   "leaf_hash": writer.write(name, t).hex()}
+                    del t
+            manifest = _manifest_of(config, profile, files, index, source, extra)
+            writer.close(manifest["commitment"])
+        except BaseException:
+            writer.f.close()
+            raise
+        return manifest
+
+    try:
+        return _info(out, _write_folder(out, files, write_model))
+    except ValueError as e:  # a table the spec refuses (spec.model.check_rope_tables)
+        raise ConfigError(f"{Path(hf_dir) / 'config.json'}: cannot be quantized ({e})") from None
 
 
 def _limit_positions(config, max_position, cfg_path: Path):

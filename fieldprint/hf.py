@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class HFCheckpoint:
     """A loaded checkpoint: spec config, float32 weights (HF Llama names), tokenizer path."""
 
     config: ModelConfig
-    state: dict[str, torch.Tensor]
+    state: Mapping[str, torch.Tensor]  # a dict of float32 tensors, or a LazyState
     tokenizer_path: Path
     path: Path
     weight_files: list[Path] = field(default_factory=list)
@@ -351,12 +352,46 @@ def weight_files(root: Path) -> tuple[list[Path], dict[str, str] | None]:
     raise CheckpointError(f"{root}: no model.safetensors (or *.safetensors shards) found{hint}")
 
 
-def _load_state(root: Path, config: ModelConfig) -> tuple[dict[str, torch.Tensor], list[Path]]:
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+class LazyState(Mapping):
+    """The float weights of a checkpoint, read tensor by tensor from their shards on access.
+
+    Built from the checked safetensors headers only (`_index_state`), so it holds no weights:
+    ``state[name]`` reads one tensor (memory-mapped, in its stored dtype: bf16, fp16, fp32 or
+    fp64) and keeps nothing. Conversion (spec.convert) reads each tensor once, so converting
+    from a LazyState costs about one tensor of memory, not the model."""
+
+    def __init__(self, where: dict[str, Path], error=CheckpointError):
+        self._where, self._error = where, error
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        f = self._where[name]
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                return h.get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise self._error(f"{f}: cannot read tensor '{name}' ({e})") from None
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _index_state(root: Path, config: ModelConfig) -> tuple[dict[str, Path], list[Path]]:
+    """Return (tensor name -> shard file, shard files) after checking every shard's header:
+    names, shapes and dtypes against config.json and the index; no tensor data is read."""
     files, wm = weight_files(root)
     want = expected_shapes(config)
-    state, where = {}, {}
+    where: dict[str, Path] = {}
+    state: dict[str, Path] = {}
     for f in files:
-        for name, t in load_safetensors(f).items():
+        for name, e in check_safetensors(f).items():
             if name.endswith(IGNORED_SUFFIXES):
                 continue
             if name in where:
@@ -369,12 +404,13 @@ def _load_state(root: Path, config: ModelConfig) -> tuple[dict[str, torch.Tensor
             if name not in want:
                 raise CheckpointError(f"{f}: unexpected tensor '{name}' (not part of a {config.arch} model "
                                       f"with this config.json)")
-            if tuple(t.shape) != want[name]:
-                raise CheckpointError(f"{f}: tensor '{name}' has shape {list(t.shape)}, "
+            if tuple(e["shape"]) != want[name]:
+                raise CheckpointError(f"{f}: tensor '{name}' has shape {list(e['shape'])}, "
                                       f"config.json implies {list(want[name])}")
-            if not (t.is_floating_point()):
-                raise CheckpointError(f"{f}: tensor '{name}' has dtype {t.dtype}, expected a float dtype")
-            state[name] = t.to(torch.float32)
+            if e["dtype"] not in FLOAT_DTYPES:
+                raise CheckpointError(f"{f}: tensor '{name}' has dtype {e['dtype']}, expected a float dtype "
+                                      f"({', '.join(FLOAT_DTYPES)})")
+            state[name] = f
     if wm is not None:
         for name, fname in wm.items():
             if name not in where and not name.endswith(IGNORED_SUFFIXES):
@@ -386,6 +422,21 @@ def _load_state(root: Path, config: ModelConfig) -> tuple[dict[str, torch.Tensor
     return state, files
 
 
+def _load_state(root: Path, config: ModelConfig, lazy: bool = False) -> tuple[Mapping[str, torch.Tensor], list[Path]]:
+    """Return (the float weights, shard files): a LazyState, or every tensor as float32 in memory."""
+    where, files = _index_state(root, config)
+    lazy_state = LazyState(where)
+    if lazy:
+        return lazy_state, files
+    state = {}
+    for f in files:  # one shard at a time, each read whole (load_safetensors checks it again)
+        names = [n for n, w in where.items() if w == f]
+        if names:
+            tensors = load_safetensors(f)
+            state.update({n: tensors[n].to(torch.float32) for n in names})
+    return state, files
+
+
 def _token_ids(v) -> list[int]:
     if v is None:
         return []
@@ -393,8 +444,11 @@ def _token_ids(v) -> list[int]:
     return [int(x) for x in vs if isinstance(x, int) and not isinstance(x, bool)]
 
 
-def load_hf_checkpoint(path) -> HFCheckpoint:
-    """Return the checkpoint in folder `path`: config, float32 state, tokenizer path.
+def load_hf_checkpoint(path, *, lazy: bool = False) -> HFCheckpoint:
+    """Return the checkpoint in folder `path`: config, float state, tokenizer path.
+
+    The state is float32 tensors in memory, or with ``lazy`` a `LazyState` that reads each
+    tensor from its shard when asked (streaming conversion).
 
     Raises CheckpointError / UnsupportedArchitectureError naming the file and field or tensor.
     """
@@ -408,7 +462,7 @@ def load_hf_checkpoint(path) -> HFCheckpoint:
     if not tok.is_file():
         raise CheckpointError(f"{tok}: file not found (the checkpoint needs a fast tokenizer, tokenizer.json)")
     _check_tokenizer(tok, config)
-    state, files = _load_state(root, config)
+    state, files = _load_state(root, config, lazy)
     gen = read_json(root / "generation_config.json") if (root / "generation_config.json").is_file() else {}
     eos = _token_ids(gen.get("eos_token_id") if isinstance(gen, dict) and gen.get("eos_token_id") is not None
                      else hf_cfg.get("eos_token_id"))
