@@ -33,5 +33,5 @@ shoot() {  # shoot PAGE NAME HEIGHT
         --screenshot="$out/$2.png" "http://127.0.0.1:$port/$1" >/dev/null 2>&1
     echo "$out/$2.png"
 }
-shoot "" home 1000
+shoot "" home 1300
 shoot "reference/attention/" spec-attention 1400
