@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from auditor import teacher
 from spec import commits
 from spec.commits import REHASH_VALIDATOR
 from spec.constants import PAGE_TOKENS
@@ -113,7 +114,10 @@ class Replayer:
     """Replay ``records`` (a verified prefix) with the reference engine over ``model``."""
 
     def __init__(self, model, tokenizer, commitment: bytes, *, anchor_tokens=None, offsets=None,
-                 progress=None, num_pages: int | None = None):
+                 progress=None, num_pages: int | None = None, replay: str = teacher.DEFAULT_MODE,
+                 engine: str = "ref", device: str = "cpu"):
+        self.mode = replay  # where the steps come from: auditor.teacher ("prefill" or "stepwise")
+        self.engine_name, self.device = engine, device
         self.model = model
         self.tokenizer = tokenizer
         self.commitment = commitment
@@ -153,7 +157,12 @@ class Replayer:
 
     # ------------------------------------------------------------------------ genesis
     def _genesis(self, g: Genesis) -> None:
-        from fieldprint_ref.engine import RefEngine
+        if self.engine_name == "ref":
+            from fieldprint_ref.engine import RefEngine
+        else:  # an engine the user asked for by name (--engine fast): loaded through the registry
+            from fieldprint.engine import select_engine
+
+            RefEngine = select_engine(self.engine_name)  # noqa: N806 - the class of the engine to replay on
 
         inp = g.inputs
         if g.spec_version != SPEC_VERSION:
@@ -179,9 +188,10 @@ class Replayer:
         eos = list(inp.eos_token_ids)
         try:  # the replay needs each step's logits once: do not keep them in the records
             self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos,
-                                    keep_logits=False)
+                                    keep_logits=False, device=self.device)
         except TypeError:
-            self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos)
+            self.engine = RefEngine(self.model, tokenizer=self.tokenizer, num_pages=pages, eos_token_ids=eos,
+                                    device=self.device)
         self.anchor_info = None
         self.anchor_digests, self.anchor_layers = [], []
         self.anchor_tokens = list(inp.anchor_tokens) if self.anchor_override is None else self.anchor_override
@@ -232,14 +242,10 @@ class Replayer:
             step, reason = self.commit_due
             return self._diverge("commit-missing", f"the policy requires a commit ({reason}) after step {step}, "
                                  f"the ledger goes on to step {r.step}", step=step, field="commit")
-        while True:
-            if eng.finish_reason(self.h) is not None:
-                return self._diverge("replay-finished", f"the replay finished ({eng.finish_reason(self.h)}) "
-                                     f"before step {r.step}", step=r.step, field="token")
-            out = eng.step([self.h])
-            if out:
-                break
-        rec = out[0][1]
+        rec = self.source.next(eng, self.h, self.records, self.i)  # stepwise or teacher-forced
+        if rec is None:
+            return self._diverge("replay-finished", f"the replay finished ({eng.finish_reason(self.h)}) "
+                                 f"before step {r.step}", step=r.step, field="token")
         self.result.steps_replayed += 1
         if self.progress:
             self.progress(1)
@@ -264,7 +270,7 @@ class Replayer:
                 self.expect_pages.append((w.block, PAGE_TOKENS))
             else:
                 self.dirty.add(w.block)
-        finished = eng.finish_reason(self.h) is not None
+        finished = self.source.finished(eng, self.h)
         reason = commits.commit_reason(self.policy, step=rec.step, generated=self.generated,
                                    filled_page=any(w.full for w in rec.writes), finished=finished)
         self.commit_due = None if reason is None else (rec.step, reason)
@@ -286,16 +292,18 @@ class Replayer:
             return
         self.seen_pages.append((r.block, r.used))
         table = self.engine.block_table(self.h)
-        if r.block >= len(table) or table[r.block] == EVICTED:
+        cached = self.prompt_len + (self.last.step if self.last is not None else 0)
+        held = min(len(table), -(-cached // PAGE_TOKENS))  # a prefill run may have written further
+        if r.block >= held or table[r.block] == EVICTED:
             return self._diverge("replay-page", f"the ledger records context block {r.block}, which the replay does "
                                  "not hold", step=self.last_step(), block=r.block, page_kind="context", field="block")
-        cached = self.prompt_len + (self.last.step if self.last is not None else 0)
         used = commits.filled_slots(r.block, cached, PAGE_TOKENS)
         if r.used != used:
             return self._diverge("replay-page", f"context block {r.block}: ledger says {r.used} slots used, replay "
                                  f"{used}", step=self.last_step(), block=r.block, page_kind="context", field="used",
                                  expected=r.used, actual=used)
-        layers = self._layers(table[r.block])
+        page = self.source.page_layers(self.engine.page_tensor(table[r.block]), used)
+        layers = commits.layer_digests(commits.page_layer_bytes(page))
         if list(r.layer_digests) != layers:
             d = self._page_divergence(r, layers, step=self.last_step())
             self._diverge("replay-page", f"context block {r.block} (used {used}) after step {self.last_step()}: "
@@ -333,6 +341,7 @@ class Replayer:
         self.snaps.append(_Snap(r, handle, self.i))
         self.commits[r.commit] = r
         self.commit_due = None
+        self.source.reset()
         self.expect_pages, self.seen_pages, self.dirty = [], [], set()
 
     def _validation(self, r: Validation) -> None:
@@ -399,6 +408,7 @@ class Replayer:
             if s.handle is not None:
                 eng.release(s.handle)
         self.snaps = self.snaps[:idx + 1]
+        self.source.reset()
         self.h = eng.fork(target.handle, sequence=self.genesis.sequence)
         eng.set_attempt(self.h, r.attempt)
         ls = self._pages_live_state()
@@ -470,6 +480,7 @@ class Replayer:
         ``cut``: the records stop before a record the caller already rejected; a divergence still
         pending at the cut is fatal (no valid record after it can explain it)."""
         self.n_commits = sum(isinstance(r, Commit) for r in records)
+        self.records, self.source = records, teacher.source(self.mode)
         self.i = 0
         self.pending: Divergence | None = None
         self.generated: list[int] = []

@@ -45,7 +45,7 @@ class Report:
     explained_divergences: list[dict] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     text: str | None = None
-    replay: dict = field(default_factory=dict)  # steps, seconds, tokens_per_s
+    replay: dict = field(default_factory=dict)  # steps, seconds, tokens_per_s, mode, engine, device
     notes: list[str] = field(default_factory=list)
     checks: str = ""  # "replay" (everything) or "records" (--no-replay: what follows from the records)
     not_checked: list[str] = field(default_factory=list)  # what a --no-replay verdict does not cover
@@ -101,6 +101,16 @@ def _short(v) -> str:
     return s if len(s) <= 24 else s[:16] + "…"
 
 
+ENGINE_NAMES = {"ref": "reference engine", "fast": "fast engine"}
+
+
+def replayed_on(replay: dict) -> str:
+    """Say how a replay ran, e.g. "as prefill on the CPU reference engine"."""
+    engine = ENGINE_NAMES.get(replay.get("engine", "ref"), f"{replay.get('engine')} engine")
+    device = str(replay.get("device", "cpu")).split(":")[0].upper()
+    return f"as {replay.get('mode', 'stepwise')} on the {device} {engine}"
+
+
 def render_text(r: Report) -> str:
     """Return a few lines for people: verdict first, then where and why."""
     head = {"valid": "VALID", "invalid": "INVALID", "unreadable": "UNREADABLE", "incomplete": "INCOMPLETE"}[r.verdict]
@@ -137,7 +147,7 @@ def render_text(r: Report) -> str:
                      "from the records; not checked: " + "; ".join(n.split(":")[0] for n in r.not_checked))
     if r.replay.get("steps"):
         lines.append(f"  replayed {r.replay['steps']} steps in {r.replay['seconds']:.2f} s "
-                     f"({r.replay['tokens_per_s']:.1f} tokens/s) on the CPU reference engine")
+                     f"({r.replay['tokens_per_s']:.1f} tokens/s) {replayed_on(r.replay)}")
     if r.verdict == "valid" and r.text is not None:
         lines.append(f"  text: {r.text!r}")
     for n in r.notes:

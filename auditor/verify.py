@@ -25,6 +25,7 @@ from pathlib import Path
 
 from auditor.records import NOT_CHECKED, RecordChecker
 from auditor.replay import Replayer
+from auditor.teacher import DEFAULT_MODE, MODES
 from auditor.report import Report, window_info
 from spec.keys import SIGNER_PREFIX, Verifier, parse_verifier
 from spec.commits import REHASH_VALIDATOR
@@ -126,17 +127,25 @@ class _Bar:
 
 
 def verify_ledger(path, *, model, trusted_key, anchors_text: str | None = None, replay: bool = True,
-                  progress: bool = False) -> Report:
-    """Verify one ledger file; return its Report (see the module docstring)."""
+                  progress: bool = False, replay_mode: str = DEFAULT_MODE, engine: str = "ref",
+                  device: str = "cpu") -> Report:
+    """Verify one ledger file; return its Report (see the module docstring).
+
+    ``replay_mode`` is where the replay's steps come from (``auditor.teacher``: "prefill", the
+    recorded tokens fed as prefill, or "stepwise"); ``engine`` and ``device`` what it runs on
+    (the CPU reference engine by default; "fast" on "cuda" for models too large for a CPU)."""
+    if replay_mode not in MODES:
+        raise ValueError(f"replay_mode must be one of {', '.join(MODES)}, got {replay_mode!r}")
     report = Report(ledger=os.fspath(path))
     try:
-        return _verify(report, path, model, trusted_key, anchors_text, replay, progress)
+        return _verify(report, path, model, trusted_key, anchors_text, replay, progress,
+                       dict(replay=replay_mode, engine=engine, device=device))
     except _Unreadable as e:
         report.verdict, report.reason, report.message = "unreadable", e.reason, e.message
         return report
 
 
-def _verify(report, path, model, trusted_key, anchors_text, replay, progress) -> Report:
+def _verify(report, path, model, trusted_key, anchors_text, replay, progress, how) -> Report:
     try:
         read = read_ledger(path)  # streamed, frame sizes bounded by the genesis: never the whole file in memory
     except LedgerError as e:
@@ -189,10 +198,11 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress) ->
         t0 = time.perf_counter()
         with _Bar(total, progress, os.path.basename(os.fspath(path))) as advance:
             res = Replayer(qm, tokenizer, commitment, anchor_tokens=anchors, offsets=offsets,
-                           progress=advance).run(records, cut=d is not None)
+                           progress=advance, **how).run(records, cut=d is not None)
         secs = time.perf_counter() - t0
         report.replay = {"steps": res.steps_replayed, "seconds": round(secs, 4),
-                         "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0}
+                         "tokens_per_s": round(res.steps_replayed / secs, 2) if secs > 0 else 0.0,
+                         "mode": how["replay"], "engine": how["engine"], "device": how["device"]}
         report.checks = "replay"
         report.explained_divergences = [x.to_dict() for x in res.explained]
         report.fault_history = res.fault_history

@@ -1,0 +1,124 @@
+"""Where the replay's steps come from: token by token, or the recorded tokens fed as prefill.
+
+A replay checks every ``token_step`` record against a step the engine computes
+(``fieldprint_ref.records.StepRecord``: step, attempt, logits, the token the spec's sampler
+draws, page writes, evictions). The checks are the same in both modes (``auditor.replay``);
+only the source of the StepRecords differs:
+
+``stepwise``
+    the generation is re-run: each step feeds the token sampled at the previous step and
+    samples the next, one forward per token (`Engine.step`).
+
+``prefill`` (teacher forcing, the default)
+    the tokens the ledger records are fed as prefill: the token steps of a segment (from one
+    commit to the next, or to the rollback that abandons the branch) go through
+    `Engine.teacher_force` in as few forwards as the engine needs, at most PREFILL_TOKENS
+    positions each, and each position's logits make one step, sampled with the same counter.
+
+Why the two agree. Up to the first divergence every recorded token equals the token the
+replay samples, so both modes feed the same tokens at the same positions; the spec's forward
+does not depend on how a sequence is chunked (``spec.model.forward``), so every position's
+logits, sampled token and K/V bytes are the same whether it was fed alone or in a prefill.
+At and after the first divergence the stepwise replay stops checking the branch, and so does
+the prefill replay (the steps it computed past it are never read). What a check reads in the
+middle of a prefill run is taken as it stood at that step: a page is hashed with only the
+slots that step had filled (a slot's bytes depend on its own token only, and a replay's unfilled
+slots are zero), blocks are held only up to the step's cached length, the engine evicts a
+sliding window's dead blocks only before a forward (so a run ends before a step that evicts),
+and the sequence finishes only at the last step of a run. ``tests/auditor/test_replay_modes.py``
+replays every ledger of the tamper suite both ways and compares verdicts, reasons and locations.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from spec.constants import PAGE_TOKENS
+from spec.ledger import Commit, End, Genesis, Rollback, TokenStep
+
+MODES = ("prefill", "stepwise")
+DEFAULT_MODE = "prefill"
+PREFILL_TOKENS = 256  # forced tokens per forward at most: bounds the attention scores' memory
+
+SEGMENT_ENDS = (Commit, Rollback, End, Genesis)  # kv_page, kv_evict and validation records do not end one
+
+
+def segment_tokens(records: list, i: int) -> list[int]:
+    """Return the tokens of the ``token_step`` records from ``records[i]`` to the end of its
+    segment (the next commit, rollback or end record)."""
+    out = []
+    for r in records[i:]:
+        if isinstance(r, SEGMENT_ENDS):
+            break
+        if isinstance(r, TokenStep):
+            out.append(r.token)
+    return out
+
+
+class Stepwise:
+    """Re-run the generation: one forward and one sampled token per step."""
+
+    mode = "stepwise"
+
+    def next(self, engine, handle: int, records: list, i: int):
+        """Return the StepRecord of the next step (None when the replay's sequence has finished)."""
+        while engine.finish_reason(handle) is None:
+            out = engine.step([handle])
+            if out:
+                return out[0][1]
+        return None
+
+    def finished(self, engine, handle: int) -> bool:
+        """Return whether the replay's sequence finished at the step ``next`` returned last."""
+        return engine.finish_reason(handle) is not None
+
+    def reset(self) -> None:
+        """Forget steps computed ahead (at a commit, or when a rollback abandons the branch)."""
+
+    @staticmethod
+    def page_layers(page, used: int):
+        """Return the page as the checks must see it at the current step (unchanged here)."""
+        return page
+
+
+class Prefill(Stepwise):
+    """Feed the ledger's tokens: each segment in as few forwards as the engine needs."""
+
+    mode = "prefill"
+
+    def __init__(self, max_tokens: int = PREFILL_TOKENS):
+        self.max_tokens = max_tokens
+        self.ahead: deque = deque()  # steps computed and not yet checked
+        self.forwards = 0
+
+    def next(self, engine, handle: int, records: list, i: int):
+        if not self.ahead:
+            if engine.finish_reason(handle) is not None:
+                return None
+            tokens = segment_tokens(records, i)
+            self.ahead.extend(engine.teacher_force(handle, tokens, max_tokens=self.max_tokens))
+            self.forwards += 1
+        return self.ahead.popleft()
+
+    def finished(self, engine, handle: int) -> bool:
+        # teacher_force stops at the step that finishes the sequence: only the last step of a run can
+        return not self.ahead and engine.finish_reason(handle) is not None
+
+    def reset(self) -> None:
+        self.ahead.clear()
+
+    @staticmethod
+    def page_layers(page, used: int):
+        """Return ``page`` (a KV page tensor) with the slots from ``used`` on zeroed, as it stood
+        when only ``used`` slots were filled (later steps of the run may have written them)."""
+        if used >= PAGE_TOKENS:
+            return page
+        page = page.clone()
+        page[:, :, used:] = 0
+        return page
+
+
+def source(mode: str):
+    """Return a fresh step source for ``mode`` ("prefill" or "stepwise")."""
+    if mode not in MODES:
+        raise ValueError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return Prefill() if mode == "prefill" else Stepwise()
