@@ -71,8 +71,10 @@ class RecordCheckResult:
 class RecordChecker:
     """Check ``records`` against the rules that follow from the records (see the module docstring)."""
 
-    def __init__(self, *, commitment: bytes, vocab_size: int, max_position: int, tokenizer=None, offsets=None):
+    def __init__(self, *, commitment: bytes, vocab_size: int, max_position: int, tokenizer=None, offsets=None,
+                 model_window: int | None = None):
         self.commitment = commitment
+        self.model_window = model_window or 0  # the model's committed sliding window (0 = full attention)
         self.vocab = int(vocab_size)
         self.max_position = int(max_position)
         self.tokenizer = tokenizer
@@ -88,6 +90,10 @@ class RecordChecker:
             raise self.fail("model-commitment", "the ledger was not produced by this model artifact",
                             field="model_commitment", expected=g.model_commitment, actual=self.commitment)
         inp = g.inputs
+        if inp.model_window != self.model_window:
+            raise self.fail("model-window", f"the genesis says the model's sliding window is {inp.model_window or 'none'}, "
+                            f"the model commits to {self.model_window or 'none'}", field="inputs.model_window",
+                            expected=inp.model_window, actual=self.model_window)
         for what, ids in (("prompt_tokens", inp.prompt_tokens), ("anchor_tokens", inp.anchor_tokens),
                           ("eos_token_ids", inp.eos_token_ids)):
             bad = [t for t in ids if t >= self.vocab]

@@ -186,7 +186,8 @@ def _verify(report, path, model, trusted_key, anchors_text, replay, progress, ho
     records = st.records[:st.verified_size]
     qm, tokenizer, commitment = load_model(model)  # with or without the replay: the commitment is checked
     checked = RecordChecker(commitment=commitment, vocab_size=qm.config.vocab_size,
-                            max_position=qm.config.max_position, tokenizer=tokenizer, offsets=offsets).run(records)
+                            max_position=qm.config.max_position, tokenizer=tokenizer, offsets=offsets,
+                            model_window=qm.config.sliding_window).run(records)
     report.notes += checked.notes
     d = checked.divergence
     res = None

@@ -156,3 +156,20 @@ def test_cli_generate_window_default_and_override(mistral):
     assert (d["window"], d["model_window"], d["window_override"]) == (100000, WINDOW, True)
     t = _cli(*base[:-1], "--window", "100000")
     assert t.returncode == 0 and "window 100000 overrides the model's 8" in t.stderr
+
+
+def test_no_replay_checks_the_model_window_too(mistral, key, tmp_path):
+    import copy
+    import dataclasses
+
+    from auditor.verify import verify_ledger
+    from fieldprint_ref.engine import RefEngine
+    from fieldprint.runtime.session import VerifyingSession
+
+    wrong = copy.copy(mistral.model)
+    wrong.config = dataclasses.replace(wrong.config, sliding_window=None)
+    VerifyingSession(RefEngine(wrong, tokenizer=mistral.tokenizer, num_pages=48), key=key,
+                     ledger_path=tmp_path / "w.fpl", max_new_tokens=4, fsync="none",
+                     model_commitment=mistral.commitment).run(PROMPT)
+    rep = verify_ledger(tmp_path / "w.fpl", model=mistral, trusted_key=key.verifier, replay=False)
+    assert (rep.verdict, rep.reason) == ("invalid", "model-window")
