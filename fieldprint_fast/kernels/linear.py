@@ -195,7 +195,7 @@ def _linear_kernel(
     # pointers
     a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, y [M, N]; ws [4, M, N] int32
-    M, N, K,
+    M, N, K, PLANE,  # PLANE = M * N (elements of one ws plane)
     # strides
     stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_ym, stride_yn,
     # meta-parameters
@@ -272,7 +272,7 @@ def _linear_kernel(
         # -- split K: exact integer sums in ws, the last program of the tile finishes -------
         inside = (rm[:, None] < M) & (rn[None, :] < N)
         ws = ws_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
-        plane = M.to(tl.int64) * N
+        plane = PLANE
         tl.atomic_add(ws, acc00, mask=inside, sem="release")
         if LW == 2:
             tl.atomic_add(ws + plane, acc01, mask=inside, sem="release")
@@ -395,13 +395,16 @@ def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device) -> d
             return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
         return dict(BLOCK_M=128, BLOCK_N=128 if pairs == 2 else 64, BLOCK_K=128, GROUP_M=8, num_warps=8,
                     num_stages=4)
-    block_m = 16 if m <= 16 else 64
-    block_n, block_k = 64, 256 if pairs == 1 else 128
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    want = 2 * _sm_count(device)  # programs: a few per SM keep enough weight bytes in flight
-    split = max(1, min(want // tiles, triton.cdiv(k, 4 * block_k)))  # >= 4 K blocks per program
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=1, num_warps=4, num_stages=4,
-                SPLIT_K=split)
+    # Split K (SPLIT_K > 1, see split_k_hint) stays off by default until a GPU parity run has
+    # covered it (docs/fast/linear.md); pass config=dict(..., SPLIT_K=s) to use it.
+    return dict(BLOCK_M=16 if m <= 16 else 64, BLOCK_N=64, BLOCK_K=256 if pairs == 1 else 128, GROUP_M=1,
+                num_warps=4, num_stages=4, SPLIT_K=1)
+
+
+def split_k_hint(m: int, n: int, k: int, cfg: dict, device: torch.device) -> int:
+    """Return a K split that gives every SM about two programs, with >= 4 K blocks per program."""
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    return max(1, min(2 * _sm_count(device) // tiles, triton.cdiv(k, 4 * cfg["BLOCK_K"])))
 
 
 def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch.Tensor, mul: torch.Tensor,
@@ -432,7 +435,7 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
     ws, count = _split_k_buffers(q.device, 4 * mm * n, tiles) if cfg["SPLIT_K"] > 1 else (y, y)
     _linear_kernel[(tiles, cfg["SPLIT_K"])](
         q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
-        mm, n, k,
+        mm, n, k, mm * n,
         q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
         LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, **cfg,
     )
