@@ -132,6 +132,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         size = build_checkpoint(work / "hf", layers=args.layers, hidden=args.hidden, inter=args.inter, vocab=args.vocab,
                                 heads=args.hidden // 64, kv_heads=4, dtype=args.dtype, shard_bytes=args.shard_mb << 20)
+        build_seconds = round(time.perf_counter() - t0, 1)
         shards = len(list((work / "hf").glob("*.safetensors")))
         largest = max(args.vocab * args.hidden, args.inter * args.hidden) * (4 if args.dtype == "fp32" else 2)
         rows = {"streaming": run_mode(_STREAM, work / "hf", work / "stream")}
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                         "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")},
             "checkpoint": {"shape": f"llama hidden {args.hidden}, MLP {args.inter}, {args.layers} layers, vocab "
                                     f"{args.vocab}", "dtype": args.dtype, "bytes": size, "shards": shards,
-                           "largest_tensor_bytes": largest, "build_seconds": round(time.perf_counter() - t0, 1)},
+                           "largest_tensor_bytes": largest, "build_seconds": build_seconds},
             "rows": rows,
         }
     finally:
