@@ -10,6 +10,10 @@ from spec.commits import make_policy
 
 CONFIGS = {
     "window-fault": dict(window=8, max_new_tokens=24, faults=FaultPlan(flips=[FlipKV(step=9, block=1, byte=7, bit=1)])),
+    # block 1 corrupted after the commit at step 19, freed by the window at step 21: its re-hash
+    # before it goes fails, and the failure names a block that is no longer live at the commit
+    "window-fault-evicted": dict(window=8, max_new_tokens=28,
+                                 faults=FaultPlan(flips=[FlipKV(step=20, block=1, byte=7, bit=1)])),
     "window-rejected": dict(window=12, max_new_tokens=20, faults=FaultPlan(reject_commits={1, 3})),
     "page-full-eos": dict(policy=make_policy(3, page_full=True), eos_token_ids=[5, 9, 17], max_new_tokens=30),
     "stop-end-of-turn": dict(policy=make_policy(0, end_of_turn_tokens=[7, 11]), stop=["w3"], max_new_tokens=30),
