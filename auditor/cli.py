@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from auditor.report import combined_exit, render_text
+from auditor.report import ENGINE_NAMES, combined_exit, render_text
 
 
 EXIT_CODES = """exit codes:
@@ -60,6 +60,8 @@ class _Stdout:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from auditor.teacher import DEFAULT_MODE, MODES
+
     p = _Parser(prog="fieldprint-audit", description="Verify Fieldprint ledgers offline (CPU replay).",
                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -75,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "checked)")
     v.add_argument("--jobs", type=_jobs, default=None, metavar="N",
                    help="parallel processes for several ledgers, N >= 1 (default: one per CPU)")
+    v.add_argument("--ray", metavar="ADDRESS", help="verify on a Ray cluster instead, one task per ledger (ADDRESS "
+                   "as ray.init takes it, or 'local' to start one here; pip install 'fieldprint[ray]'); the model "
+                   "path must be readable on every node")
+    v.add_argument("--replay", choices=MODES, default=DEFAULT_MODE, help="prefill (default): feed each segment's "
+                   "recorded tokens as one prefill and check every position; stepwise: re-run the generation token "
+                   "by token. Both reach the same verdict (docs/auditor.md, replay modes)")
+    v.add_argument("--engine", choices=sorted(ENGINE_NAMES), default="ref", help="engine the replay runs on: ref "
+                   "(default, the reference engine) or fast (the Triton engine, for models too large for a CPU "
+                   "audit; with --device cuda)")
+    v.add_argument("--device", default="cpu", help="torch device of the replay (default cpu)")
     v.add_argument("--json", action="store_true", help="one JSON report per line")
     v.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
     s = sub.add_parser("show", help="print a ledger's timeline of commits, validations and rollbacks")
@@ -96,6 +108,31 @@ def _tokenizer(model_dir):
     return Tokenizer.from_file(str(path)) if path.is_file() else None
 
 
+def _replay_target_problem(args) -> str | None:
+    """Return why the options cannot run here (--engine, --device, --ray with --jobs), or None."""
+    if args.ray and args.jobs is not None:
+        return "--jobs and --ray exclude each other (a Ray cluster schedules one task per ledger)"
+    if args.no_replay or args.ray:  # with --ray, the workers' devices count, not this machine's
+        return None
+    if args.device != "cpu":
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            return f"--device {args.device}: {e}"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {args.device}: this machine has no CUDA device (leave --device out to replay on the CPU)"
+    if args.engine != "ref":
+        from fieldprint.engine import select_engine
+
+        try:
+            select_engine(args.engine)
+        except Exception as e:  # the fast engine needs triton
+            return f"--engine {args.engine}: cannot load the engine: {e}"
+    return None
+
+
 def cmd_verify(args) -> int:
     from auditor.verify import ledger_paths, verify_many
 
@@ -110,9 +147,23 @@ def cmd_verify(args) -> int:
     if not paths:
         print("error: no ledger found", file=sys.stderr)
         return 2
+    problem = _replay_target_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     progress = not args.json and (args.progress or sys.stderr.isatty())
-    reports = verify_many(paths, jobs=args.jobs, model=args.model, trusted_key=args.trusted_key,
-                          anchors_text=anchors, replay=not args.no_replay, progress=progress)
+    kw = dict(model=args.model, trusted_key=args.trusted_key, anchors_text=anchors, replay=not args.no_replay,
+              progress=progress, replay_mode=args.replay, engine=args.engine, device=args.device)
+    if args.ray:
+        from auditor.cluster import RayUnavailable, verify_on_ray
+
+        try:
+            reports = verify_on_ray(paths, args.ray, **kw)
+        except RayUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        reports = verify_many(paths, jobs=args.jobs, **kw)
     for r in reports:
         _Stdout.print(r.to_json() if args.json else render_text(r))
     if len(reports) > 1 and not args.json:

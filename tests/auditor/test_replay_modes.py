@@ -10,7 +10,11 @@ field), values, explained divergences and tokens; and prefill must run fewer for
 """
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
+import torch
 
 import fp_fixtures as fx
 from auditor.replay import Replayer
@@ -208,3 +212,71 @@ def test_a_page_read_inside_a_prefill_run_is_hashed_as_of_its_step(ledgers):
     assert got["prefill"] == got["stepwise"]
     d = got["prefill"]
     assert (d["reason"], d["block"], d["layer"], d["step"]) == ("replay-page", 1, 0, 6), d
+
+
+# -- the command line: --replay, --engine/--device, --ray ------------------------------------------
+
+
+def _cli(capsys, *args):
+    from auditor import cli
+
+    try:
+        code = cli.main(["verify", *args, "--model", fx.artifact_dir(), "--trusted-key",
+                         fx.key().verifier.to_string()])
+    except SystemExit as e:  # argparse refuses the arguments
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_replay_modes_and_the_report_says_how(capsys, ledgers):
+    path = ledgers["clean"][0]
+    code, out, _ = _cli(capsys, path)
+    assert code == 0 and "as prefill on the CPU reference engine" in out, out
+    code, out, _ = _cli(capsys, path, "--replay", "stepwise", "--json")
+    rep = json.loads(out)
+    assert code == 0 and (rep["replay"]["mode"], rep["replay"]["engine"], rep["replay"]["device"]) == (
+        "stepwise", "ref", "cpu")
+    code, out, _ = _cli(capsys, ledgers["forged-token"][0], "--json")
+    assert code == 1 and json.loads(out)["reason"] == "replay-token"
+
+
+def test_cli_refuses_a_device_or_engine_it_cannot_run(capsys, ledgers):
+    path = ledgers["clean"][0]
+    code, out, err = _cli(capsys, path, "--replay", "sideways")
+    assert code == 2 and "--replay" in err and not out
+    code, out, err = _cli(capsys, path, "--device", "nonsense")
+    assert code == 2 and err.startswith("error: --device nonsense") and not out
+    if not torch.cuda.is_available():
+        code, out, err = _cli(capsys, path, "--engine", "fast", "--device", "cuda")
+        assert code == 2 and "no CUDA device" in err and not out
+    code, out, err = _cli(capsys, path, "--ray", "local", "--jobs", "2")
+    assert code == 2 and "--jobs and --ray" in err and not out
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="the fast engine needs CUDA or the Triton interpreter")
+def test_the_fast_engine_replays_to_the_same_report(ledgers):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = dict(model=fx.artifact(), trusted_key=fx.key().verifier)
+    for name in ("clean", "forged-token"):
+        ref = verify_ledger(ledgers[name][0], **kw).to_dict()
+        fast = verify_ledger(ledgers[name][0], engine="fast", device=device, **kw).to_dict()
+        assert all(ref.get(f) == fast.get(f) for f in COMPARED), (name, ref, fast)
+        assert (fast["replay"]["engine"], fast["replay"]["device"]) == ("fast", device)
+
+
+@pytest.mark.slow
+def test_ray_gives_the_reports_of_one_machine(ledgers, tmp_path):
+    """A local Ray instance (about 30 s to start on 2 busy cores): the same reports, in order,
+    for a valid, a forged and a missing ledger."""
+    pytest.importorskip("ray")
+    from auditor.cluster import verify_on_ray
+
+    paths = [ledgers["clean"][0], ledgers["forged-token"][0], str(tmp_path / "missing.fpl")]
+    kw = dict(model=fx.artifact_dir(), trusted_key=fx.key().verifier)
+    local = [verify_ledger(p, **kw).to_dict() for p in paths]
+    remote = [r.to_dict() for r in verify_on_ray(paths, "local", **kw)]
+    assert [r["verdict"] for r in remote] == ["valid", "invalid", "unreadable"]
+    for a, b in zip(local, remote):
+        assert all(a.get(f) == b.get(f) for f in COMPARED + ("ledger",)), (a, b)
