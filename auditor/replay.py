@@ -183,7 +183,9 @@ class Replayer:
         self.hasher = HASHERS[g.hash_profile]
         self.policy = g.commit_policy
         cfg = self.model.config
-        blocks = -(-cfg.max_position // PAGE_TOKENS)
+        # the pages this ledger's context can need, not max_position's (a 128K model would ask for GBs)
+        context = min(cfg.max_position, len(inp.anchor_tokens) + len(inp.prompt_tokens) + g.sampling.max_new_tokens)
+        blocks = -(-context // PAGE_TOKENS)
         pages = self.num_pages or (3 * blocks + self.n_commits + 8)
         eos = list(inp.eos_token_ids)
         try:  # the replay needs each step's logits once: do not keep them in the records

@@ -119,3 +119,29 @@ def test_llama3_rope_checkpoint_quantizes_generates_and_audits(tmp_path):
     (tmp_path / "art" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="field 'commitment'"):
         load_artifact(tmp_path / "art")
+
+
+def test_replay_pool_follows_the_ledger_not_max_position(long_hf, tmp_path, monkeypatch):
+    """The auditor sized its replay pool by max_position (3 x 65,536 / 16 pages here, GBs at 7B dims)."""
+    import fieldprint_ref.engine as ref
+    from auditor.verify import verify_ledger
+    from fieldprint.artifact import load_artifact, quantize_checkpoint
+    from fieldprint.engine import load_engine
+    from fieldprint.runtime.session import VerifyingSession
+    from spec.keys import SigningKey
+
+    quantize_checkpoint(long_hf, tmp_path / "art", "default", progress=False, max_position=65536)
+    art = load_artifact(tmp_path / "art")
+    key = SigningKey("long.test", bytes(range(32)))
+    VerifyingSession(load_engine("ref", art, num_pages=8), key=key, ledger_path=tmp_path / "l.fpl", max_new_tokens=6,
+                     fsync="none").run(list(range(2, 30)))
+    sizes, init = [], ref.RefEngine.__init__
+
+    def spy(self, model, **kw):
+        sizes.append(kw.get("num_pages"))
+        init(self, model, **kw)
+
+    monkeypatch.setattr(ref.RefEngine, "__init__", spy)
+    rep = verify_ledger(tmp_path / "l.fpl", model=art, trusted_key=key.verifier)
+    assert rep.verdict == "valid", rep.message
+    assert sizes and max(sizes) <= 3 * 3 + 16, sizes  # 34 context tokens: 3 blocks
