@@ -191,6 +191,8 @@ def check_ledger_args(args) -> None:
         return
     if not args.key:
         raise ConfigError("--ledger needs --key (create one with `fieldprint keygen NAME`)")
+    if os.path.isdir(args.ledger):
+        raise ConfigError(f"--ledger: {args.ledger} is a folder (give the path of a new .fpl file)")
     if os.path.exists(args.ledger):
         raise ConfigError(f"--ledger: {args.ledger} exists (ledgers are never overwritten)")
     folder = Path(args.ledger).parent

@@ -108,6 +108,7 @@ def test_bad_ledger_options_fail_before_the_model_loads(capsys, tmp_path, keys):
     cases = [
         (["--commit-policy", "every=0"], "--commit-policy: every=N needs N >= 1"),
         (["--ledger", tmp_path / "no" / "such" / "folder" / "x.fpl"], "--ledger: folder"),
+        (["--ledger", tmp_path], "is a folder"),
         (["--key", keys[1]], "--key"),
         (["--inject-kv-flip", "10", "--max-new-tokens", "8"], "--inject-kv-flip 10: step 10 is past the last step"),
     ]
