@@ -359,22 +359,28 @@ class LazyState(Mapping):
     """The float weights of a checkpoint, read tensor by tensor from their shards on access.
 
     Built from the checked safetensors headers only (`_index_state`), so it holds no weights:
-    ``state[name]`` reads one tensor (memory-mapped, in its stored dtype: bf16, fp16, fp32 or
-    fp64) and keeps nothing. Conversion (spec.convert) reads each tensor once, so converting
-    from a LazyState costs about one tensor of memory, not the model."""
+    ``state[name]`` reads exactly that tensor's bytes from its shard (no memory map, so nothing
+    else of the shard is paged in) as a tensor of its stored dtype (bf16, fp16 or fp32; fp64 is
+    given as float32, as the in-memory path does) and keeps nothing. Conversion (spec.convert)
+    reads each tensor once, so converting from a LazyState costs about one tensor of memory."""
 
-    def __init__(self, where: dict[str, Path], error=CheckpointError):
-        self._where, self._error = where, error
+    def __init__(self, where: dict[str, tuple[Path, str, list[int], int, int]], error=CheckpointError):
+        self._where, self._error = where, error  # name -> (file, dtype, shape, begin, end)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        from safetensors import SafetensorError, safe_open
-
-        f = self._where[name]
+        f, dtype, shape, begin, end = self._where[name]
         try:
-            with safe_open(str(f), framework="pt") as h:
-                return h.get_tensor(name)
-        except (SafetensorError, OSError, RuntimeError) as e:
+            with open(f, "rb") as h:
+                (n,) = struct.unpack("<Q", h.read(8))
+                h.seek(8 + n + begin)
+                buf = bytearray(end - begin)
+                if h.readinto(buf) != len(buf):
+                    raise OSError("file is shorter than its header says")
+        except OSError as e:
             raise self._error(f"{f}: cannot read tensor '{name}' ({e})") from None
+        t = torch.frombuffer(buf, dtype=FLOAT_DTYPES[dtype]) if buf else torch.empty(0, dtype=FLOAT_DTYPES[dtype])
+        t = t.reshape(shape)
+        return t.to(torch.float32) if t.dtype == torch.float64 else t
 
     def __iter__(self):
         return iter(self._where)
@@ -383,13 +389,13 @@ class LazyState(Mapping):
         return len(self._where)
 
 
-def _index_state(root: Path, config: ModelConfig) -> tuple[dict[str, Path], list[Path]]:
+def _index_state(root: Path, config: ModelConfig) -> tuple[dict[str, tuple], list[Path]]:
     """Return (tensor name -> shard file, shard files) after checking every shard's header:
     names, shapes and dtypes against config.json and the index; no tensor data is read."""
     files, wm = weight_files(root)
     want = expected_shapes(config)
     where: dict[str, Path] = {}
-    state: dict[str, Path] = {}
+    state: dict[str, tuple] = {}
     for f in files:
         for name, e in check_safetensors(f).items():
             if name.endswith(IGNORED_SUFFIXES):
@@ -410,7 +416,7 @@ def _index_state(root: Path, config: ModelConfig) -> tuple[dict[str, Path], list
             if e["dtype"] not in FLOAT_DTYPES:
                 raise CheckpointError(f"{f}: tensor '{name}' has dtype {e['dtype']}, expected a float dtype "
                                       f"({', '.join(FLOAT_DTYPES)})")
-            state[name] = f
+            state[name] = (f, e["dtype"], list(e["shape"]), *e["data_offsets"])
     if wm is not None:
         for name, fname in wm.items():
             if name not in where and not name.endswith(IGNORED_SUFFIXES):
@@ -430,7 +436,7 @@ def _load_state(root: Path, config: ModelConfig, lazy: bool = False) -> tuple[Ma
         return lazy_state, files
     state = {}
     for f in files:  # one shard at a time, each read whole (load_safetensors checks it again)
-        names = [n for n, w in where.items() if w == f]
+        names = [n for n, w in where.items() if w[0] == f]
         if names:
             tensors = load_safetensors(f)
             state.update({n: tensors[n].to(torch.float32) for n in names})

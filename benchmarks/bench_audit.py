@@ -1,0 +1,208 @@
+"""Benchmark: an audit faster than the generation it checks (CPU, reference engine).
+
+``python benchmarks/bench_audit.py [--tokens 256] [--models demo,large] [--policies 8,64]``
+prints a rich table and writes ``benchmarks/results/audit-cpu-<date>.json`` (or ``--out``).
+
+For each model, in one run on this machine:
+
+1. **Weight cache** (``fieldprint_ref.weights``): the time of one decode step with the float64
+   weight views and without them (``cache_weights = False``), medians of ``--decode-steps``.
+2. **Generation**: ``VerifyingSession.run`` on ``RefEngine`` writes a ``--tokens`` ledger (no EOS:
+   the whole budget) for each commit policy ``every=N`` of ``--policies`` (8 is the runtime's
+   default; a segment, the unit of a prefill replay, is N tokens long).
+3. **Audit**: ``verify_ledger`` of each ledger with ``replay_mode="stepwise"`` (token by token,
+   on the default policy's ledger) and ``"prefill"`` (teacher-forced); both must be ``valid``.
+   Speed-up = generation wall time / audit wall time (the whole verify: structure, signatures,
+   records checks and replay).
+
+Models: ``demo`` (``build/demo``, built on first use) and ``large``, a random Llama of 12 layers,
+hidden 768 (12 heads, 4 KV heads, intermediate 3072, vocab 32000), quantized with the default
+profile. The machine is shared: the JSON records the load average before each phase.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning threads crawl on busy machines
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from auditor.verify import verify_ledger  # noqa: E402
+from fieldprint.runtime.session import VerifyingSession  # noqa: E402
+from fieldprint_ref.engine import RefEngine  # noqa: E402
+from spec.commits import make_policy  # noqa: E402
+from spec.keys import SigningKey  # noqa: E402
+from spec.sampling import SamplingParams  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LARGE = dict(vocab=32000, hidden=768, inter=3072, layers=12, heads=12, kv_heads=4)
+
+
+class Uncached(RefEngine):
+    """The reference engine converting every weight on every matmul (as before the cache)."""
+
+    cache_weights = False
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def large_artifact(out: Path, shape=LARGE):
+    """Build and save a random Llama artifact of ``shape`` with a WordLevel tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fieldprint.artifact import load_artifact, save_artifact
+    from spec.convert import quantize_model
+    from spec.model import ModelConfig
+    from spec.profiles import PROFILES
+
+    s = shape
+    hf = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
+                     num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+                     max_position_embeddings=512, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    state = {k: v.detach().float() for k, v in LlamaForCausalLM(hf).state_dict().items()}
+    cfg = ModelConfig(arch="llama", vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
+                      num_layers=s["layers"], num_heads=s["heads"], num_kv_heads=s["kv_heads"],
+                      head_dim=s["hidden"] // s["heads"], rope_theta=10000.0, rms_norm_eps=1e-5, max_position=512,
+                      tie_embeddings=False, qkv_bias=False)
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(s["vocab"])}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    save_artifact(quantize_model(cfg, state, PROFILES["default"]), out / "artifact", out / "tokenizer.json")
+    return load_artifact(out / "artifact")
+
+
+def model_of(name: str, tmp: Path):
+    from fieldprint.artifact import load_artifact
+
+    if name == "demo":
+        from fieldprint.demo import ensure_demo_model
+
+        return load_artifact(ensure_demo_model(progress=False)), "demo (build/demo)"
+    if name == "large":
+        s = LARGE
+        return large_artifact(tmp / "large"), (f"random Llama {s['layers']} layers, hidden {s['hidden']}, "
+                                              f"intermediate {s['inter']}, vocab {s['vocab']}")
+    raise SystemExit(f"error: --models: unknown model {name!r} (demo, large)")
+
+
+def decode_step_s(cls, art, steps: int) -> float:
+    """Return the median seconds of one decode step (after a 16-token prefill)."""
+    eng = cls(art.model, num_pages=8, keep_logits=False)
+    h = eng.add_sequence(list(range(1, 17)), sampling=SamplingParams(temperature="4/5", seed=1),
+                         max_new_tokens=steps + 2)
+    eng.step([h])
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        eng.step([h])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_model(name: str, args, tmp: Path, con) -> dict:
+    t0 = time.perf_counter()
+    art, desc = model_of(name, tmp)
+    out = {"model": desc, "config": art.model.config.to_dict(), "build_s": round(time.perf_counter() - t0, 1),
+           "params": sum(t.numel() for t in art.model.tensors.values())}
+    con.print(f"[bold]{name}[/bold]: {desc} ({out['params'] / 1e6:.1f} M parameters)")
+    out["load_before_decode"] = load()
+    cached, uncached = decode_step_s(RefEngine, art, args.decode_steps), decode_step_s(Uncached, art, args.decode_steps)
+    out["decode_step_s"] = {"weight_cache": round(cached, 4), "no_cache": round(uncached, 4),
+                            "speedup": round(uncached / cached, 2)}
+    con.print(f"  decode step: {uncached * 1000:.0f} ms without the weight cache, {cached * 1000:.0f} ms with it")
+    key = SigningKey("bench.fieldprint.example/engine", b"\x42" * 32)
+    sampling = SamplingParams(temperature="7/10", top_k=40, seed=11)
+    v = art.model.config.vocab_size
+    prompt = [(7 * i + 3) % v for i in range(args.prompt_tokens)]
+    out["ledgers"] = []
+    for k, every in enumerate(args.policies):
+        path = tmp / f"{name}-every{every}.fpl"
+        row = {"commit_policy": f"every={every}", "load_before_generation": load()}
+        eng = RefEngine(art.model, tokenizer=art.tokenizer, num_pages=64, eos_token_ids=[])
+        t0 = time.perf_counter()
+        res = VerifyingSession(eng, key=key, ledger_path=path, policy=make_policy(every), sampling=sampling,
+                               max_new_tokens=args.tokens, eos_token_ids=[], model_commitment=art.commitment,
+                               fsync="checkpoint").run(prompt)
+        gen = time.perf_counter() - t0
+        row.update(tokens=len(res.tokens), generation_s=round(gen, 3), commits=res.commits,
+                   ledger_bytes=os.path.getsize(path))
+        con.print(f"  every={every}: generated {len(res.tokens)} tokens in {gen:.1f} s")
+        modes = ("stepwise", "prefill") if k == 0 else ("prefill",)
+        for mode in modes:
+            row[f"load_before_{mode}"] = load()
+            t0 = time.perf_counter()
+            rep = verify_ledger(path, model=art, trusted_key=key.verifier, replay_mode=mode)
+            wall = time.perf_counter() - t0
+            if rep.verdict != "valid":
+                raise SystemExit(f"error: {name} every={every} {mode}: {rep.verdict} {rep.reason} {rep.message}")
+            row[mode] = {"audit_s": round(wall, 3), "replay_s": rep.replay["seconds"],
+                         "speedup_vs_generation": round(gen / wall, 2)}
+            con.print(f"    {mode} audit: {wall:.2f} s ({gen / wall:.1f}x faster than the generation)")
+        out["ledgers"].append(row)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=256, help="tokens per ledger")
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--models", default="demo,large")
+    ap.add_argument("--policies", default="8,64", help="commit every N tokens, one ledger each (comma-separated)")
+    ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    args.policies = [int(x) for x in args.policies.split(",")]
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(stderr=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or platform.machine())
+    result = {"benchmark": "audit", "date": date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "tokens": args.tokens,
+              "prompt_tokens": args.prompt_tokens, "load_at_start": load(),
+              "note": "shared machine: other jobs ran at the same time; load averages are recorded per phase",
+              "models": {}}
+    for name in args.models.split(","):
+        result["models"][name] = bench_model(name, args, tmp, con)
+    result["load_at_end"] = load()
+    t = Table(title=f"Audit vs generation, {args.tokens}-token ledgers, CPU reference engine "
+                    f"({result['cores']} cores, load {result['load_at_start'][0]}-{result['load_at_end'][0]})")
+    for c in ("model", "policy", "generation", "stepwise audit", "prefill audit", "prefill speed-up",
+              "decode step, weight cache"):
+        t.add_column(c, justify="right" if c != "model" else "left")
+    for name, m in result["models"].items():
+        for row in m["ledgers"]:
+            step = row.get("stepwise")
+            t.add_row(name, row["commit_policy"], f"{row['generation_s']:.1f} s",
+                      f"{step['audit_s']:.1f} s ({step['speedup_vs_generation']}x)" if step else "-",
+                      f"{row['prefill']['audit_s']:.2f} s", f"{row['prefill']['speedup_vs_generation']}x",
+                      f"{m['decode_step_s']['speedup']}x faster")
+    Console().print(t)
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"audit-cpu-{date.today()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = path.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    tmp_out.replace(path)
+    con.print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
