@@ -31,9 +31,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-_PREFER = [r"GB_?ps|GBps|GB/s|TB", r"tokens_per_s|per_s|throughput", r"speedup", r"overhead_pct|_pct$",
-           r"agreement", r"delta", r"_ms$|_us$", r"_s$", r"."]
-_SKIP = re.compile(r"^(seed|n|L|runs|threads|sms|cpu_cores|block|warps|maxnreg|first_bad)$")
+_PREFER = [r"GB_?ps|GBps|gbs$|GB/s|TB|tops$", r"tokens_per_s|per_s|throughput", r"speedup", r"overhead_pct|_pct$",
+           r"agreement", r"delta", r"_ms$|_us$", r"_s$|seconds", r"."]
+# Parameters of a row (its shape, its launch configuration), never plotted as a metric; shown in its label.
+_PARAMS = re.compile(r"^(seed|n|L|M|N|K|B|H|D|T|limbs|batch|size|bytes|tokens|runs|threads|sms|cpu_cores|cores|"
+                     r"block|warps|maxnreg|first_bad|shards)$|^parity_|^num_|^BLOCK_|_size$")
 
 
 @dataclass
@@ -70,9 +72,13 @@ def _first(data: dict, *paths: str) -> str | None:
 def _label(row: dict, key: str | None) -> str:
     if key is not None:
         return key
-    parts = [str(v) for k, v in row.items() if isinstance(v, str)]
-    parts += [f"{k}={v}" for k, v in row.items() if _number(v) and k in ("L", "n", "size", "bytes", "batch", "tokens")]
-    return " ".join(parts)[:48] or "?"
+    parts = [str(v) for k, v in row.items() if isinstance(v, str) and len(v) <= 40]
+    parts += [f"{k}={v}" for k, v in row.items() if _number(v) and _PARAMS.search(k) and not k.startswith("parity_")]
+    for v in row.values():  # a nested launch configuration: its parameters, compactly
+        if isinstance(v, dict):
+            parts += [f"{k.removeprefix('BLOCK_')}={x}" for k, x in v.items() if _number(x)]
+    text = " ".join(parts)
+    return (text[:55] + "…") if len(text) > 56 else (text or "?")
 
 
 def _tables(node, path: str = "") -> list[Table]:
@@ -93,10 +99,13 @@ def _tables(node, path: str = "") -> list[Table]:
 
 
 def _choose_metrics(table: Table, wanted: list[str] | None = None) -> list[str]:
-    keys = [k for k in table.rows[0] if all(_number(r.get(k)) for r in table.rows)]
+    """Return up to two metrics of a table: numeric fields that at least two rows have and that vary."""
+    keys = list(dict.fromkeys(k for r in table.rows for k in r))
+    present = {k: [r[k] for r in table.rows if _number(r.get(k))] for k in keys}
+    keys = [k for k in keys if len(present[k]) >= 2]
     if wanted:
         return [k for k in wanted if k in keys]
-    varying = [k for k in keys if not _SKIP.match(k) and len({r[k] for r in table.rows}) > 1]
+    varying = [k for k in keys if not _PARAMS.search(k) and len(set(present[k])) > 1]
     ranked = sorted(varying, key=lambda k: (next(i for i, p in enumerate(_PREFER) if re.search(p, k)), keys.index(k)))
     return ranked[:2]
 
@@ -107,6 +116,8 @@ def load(path: Path) -> Result:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     machine = _first(data, "machine", "device", "gpu", "meta.device")
+    if machine is None and isinstance(data.get("machine"), dict):  # {"cpu": ..., "cores": ...}
+        machine = ", ".join(f"{k} {v}" for k, v in data["machine"].items() if isinstance(v, (str, int)))
     if machine is None:  # say at least what the file does record about where it ran
         known = [f"{k} {data[k]}" for k in ("cpu", "torch", "threads") if isinstance(data.get(k), (str, int))]
         machine = "machine not recorded" + (f" ({', '.join(known)})" if known else "")
@@ -133,7 +144,7 @@ def _fmt(v: float) -> str:
 
 def bar_chart(title: str, subtitle: str, labels: list[str], values: list[float]) -> str:
     """Return an SVG horizontal bar chart (bars from zero; negative values to the left)."""
-    bar_h, gap, left, width, right = 18, 6, 250, 380, 80
+    bar_h, gap, left, width, right = 18, 6, 340, 360, 80
     top = 46
     height = top + len(values) * (bar_h + gap) + 12
     lo, hi = min(0.0, *values), max(0.0, *values)
@@ -160,12 +171,14 @@ def bar_chart(title: str, subtitle: str, labels: list[str], values: list[float])
 
 
 def charts(result: Result) -> list[tuple[str, str]]:
-    """Return (file stem, SVG) of every chart of one result."""
+    """Return (file stem, SVG) of every chart of one result; rows without the metric are left out."""
     out = []
     for t in result.tables:
         for m in t.metrics:
-            title = f"{result.name}: {m} by {t.path}"
-            svg = bar_chart(title, f"{result.machine} · {result.date}", t.labels, [float(r[m]) for r in t.rows])
+            rows = [(label, float(r[m])) for label, r in zip(t.labels, t.rows) if _number(r.get(m))]
+            left_out = len(t.rows) - len(rows)
+            subtitle = f"{result.machine} · {result.date}" + (f" · {left_out} rows without {m} not shown" if left_out else "")
+            svg = bar_chart(f"{result.name}: {m} by {t.path}", subtitle, [l for l, _ in rows], [v for _, v in rows])
             out.append((re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{result.name}-{t.path}-{m}"), svg))
     return out
 

@@ -51,3 +51,18 @@ def test_cli_writes_svg_files(tmp_path, capsys):
     assert pb.main(["--out", str(tmp_path)]) == 0
     assert list(tmp_path.glob("*.svg"))
     assert pb.main(["--results", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+
+
+def test_rows_without_the_metric_are_left_out_and_counted(tmp_path):
+    rows = [{"shape": "a", "M": 1, "tops": 3.0}, {"shape": "b", "M": 2, "error": "did not compile"},
+            {"shape": "c", "M": 4, "tops": 5.5}]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"device": "GPU X", "date": "2026-12-02", "sweeps": rows}))
+    result = pb.load(path)
+    assert result.tables[0].metrics == ["tops"]  # M is a parameter, never a metric
+    (_, svg), = pb.charts(result)
+    root = ET.fromstring(svg)
+    assert len(root.findall(f"{SVG}rect")) == 2
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "GPU X · 2026-12-02 · 1 rows without tops not shown" in texts
+    assert "a M=1" in texts and "c M=4" in texts
