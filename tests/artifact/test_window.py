@@ -173,3 +173,34 @@ def test_no_replay_checks_the_model_window_too(mistral, key, tmp_path):
                      model_commitment=mistral.commitment).run(PROMPT)
     rep = verify_ledger(tmp_path / "w.fpl", model=mistral, trusted_key=key.verifier, replay=False)
     assert (rep.verdict, rep.reason) == ("invalid", "model-window")
+
+
+def test_auditor_refuses_a_swapped_tokenizer(mistral, key, tmp_path):
+    """Issue 7 hole 8, end to end: a copy of the artifact whose tokenizer.json swaps two tokens'
+    strings verified VALID against the ledger (and printed another text). Now the copy does not
+    load, and a copy whose manifest is rewritten to match names another model."""
+    import shutil
+
+    from auditor.verify import verify_ledger
+    from spec.commitment import file_leaf, model_commitment
+    from spec.merkle import BLAKE3, leaf_hash
+    from spec.model import QuantizedModel
+
+    _session(mistral, key, tmp_path / "t.fpl")
+    copy = tmp_path / "copy"
+    shutil.copytree(mistral.path, copy)
+    doc = json.loads((copy / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
+    vocab["w1"], vocab["w2"] = vocab["w2"], vocab["w1"]
+    (copy / "tokenizer.json").write_text(json.dumps(doc))
+    rep = verify_ledger(tmp_path / "t.fpl", model=str(copy), trusted_key=key.verifier)
+    assert (rep.verdict, rep.reason) == ("unreadable", "model-artifact")
+    assert "tokenizer.json: does not match its leaf hash" in rep.message and "\n" not in rep.message
+    data = (copy / "tokenizer.json").read_bytes()
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"]["tokenizer.json"]["leaf_hash"] = leaf_hash(file_leaf("tokenizer.json", data), BLAKE3).hex()
+    q = mistral.model
+    m["commitment"] = model_commitment(QuantizedModel(q.config, q.profile, q.tensors, {"tokenizer.json": data})).hex()
+    (copy / "manifest.json").write_text(json.dumps(m))
+    rep = verify_ledger(tmp_path / "t.fpl", model=str(copy), trusted_key=key.verifier)
+    assert (rep.verdict, rep.reason) == ("invalid", "model-commitment")
