@@ -72,13 +72,13 @@ def _first(data: dict, *paths: str) -> str | None:
 def _label(row: dict, key: str | None) -> str:
     if key is not None:
         return key
-    parts = [str(v) for k, v in row.items() if isinstance(v, str) and len(v) <= 40]
+    parts = [v for v in row.values() if isinstance(v, str)]
     parts += [f"{k}={v}" for k, v in row.items() if _number(v) and _PARAMS.search(k) and not k.startswith("parity_")]
     for v in row.values():  # a nested launch configuration: its parameters, compactly
         if isinstance(v, dict):
             parts += [f"{k.removeprefix('BLOCK_')}={x}" for k, x in v.items() if _number(x)]
     text = " ".join(parts)
-    return (text[:55] + "…") if len(text) > 56 else (text or "?")
+    return (text[:49] + "…") if len(text) > 50 else (text or "?")
 
 
 def _tables(node, path: str = "") -> list[Table]:
