@@ -7,6 +7,7 @@ A page asks for generated content with a directive on a line of its own:
 | ``<!-- fieldprint:constants MODULE -->`` | a Name \\| Definition \\| Value \\| Meaning table of MODULE's public constants |
 | ``<!-- fieldprint:cli MODULE -->`` | the reference of the argparse parser that ``MODULE.build_parser()`` returns |
 | ``<!-- fieldprint:include PATH -->`` | the repository file PATH in a code block |
+| ``<!-- fieldprint:benchmark-scripts -->`` | the scripts under ``benchmarks/`` with the first paragraph of their docstrings |
 | ``<!-- fieldprint:fidelity -->`` | the profile table of the newest ``benchmarks/results/fidelity-*.json`` |
 | ``<!-- fieldprint:benchmarks -->`` | one section per JSON file under ``benchmarks/results/`` (``tools/plot_benchmarks.py``) |
 
@@ -153,6 +154,18 @@ def cli_reference(module_name: str) -> str:
     return "\n\n".join(out)
 
 
+# -- benchmark scripts -----------------------------------------------------------------------
+def benchmark_scripts(folder: Path) -> str:
+    """Return a table of the benchmark scripts: path and the first line of each module docstring."""
+    rows = ["| script | what it measures |", "|---|---|"]
+    for path in sorted(folder.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        first = doc.strip().split("\n\n")[0].replace("\n", " ").removeprefix("Benchmark: ")
+        first = first[:1].upper() + first[1:]
+        rows.append(f"| `benchmarks/{path.name}` | {_cell(render_prose(first))} |")
+    return "\n".join(rows)
+
+
 # -- fidelity -------------------------------------------------------------------------------
 def fidelity_table(results: Path) -> str:
     """Return the profile table of the newest fidelity run (``benchmarks/fidelity.py`` JSON)."""
@@ -191,6 +204,8 @@ def _expand(match: re.Match) -> str:
             raise ValueError(f"fieldprint:include {arg}: not a file of the repository")
         lang = {".json": "json", ".py": "python"}.get(path.suffix, "text")
         return f"```{lang}\n{path.read_text(encoding='utf-8').rstrip()}\n```"
+    if kind == "benchmark-scripts":
+        return benchmark_scripts(REPO / "benchmarks")
     if kind == "fidelity":
         return fidelity_table(REPO / "benchmarks" / "results")
     if kind == "benchmarks":
