@@ -705,3 +705,57 @@ def test_fuzzed_bytes_never_crash_the_auditor(tmp_path, ledgers, data):
     assert rep.verdict in ("valid", "invalid", "incomplete", "unreadable")
     if rep.verdict == "valid":
         assert bytes(raw) == open(ledgers["rolled"].ledger, "rb").read()
+
+
+_MUTABLE = (TokenStep, KVPage, KVEvict, Commit, Rollback, End)  # every field of these follows from the computation
+
+
+def _mutate(value, data):
+    """Return a different value of the same wire type as ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + data.draw(st.integers(1, 3))
+    if isinstance(value, bytes):
+        b = bytearray(value)
+        b[data.draw(st.integers(0, len(b) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+        return bytes(b)
+    if isinstance(value, tuple) and value:
+        k = data.draw(st.integers(0, len(value) - 1))
+        return value[:k] + (_mutate(value[k], data),) + value[k + 1:]
+    return None
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_fields_resigned_with_the_engine_key_are_rejected(tmp_path, ledgers, data):
+    """A mutation corpus: one field of one computed record of a ledger with a policy rollback
+    (whose abandoned branch must replay exactly) changed and the whole ledger re-signed with the
+    engine's key. Whatever the field, the auditor rejects it, with a reason, and never raises."""
+    from spec.ledger import COMMIT_REASONS, END_REASONS
+
+    recs, cps = layout(open(ledgers["rolled"].ledger, "rb").read())
+    i = data.draw(st.sampled_from([k for k, r in enumerate(recs) if isinstance(r, _MUTABLE)]))
+    r = recs[i]
+    name = data.draw(st.sampled_from([n for n in type(r).model_fields if n not in ("type", "seq")]))
+    value = getattr(r, name)
+    if name == "reason" and isinstance(r, (Commit, End)):
+        names = COMMIT_REASONS if isinstance(r, Commit) else END_REASONS
+        new = data.draw(st.sampled_from(sorted(set(names) - {value})))
+    elif name == "kind":
+        new = "anchor" if value == "context" else "context"
+    elif isinstance(value, str):
+        new = value + "!"
+        if isinstance(r, Rollback):  # a rollback's reason is free text: nothing to check
+            return
+    else:
+        new = _mutate(value, data)
+    if new is None or new == value:
+        return
+    forged = recs[:i] + [r.model_copy(update={name: new})] + recs[i + 1:]
+    try:
+        blob = rebuild(forged, fx.key(), cps)
+    except Exception:  # the value does not fit its wire type (an id past 2**32): not a ledger
+        return
+    rep = check(tmp_path, blob, replay=True)
+    assert rep.verdict == "invalid", (type(r).__name__, name, rep.to_json())
