@@ -4,7 +4,7 @@ A page asks for generated content with a directive on a line of its own:
 
 | directive | expands to |
 |---|---|
-| ``<!-- fieldprint:constants MODULE -->`` | a Name \\| Definition \\| Value \\| Meaning table of MODULE's public constants |
+| ``<!-- fieldprint:constants MODULE -->`` | a Name \\| Value \\| Meaning table of MODULE's public constants |
 | ``<!-- fieldprint:cli MODULE -->`` | the reference of the argparse parser that ``MODULE.build_parser()`` returns |
 | ``<!-- fieldprint:include PATH -->`` | the repository file PATH in a code block |
 | ``<!-- fieldprint:benchmark-scripts -->`` | the scripts under ``benchmarks/`` with the first paragraph of their docstrings |
@@ -108,10 +108,10 @@ def constants_table(module_name: str) -> str:
         rows.append((target.id, definition, shown, meaning))
     if not rows:
         raise ValueError(f"{module_name}: no public constants to list")
-    out = ["| Name | Definition | Value | Meaning |", "|---|---|---|---|"]
+    out = ["| Name | Value | Meaning |", "|---|---|---|"]
     for name, definition, shown, meaning in rows:
-        cell = f"`{definition}`" if definition else ""
-        out.append(f"| `{name}` | {cell} | {_cell(shown)} | {_cell(render_prose(meaning))} |")
+        value = f"{shown} = `{definition}`" if definition else shown
+        out.append(f"| `{name}` | {_cell(value)} | {_cell(render_prose(meaning))} |")
     return "\n".join(out)
 
 
