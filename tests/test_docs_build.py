@@ -178,3 +178,9 @@ def test_cli_page_has_every_flag(site):
                     for flag in action.option_strings:
                         if flag not in ("-h", "--help"):
                             assert flag in html, f"{parser.prog} {name} {flag} not on the CLI page"
+
+
+def test_every_generation_directive_was_expanded(site):
+    """A `<!-- fieldprint:... -->` directive the hook did not recognise would vanish silently."""
+    left = [str(p.relative_to(site)) for p in site.rglob("*.html") if "<!-- fieldprint:" in p.read_text(encoding="utf-8")]
+    assert not left, f"unexpanded directives in {left}"
