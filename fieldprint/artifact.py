@@ -28,9 +28,10 @@ import blake3
 import torch
 
 from fieldprint.errors import ArtifactError, ConfigError
-from spec.commitment import DTYPE_NAMES, config_leaf, file_leaf, model_commitment, sorted_names, tensor_leaf
+from spec.commitment import (DTYPE_NAMES, config_leaf, file_leaf, model_commitment, sorted_names, tensor_data,
+                             tensor_leaf, tensor_leaf_head)
 from spec.constants import NUMERICS_VERSION
-from spec.merkle import BLAKE3, leaf_hash, root_from_leaf_hashes
+from spec.merkle import BLAKE3, LEAF_PREFIX, leaf_hash, root_from_leaf_hashes
 
 FORMAT = "fieldprint-artifact"
 FORMAT_VERSION = 2  # 2: the commitment covers the tokenizer, the sliding window and the numerics version
@@ -249,12 +250,16 @@ class TensorFileWriter:
         dtype, shape = self.specs[name]
         if t.dtype != dtype or tuple(t.shape) != tuple(shape):
             raise ArtifactError(f"{self.path}: tensor '{name}' is {t.dtype} {list(t.shape)}, want {dtype} {list(shape)}")
-        leaf = tensor_leaf(name, t)  # the tensor's bytes (little-endian, C order) end the leaf
+        data = tensor_data(t)  # little-endian, C order: what the file and the leaf both hold
         begin, end = self.offsets[name]
+        assert data.nbytes == end - begin
         self.f.seek(len(self.header) + begin)
-        self.f.write(memoryview(leaf)[len(leaf) - (end - begin):])
+        self.f.write(data)
         self.written.add(name)
-        return leaf_hash(leaf, BLAKE3)
+        h = blake3.blake3(bytes([LEAF_PREFIX]))  # = spec.merkle.leaf_hash(tensor_leaf(name, t)), without copies
+        h.update(tensor_leaf_head(name, t))
+        h.update(data)
+        return h.digest()
 
     def close(self, commitment: str) -> None:
         missing = sorted(set(self.specs) - self.written)

@@ -100,19 +100,30 @@ def file_leaf(name: str, data: bytes) -> bytes:
     return FILE_TAG + _u32(len(nb)) + nb + struct.pack("<Q", len(data)) + bytes(data)
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """Return the elements of integer tensor t in C order, each little-endian."""
+def tensor_data(t: torch.Tensor) -> memoryview:
+    """Return a view of the elements of integer tensor t in C order, each little-endian (no copy
+    when t is already contiguous on a little-endian CPU)."""
     if t.dtype not in DTYPE_CODES:
         raise TypeError(f"only integer tensors are committed, got {t.dtype}")
     a = t.detach().cpu().contiguous().numpy()
-    return a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+    return memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B")
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """Return the elements of integer tensor t in C order, each little-endian."""
+    return tensor_data(t).tobytes()
+
+
+def tensor_leaf_head(name: str, t: torch.Tensor) -> bytes:
+    """Return the bytes of a tensor leaf before its elements: tag, name, dtype code, ndim, shape."""
+    nb = name.encode("utf-8")
+    head = TENSOR_TAG + _u32(len(nb)) + nb + bytes([DTYPE_CODES[t.dtype], t.dim()])
+    return head + b"".join(struct.pack("<Q", s) for s in t.shape)
 
 
 def tensor_leaf(name: str, t: torch.Tensor) -> bytes:
     """Return the leaf of one tensor: tag, name, dtype code, ndim, shape, little-endian elements."""
-    nb = name.encode("utf-8")
-    head = TENSOR_TAG + _u32(len(nb)) + nb + bytes([DTYPE_CODES[t.dtype], t.dim()])
-    return head + b"".join(struct.pack("<Q", s) for s in t.shape) + tensor_bytes(t)
+    return tensor_leaf_head(name, t) + tensor_bytes(t)
 
 
 def sorted_names(items: dict) -> list[str]:
