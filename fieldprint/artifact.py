@@ -463,7 +463,10 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
                     if name in ("rope.cos", "rope.sin"):
                         rope[name] = t
                         if len(rope) == 2:
-                            check_rope_tables(rope.pop("rope.cos"), rope.pop("rope.sin"))
+                            try:
+                                check_rope_tables(rope.pop("rope.cos"), rope.pop("rope.sin"))
+                            except ValueError as e:
+                                raise ConfigError(f"{Path(hf_dir) / 'config.json'}: cannot be quantized ({e})") from None
                     index[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
                                    "leaf_hash": writer.write(name, t).hex()}
                     del t
@@ -474,10 +477,7 @@ def quantize_checkpoint(hf_dir, out_dir, profile_name: str = "default", progress
             raise
         return manifest
 
-    try:
-        return _info(out, _write_folder(out, files, write_model))
-    except ValueError as e:  # a table the spec refuses (spec.model.check_rope_tables)
-        raise ConfigError(f"{Path(hf_dir) / 'config.json'}: cannot be quantized ({e})") from None
+    return _info(out, _write_folder(out, files, write_model))
 
 
 def _limit_positions(config, max_position, cfg_path: Path):
