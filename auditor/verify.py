@@ -143,6 +143,11 @@ def verify_ledger(path, *, model, trusted_key, anchors_text: str | None = None, 
     except _Unreadable as e:
         report.verdict, report.reason, report.message = "unreadable", e.reason, e.message
         return report
+    except Exception as e:  # a bug: a traceback would exit 1, which reads as the verdict "invalid"
+        report.verdict, report.reason = "unreadable", "auditor-error"
+        report.message = (f"the auditor failed on this input ({type(e).__name__}: {e}): a bug in the auditor, not a "
+                          "verdict on the ledger")
+        return report
 
 
 def _verify(report, path, model, trusted_key, anchors_text, replay, progress, how) -> Report:

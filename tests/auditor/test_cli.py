@@ -62,3 +62,18 @@ def test_private_key_given_as_the_trusted_key(tmp_path, ledgers, capsys):
     assert str(key) in rep.message and ".pub" in rep.message and "public key" in rep.message
     code = main(["verify", ledgers["clean"].ledger, "--model", fx.artifact_dir(), "--trusted-key", str(key)])
     assert code == 2 and "PRIVATE" in capsys.readouterr().out
+
+
+def test_an_auditor_bug_is_not_a_verdict(ledgers, monkeypatch, capsys):
+    """An exception inside the auditor must not exit 1, the code of "invalid"."""
+    from auditor import records
+    from auditor.cli import main
+
+    def boom(self, recs):
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(records.RecordChecker, "run", boom)
+    code = main(["verify", ledgers["clean"].ledger, "--model", fx.artifact_dir(), "--trusted-key",
+                 fx.key().verifier.to_string(), "--no-replay"])
+    out = capsys.readouterr().out
+    assert code == 2 and "auditor-error" in out and "ZeroDivisionError: simulated bug" in out
