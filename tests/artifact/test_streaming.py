@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 
-@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
 def sharded(request, tmp_path_factory):
     """A tiny Qwen2 (biases, untied) saved in `dtype`, split into several shards."""
     from ckpts import hf_model, save_hf
