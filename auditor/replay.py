@@ -136,9 +136,16 @@ class Replayer:
         if self.pending is None:
             self.pending = Divergence(reason, message, record=self.i, offset=self.offsets.get(self.i), **kw)
 
-    def _pages_live_state(self) -> bytes:
+    def _pages_live_state(self, cached: int | None = None) -> bytes:
+        """Return the live state of the replay's sequence with ``cached`` tokens in its cache
+        (default: after the last step checked; a prefill run may have gone further)."""
         eng, h = self.engine, self.h
-        ctx = {b: commits.page_digest(self._layers(p)) for b, p in enumerate(eng.block_table(h)) if p != EVICTED}
+        if cached is None:
+            cached = self.prompt_len + (self.last.step if self.last is not None else 0)
+        table = eng.block_table(h)[: -(-cached // PAGE_TOKENS)]
+        ctx = {b: commits.page_digest(commits.layer_digests(commits.page_layer_bytes(self.source.page_layers(
+            eng.page_tensor(p), commits.filled_slots(b, cached, PAGE_TOKENS))))) for b, p in enumerate(table)
+            if p != EVICTED}
         return commits.live_state(self.anchor_digests, ctx, self.hasher)
 
     def _layers(self, page: int) -> list[bytes]:
@@ -339,11 +346,10 @@ class Replayer:
                                   actual=ls)
         handle = None
         if self.pending is None:
-            handle = self.engine.fork(self.h, sequence=self.genesis.sequence)
+            handle = self.source.fork(self.engine, self.h, self.genesis.sequence, r.end_step - 1)
         self.snaps.append(_Snap(r, handle, self.i))
         self.commits[r.commit] = r
         self.commit_due = None
-        self.source.reset()
         self.expect_pages, self.seen_pages, self.dirty = [], [], set()
 
     def _validation(self, r: Validation) -> None:
@@ -413,7 +419,7 @@ class Replayer:
         self.source.reset()
         self.h = eng.fork(target.handle, sequence=self.genesis.sequence)
         eng.set_attempt(self.h, r.attempt)
-        ls = self._pages_live_state()
+        ls = self._pages_live_state(self.prompt_len + r.to_step - 1)
         if ls != r.live_state:
             raise self.fail("rollback-state", "the replay's restored state differs from the rollback's live state",
                             commit=r.to_commit, field="live_state", expected=r.live_state, actual=ls)

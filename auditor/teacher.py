@@ -10,8 +10,8 @@ only the source of the StepRecords differs:
     samples the next, one forward per token (`Engine.step`).
 
 ``prefill`` (teacher forcing, the default)
-    the tokens the ledger records are fed as prefill: the token steps of a segment (from one
-    commit to the next, or to the rollback that abandons the branch) go through
+    the tokens the ledger records are fed as prefill: the token steps of a branch (up to the
+    rollback that abandons it, or the end), across its commits, go through
     `Engine.teacher_force` in as few forwards as the engine needs, at most PREFILL_TOKENS
     positions each, and each position's logits make one step, sampled with the same counter.
 
@@ -21,11 +21,13 @@ does not depend on how a sequence is chunked (``spec.model.forward``), so every 
 logits, sampled token and K/V bytes are the same whether it was fed alone or in a prefill.
 At and after the first divergence the stepwise replay stops checking the branch, and so does
 the prefill replay (the steps it computed past it are never read). What a check reads in the
-middle of a prefill run is taken as it stood at that step: a page is hashed with only the
-slots that step had filled (a slot's bytes depend on its own token only, and a replay's unfilled
-slots are zero), blocks are held only up to the step's cached length, the engine evicts a
-sliding window's dead blocks only before a forward (so a run ends before a step that evicts),
-and the sequence finishes only at the last step of a run. ``tests/auditor/test_replay_modes.py``
+middle of a prefill run is taken as it stood at that step: a page (a ``kv_page`` record, a
+commit's live state) is hashed with only the slots that step had filled (a slot's bytes depend
+on its own token only, and a replay's unfilled slots are zero), blocks count only up to the
+step's cached length, a commit's snapshot (the rollback target) is forked as of its step
+(`Engine.fork(step=...)`), the engine evicts a sliding window's dead blocks only before a
+forward (so a run ends before a step that evicts), and the sequence finishes only at the last
+step of a run. ``tests/auditor/test_replay_modes.py``
 replays every ledger of the tamper suite both ways and compares verdicts, reasons and locations.
 """
 from __future__ import annotations
@@ -33,21 +35,21 @@ from __future__ import annotations
 from collections import deque
 
 from spec.constants import PAGE_TOKENS
-from spec.ledger import Commit, End, Genesis, Rollback, TokenStep
+from spec.ledger import End, Genesis, Rollback, TokenStep
 
 MODES = ("prefill", "stepwise")
 DEFAULT_MODE = "prefill"
 PREFILL_TOKENS = 256  # forced tokens per forward at most: bounds the attention scores' memory
 
-SEGMENT_ENDS = (Commit, Rollback, End, Genesis)  # kv_page, kv_evict and validation records do not end one
+RUN_ENDS = (Rollback, End, Genesis)  # a branch's commits, pages, evictions and validations do not end a run
 
 
-def segment_tokens(records: list, i: int) -> list[int]:
+def branch_tokens(records: list, i: int) -> list[int]:
     """Return the tokens of the ``token_step`` records from ``records[i]`` to the end of its
-    segment (the next commit, rollback or end record)."""
+    branch (the next rollback or end record)."""
     out = []
     for r in records[i:]:
-        if isinstance(r, SEGMENT_ENDS):
+        if isinstance(r, RUN_ENDS):
             break
         if isinstance(r, TokenStep):
             out.append(r.token)
@@ -72,7 +74,11 @@ class Stepwise:
         return engine.finish_reason(handle) is not None
 
     def reset(self) -> None:
-        """Forget steps computed ahead (at a commit, or when a rollback abandons the branch)."""
+        """Forget steps computed ahead (a rollback abandons the branch)."""
+
+    def fork(self, engine, handle: int, sequence: int, step: int) -> int:
+        """Return a snapshot of the sequence as it stood right after ``step`` (a commit's)."""
+        return engine.fork(handle, sequence=sequence)
 
     @staticmethod
     def page_layers(page, used: int):
@@ -81,7 +87,7 @@ class Stepwise:
 
 
 class Prefill(Stepwise):
-    """Feed the ledger's tokens: each segment in as few forwards as the engine needs."""
+    """Feed the ledger's tokens: each branch in as few forwards as the engine needs."""
 
     mode = "prefill"
 
@@ -94,7 +100,7 @@ class Prefill(Stepwise):
         if not self.ahead:
             if engine.finish_reason(handle) is not None:
                 return None
-            tokens = segment_tokens(records, i)
+            tokens = branch_tokens(records, i)
             self.ahead.extend(engine.teacher_force(handle, tokens, max_tokens=self.max_tokens))
             self.forwards += 1
         return self.ahead.popleft()
@@ -105,6 +111,9 @@ class Prefill(Stepwise):
 
     def reset(self) -> None:
         self.ahead.clear()
+
+    def fork(self, engine, handle: int, sequence: int, step: int) -> int:
+        return engine.fork(handle, sequence=sequence, step=step)  # the run may have gone further
 
     @staticmethod
     def page_layers(page, used: int):

@@ -164,8 +164,9 @@ class Engine(Protocol):
         with ``token`` = what the sampler draws there. Stops at a finish, after ``max_tokens``,
         or before a step whose sliding window frees a block; call again for the rest."""
 
-    def fork(self, handle: int, *, sequence: int | None = None, sampling=None) -> int:
-        """Return a new sequence sharing ``handle``'s pages copy-on-write."""
+    def fork(self, handle: int, *, sequence: int | None = None, sampling=None, step: int | None = None) -> int:
+        """Return a new sequence sharing ``handle``'s pages copy-on-write (``step``: as it stood
+        right after token ``step``, for a replay whose ``teacher_force`` ran ahead)."""
 
     def set_attempt(self, handle: int, attempt: int) -> None:
         """Sample the sequence's next tokens with RNG counter ``attempt`` (a rollback's retry)."""

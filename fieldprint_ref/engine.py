@@ -288,9 +288,27 @@ class RefEngine:
             raise EngineError(f"sequence {handle} was released")
         return s
 
-    def fork(self, handle: int, *, sequence: int | None = None, sampling=None) -> int:
-        """Return a new sequence sharing ``handle``'s pages copy-on-write (same tokens so far)."""
+    def fork(self, handle: int, *, sequence: int | None = None, sampling=None, step: int | None = None) -> int:
+        """Return a new sequence sharing ``handle``'s pages copy-on-write (same tokens so far).
+
+        ``step``: fork the sequence as it stood right after it sampled token ``step`` (a replay
+        whose `teacher_force` ran ahead): later tokens, records and blocks are left out. The
+        slots of the last block past that point keep what the later steps wrote there; no query
+        of the fork sees them (it overwrites each before attending to it), but a hash of the page
+        must leave them out. Refused when a later step evicted blocks.
+        """
         s = self._seq(handle)
+        if step is not None:
+            later = s.records[step + 1:] if isinstance(step, int) and 0 <= step < len(s.records) else None
+            if later is None or any(r.evicted_blocks for r in later) or s.records[step].step != step:
+                raise EngineError(f"fork: cannot fork sequence {handle} at step {step!r} (it has "
+                                  f"{len(s.records)} steps; none after the fork point may evict)")
+            if later:
+                s = dataclasses.replace(s, context=s.context[: s.prompt_len + step + 1], cached=s.records[step].fed_end,
+                                        records=s.records[: step + 1], pending_logits=None, finish_reason=None,
+                                        fed_start=s.records[step].fed_end,
+                                        table=BlockTable(s.table.pages[: blocks_for(s.records[step].fed_end,
+                                                                                    self.page_tokens)]))
         new = self._next_handle
         self._next_handle += 1
         if s.anchors is not None:

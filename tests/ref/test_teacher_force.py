@@ -115,3 +115,47 @@ def test_teacher_force_refuses_bad_input(model):
     assert len(eng.teacher_force(h, [4, 5, 6])) == 2 and eng.finish_reason(h) == "length"
     with pytest.raises(EngineError, match="finished"):
         eng.teacher_force(h, [1])
+
+
+def test_a_fork_at_an_earlier_step_goes_on_like_the_token_by_token_run(model):
+    """`fork(step=k)` of a forced run (a commit's snapshot inside a replay's prefill run): its
+    tokens, records and pages (less the slots later steps wrote) are the run's at step k, and it
+    goes on exactly as the token-by-token run did after step k."""
+    params = SamplingParams(temperature=1, seed=4)
+    prompt = [int(t) for t in torch.randint(0, VOCAB, (19,), generator=torch.Generator().manual_seed(8))]
+    ref = RefEngine(model, num_pages=64)
+    hr = ref.add_sequence(prompt, sampling=params, max_new_tokens=30)
+    by_step = {}
+    while ref.finish_reason(hr) is None:
+        for _, rec in ref.step([hr]):
+            by_step[rec.step] = ref.sequence_pages(hr)
+    want = ref.result(hr)
+    eng = RefEngine(model, num_pages=64, page_seed=3)
+    h = eng.add_sequence(prompt, sampling=params, max_new_tokens=30)
+    assert len(eng.teacher_force(h, want.tokens)) == 30
+    for k in (0, 7, 16, 29):
+        f = eng.fork(h, step=k, sequence=0)  # the RNG counter of the same sequence
+        assert eng.result(f).tokens == want.tokens[: k + 1] and eng.finish_reason(f) == (None if k < 29 else "length")
+        cached = len(prompt) + k
+        pages = {}
+        for b, p in enumerate(eng.block_table(f)):
+            t = eng.page_tensor(p).clone()
+            t[:, :, max(0, min(16, cached - 16 * b)):] = 0
+            pages[b] = t.contiguous().numpy().tobytes()
+        assert pages == by_step[k], f"pages at step {k}"
+        while eng.finish_reason(f) is None:
+            for _, rec in eng.step([f]):
+                assert rec.token == want.tokens[rec.step] and torch.equal(rec.logits, want.steps[rec.step].logits)
+        assert eng.sequence_pages(f) == by_step[29]
+        eng.release(f)
+    with pytest.raises(EngineError, match="cannot fork"):
+        eng.fork(h, step=30)
+    w = RefEngine(model, num_pages=64)
+    hw = w.add_sequence(prompt, sampling=params, max_new_tokens=40, window=4)
+    recs = []
+    while w.finish_reason(hw) is None:
+        recs += w.teacher_force(hw, [1] * (40 - len(recs)))
+    evicting = next(r.step for r in recs if r.evicted_blocks and r.step > 0)
+    with pytest.raises(EngineError, match="cannot fork"):
+        w.fork(hw, step=evicting - 1)  # a later step evicted: the fork would lack those blocks
+    w.fork(hw, step=recs[-1].step)
