@@ -1,7 +1,7 @@
 """Benchmark: an audit faster than the generation it checks (CPU, reference engine).
 
-``python benchmarks/bench_audit.py [--tokens 256] [--models demo,large] [--policies 8,64]``
-prints a rich table and writes ``benchmarks/results/audit-cpu-<date>.json`` (or ``--out``).
+``python benchmarks/bench_audit.py [--tokens 256] [--models demo,large] [--policies 8]``
+prints a rich table and writes ``benchmarks/results/audit-cpu-<models>-<date>.json`` (or ``--out``).
 
 For each model, in one run on this machine:
 
@@ -9,7 +9,7 @@ For each model, in one run on this machine:
    weight views and without them (``cache_weights = False``), medians of ``--decode-steps``.
 2. **Generation**: ``VerifyingSession.run`` on ``RefEngine`` writes a ``--tokens`` ledger (no EOS:
    the whole budget) for each commit policy ``every=N`` of ``--policies`` (8 is the runtime's
-   default; a segment, the unit of a prefill replay, is N tokens long).
+   default; the prefill replay runs across commits, so the policy changes little).
 3. **Audit**: ``verify_ledger`` of each ledger with ``replay_mode="stepwise"`` (token by token,
    on the default policy's ledger) and ``"prefill"`` (teacher-forced); both must be ``valid``.
    Speed-up = generation wall time / audit wall time (the whole verify: structure, signatures,
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=256, help="tokens per ledger")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--models", default="demo,large")
-    ap.add_argument("--policies", default="8,64", help="commit every N tokens, one ledger each (comma-separated)")
+    ap.add_argument("--policies", default="8", help="commit every N tokens, one ledger each (comma-separated; "
+                    "8 is the runtime's default)")
     ap.add_argument("--decode-steps", type=int, default=8)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -195,7 +196,8 @@ def main(argv=None) -> int:
                       f"{row['prefill']['audit_s']:.2f} s", f"{row['prefill']['speedup_vs_generation']}x",
                       f"{m['decode_step_s']['speedup']}x faster")
     Console().print(t)
-    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"audit-cpu-{date.today()}.json"
+    tag = "-".join(args.models.split(","))
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"audit-cpu-{tag}-{date.today()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = path.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,3 +15,5 @@ class FastEngine(RefEngine):
 
     name = "fast"
     ops = fast_ops
+    # the Triton linear kernels read the integer weights: no float64 copies (8 bytes a parameter)
+    cache_weights = False
