@@ -51,7 +51,7 @@ def _copies(nbytes: int) -> int:
     return max(1, min(8, -(-4 * L2_BYTES // max(nbytes, 1))))
 
 
-def bench_decode(ctx: int, batch: int, anchors: int, dev, bench) -> dict:
+def bench_decode(ctx: int, batch: int, anchors: int, dev, bench, cfg: dict | None = None, peer: bool = True) -> dict:
     from fieldprint_fast.kernels.attention_decode import decode_attention
     from spec.tables import exp2_table
 
@@ -63,8 +63,8 @@ def bench_decode(ctx: int, batch: int, anchors: int, dev, bench) -> dict:
     for _ in range(n):
         pool = random_pool(batch * blocks + a_blocks, dev)
         perm = torch.randperm(batch * blocks + a_blocks, device=dev)
-        tables = perm[a_blocks:].view(batch, blocks)
-        at = perm[:a_blocks][None].expand(batch, -1) if anchors else None
+        tables = perm[a_blocks:].view(batch, blocks).to(torch.int32)
+        at = perm[:a_blocks][None].expand(batch, -1).to(torch.int32).contiguous() if anchors else None
         q = torch.randint(-(2**18), 2**18, (batch, H, D), device=dev)
         sets.append((q, pool, tables, at))
     starts, windows, alens = [ctx - 1] * batch, [None] * batch, [anchors] * batch
@@ -72,11 +72,13 @@ def bench_decode(ctx: int, batch: int, anchors: int, dev, bench) -> dict:
 
     def ours():
         q, pool, tables, at = sets[next(it) % n]
-        decode_attention(q, pool, 0, tables, starts, windows, at, alens, 12, 15, exp)
+        decode_attention(q, pool, 0, tables, starts, windows, at, alens, 12, 15, exp, **(cfg or {}))
 
     t_ours = bench(ours)
     del sets
     torch.cuda.empty_cache()
+    if not peer:
+        return {"kind": "decode-tune", "context": ctx, "batch": batch, "anchors": anchors, "config": cfg, "ours_ms": t_ours}
     n2 = _copies(batch * keys * G * 2 * D * 2)
     kv = [(torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16),
            torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16)) for _ in range(n2)]
@@ -97,7 +99,7 @@ def bench_decode(ctx: int, batch: int, anchors: int, dev, bench) -> dict:
             "sdpa_GBps": sdpa_bytes / t_sdpa / 1e6, "ratio": t_sdpa / t_ours}
 
 
-def bench_prefill(t: int, dev, bench) -> dict:
+def bench_prefill(t: int, dev, bench, cfg: dict | None = None) -> dict:
     from fieldprint_fast.kernels.attention_prefill import prefill_attention
     from spec.tables import exp2_table
 
@@ -105,13 +107,13 @@ def bench_prefill(t: int, dev, bench) -> dict:
     pool = random_pool(t // 16, dev)
     table = torch.randperm(t // 16, device=dev)
     q = torch.randint(-(2**18), 2**18, (t, H, D), device=dev)
-    t_ours = bench(lambda: prefill_attention(q, pool, 0, table, 0, None, None, 0, 12, 15, exp))
+    t_ours = bench(lambda: prefill_attention(q, pool, 0, table, 0, None, None, 0, 12, 15, exp, **(cfg or {})))
     qf = torch.randn(1, H, t, D, device=dev, dtype=torch.bfloat16)
     k = torch.randn(1, G, t, D, device=dev, dtype=torch.bfloat16)
     v = torch.randn(1, G, t, D, device=dev, dtype=torch.bfloat16)
     t_sdpa = bench(lambda: torch.nn.functional.scaled_dot_product_attention(qf, k, v, is_causal=True, enable_gqa=True))
     ops = 2 * t * t * H * D
-    return {"kind": "prefill", "context": t, "batch": 1, "anchors": 0, "ours_ms": t_ours, "sdpa_ms": t_sdpa,
+    return {"kind": "prefill", "context": t, "batch": 1, "anchors": 0, "config": cfg, "ours_ms": t_ours, "sdpa_ms": t_sdpa,
             "ours_TOPs": ops / t_ours / 1e9, "sdpa_TFLOPs": ops / t_sdpa / 1e9, "ratio": t_sdpa / t_ours}
 
 
@@ -129,9 +131,37 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
 
     def bench(fn):
-        return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+        return triton.testing.do_bench(fn, warmup=30, rep=200, return_mode="median")
 
-    rows = []
+    # -- tuning: decode block size and warps at 128K, batch 1 and 8 (ours only), best one kept --
+    rows, tune = [], []
+    name = torch.cuda.get_device_name()
+    gpu = "H200" if "H200" in name else name.replace(" ", "-")
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out = args.out or REPO / "benchmarks" / "results" / f"attention-{gpu}-{date[:10]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    best = {}
+
+    def save():  # after every row, so a run cut short keeps what it measured
+        report = {"date": date, "device": name, "torch": torch.__version__, "triton": triton.__version__,
+                  "heads": H, "kv_heads": G, "head_dim": D, "q_bits": 12, "prob_bits": 15,
+                  "decode_config": best, "tune": tune, "rows": rows}
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    configs = [dict(block_n=32, num_warps=8), dict(block_n=64, num_warps=8), dict(block_n=32, num_warps=4),
+               dict(block_n=64, num_warps=4, pack=1)]  # pack=1: one KV head per program (rows padded)
+    for cfg in configs:
+        try:
+            tune += [bench_decode(131072, b, 0, dev, bench, cfg, peer=False) for b in (1, 8)]
+        except Exception as e:  # a config that does not compile or run: recorded, skipped
+            tune.append({"kind": "decode-tune", "config": cfg, "error": repr(e)[:300]})
+        print(json.dumps(tune[-1]), flush=True)
+        save()
+    ok = {json.dumps(r["config"]): 0.0 for r in tune if "error" not in r}
+    for r in tune:
+        if "error" not in r and json.dumps(r["config"]) in ok:
+            ok[json.dumps(r["config"])] += r["ours_ms"]
+    best = json.loads(min(ok, key=ok.get)) if ok else {}
+    print("decode config:", best, flush=True)
     if args.quick:
         decode = [(131072, 1, 0), (131072, 8, 0), (131072, 1, 4096)]
         prefill = [4096]
@@ -140,18 +170,25 @@ def main(argv: list[str] | None = None) -> int:
         prefill = [4096, 16384]
     for c, b, a in decode:
         try:
-            rows.append(bench_decode(c, b, a, dev, bench))
-        except torch.cuda.OutOfMemoryError:
-            rows.append({"kind": "decode", "context": c, "batch": b, "anchors": a, "error": "out of memory"})
+            rows.append(bench_decode(c, b, a, dev, bench, best))
+        except Exception as e:  # out of memory at the largest rows, recorded as such
+            rows.append({"kind": "decode", "context": c, "batch": b, "anchors": a, "error": repr(e)[:300]})
             torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
+        save()
+    pcfgs = [dict(block_m=64, block_n=32, num_warps=8), dict(block_m=64, block_n=64, num_warps=8),
+             dict(block_m=128, block_n=32, num_warps=8)]
     for t in ([] if args.no_prefill else prefill):
-        rows.append(bench_prefill(t, dev, bench))
-        print(json.dumps(rows[-1]), flush=True)
-    name = torch.cuda.get_device_name()
-    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": name,
-              "torch": torch.__version__, "triton": triton.__version__, "heads": H, "kv_heads": G, "head_dim": D,
-              "q_bits": 12, "prob_bits": 15, "rows": rows}
+        for cfg in pcfgs if t == prefill[0] else [best_p]:
+            try:
+                rows.append(bench_prefill(t, dev, bench, cfg))
+            except Exception as e:
+                rows.append({"kind": "prefill", "context": t, "batch": 1, "anchors": 0, "config": cfg, "error": repr(e)[:300]})
+            print(json.dumps(rows[-1]), flush=True)
+            save()
+        save()
+        done = [r for r in rows if r["kind"] == "prefill" and r["context"] == prefill[0] and "error" not in r]
+        best_p = min(done, key=lambda r: r["ours_ms"])["config"] if done else pcfgs[0]
     print(f"\n{'kind':8} {'ctx':>7} {'B':>3} {'anch':>5} {'ours ms':>9} {'SDPA ms':>9} {'ours':>12} {'SDPA':>12} {'ratio':>6}")
     for r in rows:
         if "error" in r:
@@ -160,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         unit = ("GB/s", "ours_GBps", "sdpa_GBps") if r["kind"] == "decode" else ("TOP/s", "ours_TOPs", "sdpa_TFLOPs")
         print(f"{r['kind']:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5} {r['ours_ms']:>9.3f} {r['sdpa_ms']:>9.3f} "
               f"{r[unit[1]]:>7.0f} {unit[0]:>4} {r[unit[2]]:>7.0f} {unit[0]:>4} {r['ratio']:>6.2f}")
-    gpu = "H200" if "H200" in name else name.replace(" ", "-")
-    out = args.out or REPO / "benchmarks" / "results" / f"attention-{gpu}-{report['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    save()
     print(f"wrote {out}")
     return 0
 

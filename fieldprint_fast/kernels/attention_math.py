@@ -61,9 +61,9 @@ def _unpack_scale(word):
 @triton.jit
 def _score(acc, mq, eq, mk, ek):
     """Q16 scores [M, N] from exact dots acc [M, N] (int32), query scales (mq, eq) [M] and key
-    scales (mk, ek) [N]: shift_round(acc * mq * mk, 16 - eq - ek), saturated to SCORE_MAX."""
-    prod = acc.to(tl.int64) * mq[:, None] * mk[None, :]
-    s = _shift_round(prod, (-eq[:, None] - ek[None, :]) + SCORE_SHIFT)  # tensor first: constexpr - tensor stays constexpr in the interpreter
+    scales (mk, ek) [1 or M, N]: shift_round(acc * mq * mk, 16 - eq - ek), saturated to SCORE_MAX."""
+    prod = acc.to(tl.int64) * mq[:, None] * mk
+    s = _shift_round(prod, (-eq[:, None] - ek) + SCORE_SHIFT)  # tensor first: constexpr - tensor stays constexpr in the interpreter
     return tl.minimum(tl.maximum(s, -SCORE_MAX), SCORE_MAX)
 
 
@@ -85,10 +85,10 @@ def _exp_neg(d, table_ptr):
 @triton.jit
 def _weight(e, mv, ev, big, prob_bits):
     """Integer weights w [M, N] in [0, 2**P] (`spec.attention.value_weights`): round(e * mv *
-    2**-(E - ev + 44 - P)); e int64 [M, N], (mv, ev) [N], E [M] (E = big)."""
-    sh = big[:, None] - ev[None, :] + (WEIGHT_SHIFT - prob_bits)
+    2**-(E - ev + 44 - P)); e int64 [M, N], (mv, ev) [1 or M, N], E [M] (E = big)."""
+    sh = big[:, None] - ev + (WEIGHT_SHIFT - prob_bits)
     sh = tl.minimum(tl.maximum(sh, 0), 62)  # >= 14 wherever e > 0
-    return _round_shift(e * mv[None, :], sh)
+    return _round_shift(e * mv, sh)
 
 
 @triton.jit

@@ -66,7 +66,7 @@ def _key_block(j, j_end, i_row, n_anchor, lo, window, q_lo, q_hi, mq, eq, pool_p
     if Q_LIMBS == 2:
         acc += tl.dot(q_hi, tl.trans(k)) << 7
     mk, ek = _unpack_scale(tl.load(pool32_ptr + (krow + D) // 4, mask=valid, other=0))
-    s = _score(acc, mq, eq, mk, ek)
+    s = _score(acc, mq, eq, mk[None, :], ek[None, :])
     # -- visibility: anchors always; context c <= i and (no window or i - c < window) ----------
     c = tok[None, :]
     ctx = (c <= i_row[:, None]) & ((window <= 0) | (i_row[:, None] - c < window))
@@ -135,7 +135,7 @@ def _prefill_kernel(
             z += tl.sum(e, axis=1)
             vrow = krow + kv_stride
             mv, ev = _unpack_scale(tl.load(pool32_ptr + (vrow + D) // 4, mask=j < j_end, other=0))
-            w = _weight(e, mv, ev, big, PROB_BITS)
+            w = _weight(e, mv[None, :], ev[None, :], big, PROB_BITS)
             v = tl.load(pool_ptr + vrow[:, None] + tl.arange(0, D)[None, :], mask=(j < j_end)[:, None], other=0)
             acc += _weight_dot(w, v, W_LIMBS)
     # -- one division per output element -------------------------------------------------------
@@ -147,8 +147,8 @@ def _prefill_kernel(
 
 def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: torch.Tensor, start: int,
                       window: int | None, anchor_table: torch.Tensor | None, anchor_len: int,
-                      q_bits: int, prob_bits: int, exp_table: torch.Tensor, block_m: int = 64,
-                      block_n: int = 64) -> torch.Tensor:
+                      q_bits: int, prob_bits: int, exp_table: torch.Tensor, block_m: int = 128,
+                      block_n: int = 32, num_warps: int = 8) -> torch.Tensor:
     """Return the Q16 attention output [T, H, d] (int64) of the chunk q [T, H, d] (Q16) at context
     indices start .. start + T - 1: `spec.attention.paged_attention`, element for element.
 
@@ -185,5 +185,5 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
         t, start, lo, 0 if window is None else window, anchor_len,
         layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
         H=h, GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs, PROB_BITS=prob_bits,
-        W_LIMBS=weight_limbs(prob_bits), num_warps=4)
+        W_LIMBS=weight_limbs(prob_bits), num_warps=num_warps, num_stages=1)  # triton 3.6 cannot pipeline this loop nest
     return out
