@@ -19,6 +19,11 @@ ceiling is a 2 GiB device-to-device copy (bytes read + written) measured in the 
 Writes benchmarks/results/linear-<GPU>-<date>.json (or --out) and prints a table.
 
     python benchmarks/bench_linear.py [--quick] [--out FILE] [--sweep]
+    python benchmarks/bench_linear.py --resources   # no GPU needed
+
+``--resources`` compiles the sweep's tiles for sm_90 on any machine (Triton's own ``ptxas``)
+and prints each variant's registers, stack frame (spills) and shared memory from
+``cuobjdump -res-usage``: the compiler's report, at no device time.
 """
 from __future__ import annotations
 
@@ -191,13 +196,51 @@ def sweep(name: str, m: int, candidates: list[dict], la: int, gen: torch.Generat
     return out
 
 
+def resources() -> int:
+    """Print registers / stack / shared memory of the sweep's tiles compiled for sm_90."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    ptr = {"a_ptr": "*i8", "w_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mul_ptr": "*i32", "shift_ptr": "*i32",
+           "bias_ptr": "*i32", "y_ptr": "*i64", "ws_ptr": "*i32", "count_ptr": "*i32"}
+    ints = ["M", "N", "K", "PLANE", "stride_al", "stride_am", "stride_wl", "stride_wn", "stride_ym"]
+    variants = [(la, tile(*c)) for la in (1, 2) for c in GEMM_CANDIDATES[la]]
+    variants += [(la, tile(16, 64, 256 if la == 1 else 128, 4, 4, 1, 1)) for la in (1, 2)]
+    for la, cfg in variants:
+        cfg = dict(cfg)
+        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        const = dict(stride_ak=1, stride_wk=1, stride_yn=1, LA=la, LW=1, HAS_BIAS=False, EVEN_K=True, NARROW_MUL=True,
+                     **cfg)
+        kinds = ptr | {n: "i32" for n in ints} | {n: "constexpr" for n in const}
+        names = K._linear_kernel.arg_names  # the signature in parameter order (attrs index it)
+        sig = {n: kinds[n] for n in names}
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in list(ptr) + ints}  # as a launch on aligned data
+        src = ASTSource(fn=K._linear_kernel, signature=sig, constexprs=const, attrs=attrs)
+        kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kern.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+        regs = " ".join(x for x in " ".join(usage.split()).split() if x.startswith(("REG:", "STACK:")))
+        print(f"limbs {la} tile {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} warps {warps} stages {stages}: "
+              f"{regs} shared {kern.metadata.shared}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="8B shapes and 8192^3 only")
     ap.add_argument("--sweep", action="store_true", help="also time tile candidates")
     ap.add_argument("--budget", type=float, default=240.0, help="stop starting cases after this many seconds")
+    ap.add_argument("--resources", action="store_true", help="compile for sm_90 and print register use; no GPU")
     args = ap.parse_args(argv)
+    if args.resources:
+        return resources()
     if not torch.cuda.is_available():
         print("bench_linear: needs a CUDA device", file=sys.stderr)
         return 2

@@ -33,12 +33,15 @@ Exact arithmetic: which GPU forms, and why
 ------------------------------------------
 * *Requantization in int64, in the epilogue.* ``acc * m * mul`` needs up to 61 bits
   (``spec.profiles.stage_bounds``), beyond float64's 53, so a float64 form would need a
-  correction step for every output anyway. Triton's int64 multiply and shifts are a handful
-  of 32-bit instructions per output element, once per output, against ``2 K`` tensor-core
-  operations per output; int64 wraps modulo ``2**64`` exactly as torch does, so even the
-  order of the two products cannot matter. The rounding (``_shift_round``) is
+  correction step for every output anyway. int64 wraps modulo ``2**64`` exactly as torch
+  does, so the order of the products cannot matter, and the kernel uses that: when every
+  ``|mul| < 2**17`` (checked once per multiplier tensor; the spec's are below ``2**13``)
+  ``m * mul`` is one int32 product and the accumulator takes one multiply by it (32 x 32 ->
+  64 for a single limb pair), otherwise the spec's two int64 products. The rounding (``_shift_round``) is
   ``spec.quant.shift_round`` written out, including its saturating left shift for negative
-  shifts and its clamp of the shift at 62.
+  shifts and its clamp of the shift at 62. With one limb pair the saturated result is
+  narrowed to int32 before the store, whatever the output dtype: the int64 tile held whole
+  until the store spilled registers (``bench_linear.py --resources``; docs/fast/linear.md).
 * *Row quantization: a float64 quotient and one integer correction.* ``div_round`` needs
   ``floor((2|n| + d) / (2 d))`` per element with ``2|n| + d < 2**33``. Integer division is a
   long software sequence on the GPU; the float64 quotient of two integers below ``2**53`` is
@@ -167,8 +170,13 @@ def _shift_round(p, s):
 
 @triton.jit
 def _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr,
-              y_ptr, M, N, stride_ym, stride_yn, LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr):
+              y_ptr, M, N, stride_ym, stride_yn, LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr,
+              NARROW_MUL: tl.constexpr):
     """Combine the limb dots exactly (int64), requantize (spec.quant.requantize), add the bias, store."""
+    m = tl.load(m_ptr + offs_m)
+    e = tl.load(e_ptr + offs_m).to(tl.int64)
+    mul = tl.load(mul_ptr + offs_n)
+    shift = tl.load(shift_ptr + offs_n).to(tl.int64)
     acc = acc00.to(tl.int64)
     if LA == 2:
         acc += acc10.to(tl.int64) << LIMB_BITS
@@ -176,17 +184,22 @@ def _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, 
         acc += acc01.to(tl.int64) << LIMB_BITS
         if LA == 2:
             acc += acc11.to(tl.int64) << (2 * LIMB_BITS)
-    m = tl.load(m_ptr + offs_m).to(tl.int64)
-    e = tl.load(e_ptr + offs_m).to(tl.int64)
-    mul = tl.load(mul_ptr + offs_n).to(tl.int64)
-    shift = tl.load(shift_ptr + offs_n).to(tl.int64)
-    prod = acc * m[:, None] * mul[None, :]
+    if NARROW_MUL:
+        # |m * mul| < 2**14 * 2**17: one int32 product, then one multiply by it (32 x 32 -> 64
+        # for a single limb pair); modulo 2**64 this is acc * m * mul, the spec's value.
+        prod = acc * (m[:, None] * mul[None, :]).to(tl.int64)
+    else:  # the spec's two int64 products
+        prod = acc * m.to(tl.int64)[:, None] * mul.to(tl.int64)[None, :]
     y = _shift_round(prod, shift[None, :] - e[:, None])
     y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n).to(tl.int64)
         y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
     y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
+    if LA * LW == 1:
+        # |y| <= ACT_MAX: narrowing to int32 first is exact and keeps 32-bit values in registers
+        # until the store (the int64 tile held whole spilled; two-limb tiles did better without).
+        y = y.to(tl.int32)
     tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
@@ -199,7 +212,7 @@ def _linear_kernel(
     # strides
     stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_ym, stride_yn,
     # meta-parameters
-    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
@@ -229,10 +242,10 @@ def _linear_kernel(
     share = tl.cdiv(k_blocks, SPLIT_K)
     k_first = pid_k * share
     k_stop = tl.minimum(k_first + share, k_blocks)
-    a_ptrs = (a_ptr + offs_m[:, None].to(tl.int64) * stride_am
-              + (k_first * BLOCK_K + offs_k[None, :]).to(tl.int64) * stride_ak)
-    w_ptrs = (w_ptr + (k_first * BLOCK_K + offs_k[:, None]).to(tl.int64) * stride_wk
-              + offs_n[None, :].to(tl.int64) * stride_wn)
+    offs_m = tl.max_contiguous(tl.multiple_of(offs_m, BLOCK_M), BLOCK_M)
+    offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + (k_first * BLOCK_K + offs_k[None, :]) * stride_ak
+    w_ptrs = w_ptr + (k_first * BLOCK_K + offs_k[:, None]) * stride_wk + offs_n[None, :] * stride_wn
     # -- K loop: one int32 accumulator per limb pair --------------------------------------
     acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -267,7 +280,7 @@ def _linear_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if SPLIT_K == 1:
         _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
-                  bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS)
+                  bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS, NARROW_MUL)
     else:
         # -- split K: exact integer sums in ws, the last program of the tile finishes -------
         inside = (rm[:, None] < M) & (rn[None, :] < N)
@@ -293,7 +306,7 @@ def _linear_kernel(
                     acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem="acq_rel")
             tl.atomic_xchg(count_ptr + pid, 0)
             _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
-                      bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS)
+                      bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS, NARROW_MUL)
 
 
 # %%
@@ -371,6 +384,20 @@ def weight_limbs(w: torch.Tensor) -> torch.Tensor | None:
     return limbs
 
 
+_NARROW_ATTR = "fieldprint_fast_narrow"  # attribute of a multiplier tensor: (its _version, max|mul| < 2**17)
+
+
+def _narrow(mul: torch.Tensor) -> bool:
+    """Return whether max|mul| < 2**17 (so m * mul fits int32), cached on the tensor like the limbs.
+    The spec's multipliers are below 2**13; wider ones take the general int64 epilogue."""
+    hit = getattr(mul, _NARROW_ATTR, None)
+    if hit is not None and hit[0] == mul._version:
+        return hit[1]
+    narrow = mul.numel() == 0 or int(mul.to(torch.int64).abs().max()) < 1 << 17
+    setattr(mul, _NARROW_ATTR, (mul._version, narrow))
+    return narrow
+
+
 _SPLIT_K_BUFFERS: dict = {}
 
 
@@ -437,7 +464,7 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
         q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
         mm, n, k, mm * n,
         q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
-        LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, **cfg,
+        LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), **cfg,
     )
     return y
 

@@ -150,8 +150,9 @@ TILES = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_st
 
 @settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 70), k=st.integers(1, 150), o=st.integers(1, 70), tile=st.sampled_from(TILES),
-       la=st.integers(1, 2), lw=st.integers(1, 2), int32_out=st.booleans(), seed=st.integers(0, 2**31))
-def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, seed):
+       la=st.integers(1, 2), lw=st.integers(1, 2), int32_out=st.booleans(), wide_mul=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, seed):
     """Many programs per launch (grouped order, edge tiles wrapping around, K tails, split K)
     for every limb combination, against the spec's requantize(int_matmul(q, W)). Split-K
     launches must leave their workspace zero: each example reuses it."""
@@ -160,6 +161,8 @@ def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, seed):
     x = q16_rows(gen, n, k, "both")
     w = weights(gen, o, k, w_bits, lw == 2)
     mul, shift = multipliers(gen, o, 8, 30)
+    if wide_mul:
+        mul = mul << 6  # [2**18, 2**19): |acc| * m * mul stays below 2**61 for these K and widths
     want = spec_ops.linear(x, a_bits, w, mul, shift)
     q, m, e = K.quantize_rows(*to_dev(x), a_bits)
     limbs = K.split_limbs(w.to(DEVICE))
