@@ -3,7 +3,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from spec.attention import KVPool, pack_rows, unpack_rows
+from spec.attention import KVPool, mix_values, pack_rows, unpack_rows
+from spec.quant import dequantize_rows
 from spec.constants import PAGE_TOKENS
 from spec.model import AnchorRef, SequenceChunk, forward
 from numeric_models import pair
@@ -179,3 +180,16 @@ def test_page_rows_round_trip(amax, seed):
     q, m, e = unpack_rows(rows)
     assert int(q.abs().max()) <= 127 and bool((m > 2**12).all()) and bool((m <= 2**14).all())
     assert torch.equal(rows[..., -1], torch.zeros_like(rows[..., -1]))
+
+
+def test_flat_softmax_over_many_keys_keeps_its_mass():
+    """numerics/2: a flat softmax over more keys than 2**prob_bits returns the mean of the values.
+    (numerics/1 floored each probability to 2**-15 and returned 0 here: 40,000 keys, p = 0.)"""
+    n, d = 40_000, 8
+    x = torch.randint(-(2**20), 2**20, (1, 1, d), generator=torch.Generator().manual_seed(3))
+    rows = pack_rows(x).expand(n, 1, d + 4)  # every key has the same value row
+    vis = torch.ones(1, 1, n, dtype=torch.bool)
+    e = torch.full((2, 1, n), 2**30)  # 2 query heads over 1 kv head, equal scores
+    out = mix_values(e, vis, rows, 15)
+    want = dequantize_rows(*unpack_rows(rows[:1]))[0, 0]
+    assert torch.equal(out[0, 0], want) and torch.equal(out[0, 1], want)
