@@ -89,3 +89,39 @@ def forward(model, pool, chunks):
     from spec.model import forward as _spec_forward
 
     return _spec_forward(model, pool, chunks, kernels=sys.modules[__name__])
+
+
+def rms_norm(x, gamma, eps_q48):
+    """``spec.ops.rms_norm``: one program per row, the row in registers."""
+    if not _use_kernels(x):
+        return _spec_ops.rms_norm(x, gamma, eps_q48)
+    from fieldprint_fast.kernels.rowops import rms_norm as _rms_norm
+
+    return _rms_norm(x, gamma, eps_q48)
+
+
+def swiglu(gate, up, table):
+    """``spec.ops.swiglu``: sigmoid by table interpolation, two roundings."""
+    if not _use_kernels(gate):
+        return _spec_ops.swiglu(gate, up, table)
+    from fieldprint_fast.kernels.rowops import swiglu as _swiglu
+
+    return _swiglu(gate, up, table)
+
+
+def residual_add(x, y):
+    """``spec.ops.residual_add``: x + y, saturated."""
+    if not _use_kernels(x):
+        return _spec_ops.residual_add(x, y)
+    from fieldprint_fast.kernels.rowops import residual_add as _residual_add
+
+    return _residual_add(x, y)
+
+
+def embed(tokens, weight, mul, shift):
+    """``spec.ops.embed``: the rows of the tokens, scaled to Q16."""
+    if not _use_kernels(weight):
+        return _spec_ops.embed(tokens, weight, mul, shift)
+    from fieldprint_fast.kernels.rowops import embed as _embed
+
+    return _embed(tokens, weight, mul, shift)

@@ -1,0 +1,226 @@
+"""
+Row-wise and elementwise operators in Triton, bit for bit with ``spec.ops``
+===========================================================================
+
+* ``rms_norm``: one program per row, the row held in registers (``H <= MAX_ROW``): absmax, the
+  rescale ``s``, the exact int64 sum of squares (integer addition: any order gives the same
+  sum), the floor mean, epsilon in the row's units, the 32-step digit-by-digit ``isqrt`` of
+  ``spec.quant.isqrt`` (per row, so its cost does not matter), then ``div_round(xs * gamma, r)``
+  per element in int64 (integer division on non-negative operands, as the spec defines it).
+* ``rms_norm_quantize``: the same row, then ``spec.quant.quantize_rows`` of the result while it
+  is still in registers, written as the int8 limbs ``fieldprint_fast.kernels.linear`` reads;
+  it replaces ``rms_norm`` + ``quantize_rows`` (two reads and a write of the row) before the
+  q/k/v and gate/up linears.
+* ``swiglu`` (sigmoid by table interpolation, two roundings), ``residual_add`` and ``embed``:
+  elementwise, in int64.
+
+Rows longer than ``MAX_ROW`` run the spec (no Llama-family model has them).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fieldprint_fast.kernels.linear import (
+    _bit_length, _num_limbs, _quantize_block, _shift_round, ACT_MAX, LIMB_BITS, SCALE_MANT_BITS,  # noqa: F401
+)
+from spec.constants import (
+    ACT_FRAC_BITS as _ACT_FRAC_BITS, RMS_NORM_BITS as _RMS_NORM_BITS, SIGMOID_DOMAIN as _SIGMOID_DOMAIN,
+    SIGMOID_FRAC_BITS as _SIGMOID_FRAC_BITS, SIGMOID_STEP_BITS as _SIGMOID_STEP_BITS,
+)
+
+RMS_NORM_BITS = tl.constexpr(_RMS_NORM_BITS)  # (= 23) bits of the largest rescaled magnitude
+ACT_FRAC_BITS = tl.constexpr(_ACT_FRAC_BITS)  # (= 16)
+SIGMOID_FRAC_BITS = tl.constexpr(_SIGMOID_FRAC_BITS)  # (= 16)
+SIG_LIM = tl.constexpr(_SIGMOID_DOMAIN << _ACT_FRAC_BITS)  # (= 2**20) sigmoid input clamp, Q16
+SIG_FB = tl.constexpr(_ACT_FRAC_BITS - _SIGMOID_STEP_BITS)  # (= 10) fraction bits in one table step
+SIG_MASK = tl.constexpr((1 << (_ACT_FRAC_BITS - _SIGMOID_STEP_BITS)) - 1)  # (= 1,023)
+MAX_ROW = 16384  # longest row a program keeps in registers
+BLOCK = 1024  # elements per program of the elementwise kernels
+
+
+# %%
+# RMSNorm (+ quantize)
+# --------------------
+
+@triton.jit
+def _isqrt(v):
+    """Return floor(sqrt(v)) for 0 <= v < 2**63 (int64 scalar): spec.quant.isqrt, 32 steps."""
+    res = tl.zeros_like(v)
+    one = tl.full([], 1 << 62, tl.int64)
+    for _ in tl.static_range(32):
+        t = res + one
+        ge = v >= t
+        v = tl.where(ge, v - t, v)
+        res = tl.where(ge, (res >> 1) + one, res >> 1)
+        one = one >> 2
+    return res
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, gamma_ptr, eps_ptr, y_ptr, q_ptr, m_ptr, e_ptr,
+                     H, stride_xn, stride_yn, stride_ql, stride_qn,
+                     QUANTIZE: tl.constexpr, QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One row: y = spec.ops.rms_norm(x)[row]; with QUANTIZE, its quantize_rows limbs instead."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_H)
+    inside = offs < H
+    x = tl.load(x_ptr + row * stride_xn + offs, mask=inside, other=0).to(tl.int64)
+    # -- 1. rescale so the largest magnitude has RMS_NORM_BITS bits ------------------------
+    amax = tl.max(tl.abs(x), axis=0)
+    bits = tl.where(amax > 0, _bit_length(tl.maximum(amax, 1)), 0)
+    s = tl.maximum(bits - RMS_NORM_BITS, -16)
+    xs = _shift_round(x, tl.zeros_like(x) + s)
+    # -- 2. mean of squares and epsilon in xs**2 units -------------------------------------
+    msq = tl.sum(xs * xs, axis=0) // H
+    eps_q48 = tl.load(eps_ptr).to(tl.int64)
+    eps = _shift_round(eps_q48, 16 + 2 * s)
+    # -- 3. r = isqrt(msq + eps), y = div_round(xs * gamma, r) -----------------------------
+    r = tl.maximum(_isqrt(msq + eps), 1)
+    g = tl.load(gamma_ptr + offs, mask=inside, other=0).to(tl.int64)
+    n = xs * g
+    mag = (2 * tl.abs(n) + r) // (2 * r)
+    y = tl.where(n < 0, -mag, mag)
+    y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
+    if QUANTIZE:  # spec.quant.quantize_rows of this row, as linear._quantize_rows_kernel does
+        ymax = tl.maximum(tl.max(tl.abs(y), axis=0), 1)
+        e = _bit_length(ymax) - _bit_length(tl.full([], QMAX, tl.int64)) + 1 - SCALE_MANT_BITS
+        left = tl.maximum(-e, 0)
+        right = tl.maximum(e, 0)
+        den = tl.full([], QMAX, tl.int64) << right
+        m = ((ymax << left) + den - 1) // den
+        _quantize_block(y, inside, q_ptr + row * stride_qn + offs, stride_ql, left, m << right, LIMBS)
+        tl.store(m_ptr + row, m.to(tl.int32))
+        tl.store(e_ptr + row, e.to(tl.int32))
+    else:
+        tl.store(y_ptr + row * stride_yn + offs, y, mask=inside)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rms_norm(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.ops.rms_norm(x, gamma, eps_q48)`` (int64, the shape of x)."""
+    h = x.shape[-1]
+    if h > MAX_ROW or h == 0:
+        from spec.ops import rms_norm as spec_rms_norm
+
+        return spec_rms_norm(x, gamma, eps_q48)
+    x2 = _rows(x.reshape(-1, h))
+    y = torch.empty(x2.shape, dtype=torch.int64, device=x.device)
+    if x2.shape[0]:
+        block = triton.next_power_of_2(h)
+        _rms_norm_kernel[(x2.shape[0],)](x2, gamma, eps_q48, y, y, y, y, h, x2.stride(0), y.stride(0), 0, 0,
+                                         QUANTIZE=False, QMAX=1, LIMBS=1, BLOCK_H=block, num_warps=_warps(block))
+    return y.reshape(x.shape)
+
+
+def rms_norm_quantize(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tensor, bits: int):
+    """Return ``linear.quantize_rows(spec.ops.rms_norm(x, gamma, eps_q48), bits)``: int8 limbs
+    ``[L, N, H]`` and int32 (m, e) ``[N]``, from one read of x. Requires x ``[N, H]``, H <= MAX_ROW."""
+    n, h = x.shape
+    limbs = _num_limbs(bits)
+    if h > MAX_ROW or h == 0 or not limbs or bits < 2:
+        raise ValueError(f"rms_norm_quantize: rows of 1..{MAX_ROW} values and bits 2..15 (got {h}, {bits})")
+    x = _rows(x)
+    q = torch.empty((limbs, n, h), dtype=torch.int8, device=x.device)
+    m = torch.empty((n,), dtype=torch.int32, device=x.device)
+    e = torch.empty((n,), dtype=torch.int32, device=x.device)
+    if n:
+        block = triton.next_power_of_2(h)
+        _rms_norm_kernel[(n,)](x, gamma, eps_q48, q, q, m, e, h, x.stride(0), 0, q.stride(0), q.stride(1),
+                               QUANTIZE=True, QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK_H=block,
+                               num_warps=_warps(block))
+    return q, m, e
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 2048 else 8 if block <= 4096 else 16
+
+
+# %%
+# Elementwise operators
+# ---------------------
+
+@triton.jit
+def _sigmoid(g, table_ptr, TABLE_LAST: tl.constexpr):
+    """spec.ops.sigmoid: clamp to [-16, 16], linear interpolation in the 2049-entry table."""
+    u = tl.minimum(tl.maximum(g, -SIG_LIM), SIG_LIM) + SIG_LIM
+    idx = u >> SIG_FB
+    frac = u & SIG_MASK
+    t0 = tl.load(table_ptr + idx).to(tl.int64)
+    t1 = tl.load(table_ptr + tl.minimum(idx + 1, TABLE_LAST)).to(tl.int64)
+    return t0 + _shift_round((t1 - t0) * frac, tl.zeros_like(frac) + SIG_FB)
+
+
+@triton.jit
+def _swiglu_kernel(g_ptr, u_ptr, table_ptr, y_ptr, numel, TABLE_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < numel
+    g = tl.load(g_ptr + offs, mask=inside, other=0).to(tl.int64)
+    u = tl.load(u_ptr + offs, mask=inside, other=0).to(tl.int64)
+    sixteen = tl.zeros_like(g) + SIGMOID_FRAC_BITS
+    silu = _shift_round(g * _sigmoid(g, table_ptr, TABLE_LAST), sixteen)
+    silu = tl.minimum(tl.maximum(silu, -ACT_MAX), ACT_MAX)
+    y = _shift_round(silu * u, tl.zeros_like(g) + ACT_FRAC_BITS)
+    tl.store(y_ptr + offs, tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX), mask=inside)
+
+
+@triton.jit
+def _residual_add_kernel(x_ptr, y_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < numel
+    s = tl.load(x_ptr + offs, mask=inside, other=0).to(tl.int64) + tl.load(y_ptr + offs, mask=inside, other=0).to(tl.int64)
+    tl.store(out_ptr + offs, tl.minimum(tl.maximum(s, -ACT_MAX), ACT_MAX), mask=inside)
+
+
+@triton.jit
+def _embed_kernel(tok_ptr, w_ptr, mul_ptr, shift_ptr, out_ptr, H, stride_wv, BLOCK_H: tl.constexpr):
+    """Row t of the output: saturate(shift_round(W[tok[t]] * mul[tok[t]], shift[tok[t]]))."""
+    t = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    inside = col < H
+    tok = tl.load(tok_ptr + t).to(tl.int64)
+    w = tl.load(w_ptr + tok * stride_wv + col, mask=inside, other=0).to(tl.int64)
+    mul = tl.load(mul_ptr + tok).to(tl.int64)
+    shift = tl.load(shift_ptr + tok).to(tl.int64)
+    y = _shift_round(w * mul, tl.zeros_like(w) + shift)
+    tl.store(out_ptr + t * H + col, tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX), mask=inside)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.ops.swiglu(gate, up, table)`` (int64, the shape of gate)."""
+    g, u = gate.contiguous(), up.expand_as(gate).contiguous()
+    t = table.to(device=gate.device).contiguous()
+    y = torch.empty(g.shape, dtype=torch.int64, device=g.device)
+    if g.numel():
+        _swiglu_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, u, t, y, g.numel(), TABLE_LAST=t.numel() - 1, BLOCK=BLOCK)
+    return y
+
+
+def residual_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.ops.residual_add(x, y)`` (int64, the broadcast shape)."""
+    x, y = torch.broadcast_tensors(x, y)
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty(x.shape, dtype=torch.int64, device=x.device)
+    if x.numel():
+        _residual_add_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, out, x.numel(), BLOCK=BLOCK)
+    return out
+
+
+def embed(tokens: torch.Tensor, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.ops.embed(tokens, weight, mul, shift)`` (int64 [T, H]) for tokens [T]."""
+    if tokens.dim() != 1:
+        from spec.ops import embed as spec_embed
+
+        return spec_embed(tokens, weight, mul, shift)
+    v, h = weight.shape
+    w = _rows(weight)
+    out = torch.empty((tokens.numel(), h), dtype=torch.int64, device=weight.device)
+    if tokens.numel() and h:
+        block = min(1024, triton.next_power_of_2(h))
+        _embed_kernel[(tokens.numel(), triton.cdiv(h, block))](tokens.to(weight.device).contiguous(), w, mul, shift, out,
+                                                              h, w.stride(0), BLOCK_H=block)
+    return out

@@ -1,0 +1,125 @@
+"""Parity of the Triton row ops (fieldprint_fast.kernels.rowops) with ``spec.ops``.
+
+``torch.equal`` on fresh random data: rows at every magnitude, zero rows, rows at +-ACT_MAX,
+gains that saturate, epsilons from 2**-48 to near 1/4, the fused RMSNorm + quantize against
+``spec.quant.quantize_rows(spec.ops.rms_norm(...))``. CPU runs use ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from spec import ops as spec_ops
+from spec.constants import ACT_MAX
+from spec.quant import quantize_rows as spec_quantize_rows
+from spec.tables import sigmoid_table
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1")
+
+from fieldprint_fast import ops as fast_ops  # noqa: E402
+from fieldprint_fast.kernels import rowops as R  # noqa: E402
+
+DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
+EXAMPLES = settings.default.max_examples
+
+
+def rows(gen: torch.Generator, n: int, h: int, kind: str) -> torch.Tensor:
+    """int64 [n, h] Q16 rows, each at its own magnitude; optionally a zero row and a saturated row."""
+    mag = torch.randint(0, 32, (n, 1), generator=gen)
+    x = torch.randint(-ACT_MAX, ACT_MAX + 1, (n, h), generator=gen, dtype=torch.int64) >> (31 - mag).clamp(min=0)
+    if kind in ("zero", "both") and n > 1:
+        x[0] = 0
+    if kind in ("sat", "both"):
+        x[-1] = torch.where(torch.rand(h, generator=gen) < 0.5, -ACT_MAX, ACT_MAX)
+    return x
+
+
+def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    got, want = got.cpu(), want.cpu()
+    if not torch.equal(got, want):
+        bad = (got != want).nonzero()
+        raise AssertionError(f"{what}: {bad.shape[0]} of {want.numel()} differ, first at {bad[0].tolist()}")
+
+
+def norm_inputs(gen, n, h, kind, gain_bits, eps_bits):
+    x = rows(gen, n, h, kind)
+    gamma = torch.randint(-(1 << gain_bits), 1 << gain_bits, (h,), generator=gen, dtype=torch.int64).to(torch.int32)
+    eps = torch.tensor([1 << eps_bits], dtype=torch.int64)
+    return x, gamma, eps
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 6), h=st.integers(1, 300), kind=st.sampled_from(["plain", "zero", "sat", "both"]),
+       gain_bits=st.sampled_from([4, 17, 30]), eps_bits=st.integers(0, 45), seed=st.integers(0, 2**31))
+def test_rms_norm_equals_spec(n, h, kind, gain_bits, eps_bits, seed):
+    """gain_bits 30 saturates many outputs; eps_bits 45 is an epsilon of 1/8."""
+    x, gamma, eps = norm_inputs(torch.Generator().manual_seed(seed), n, h, kind, gain_bits, eps_bits)
+    want = spec_ops.rms_norm(x, gamma, eps)
+    got = R.rms_norm(x.to(DEVICE), gamma.to(DEVICE), eps.to(DEVICE))
+    assert got.dtype == torch.int64
+    assert_equal(got, want, "rms_norm")
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 6), h=st.integers(1, 300), kind=st.sampled_from(["plain", "zero", "sat", "both"]),
+       gain_bits=st.sampled_from([4, 17, 30]), bits=st.sampled_from([8, 12, 2, 15]), seed=st.integers(0, 2**31))
+def test_rms_norm_quantize_equals_spec(n, h, kind, gain_bits, bits, seed):
+    x, gamma, eps = norm_inputs(torch.Generator().manual_seed(seed), n, h, kind, gain_bits, 20)
+    want_q, want_m, want_e = spec_quantize_rows(spec_ops.rms_norm(x, gamma, eps), bits)
+    limbs, m, e = R.rms_norm_quantize(x.to(DEVICE), gamma.to(DEVICE), eps.to(DEVICE), bits)
+    q = limbs[0].long() if limbs.shape[0] == 1 else limbs[1].long() * 128 + limbs[0].long()
+    assert_equal(q, want_q, "q")
+    assert_equal(m.long(), want_m, "m")
+    assert_equal(e.long(), want_e, "e")
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 5), h=st.integers(1, 400), scale=st.integers(0, 31), seed=st.integers(0, 2**31))
+def test_swiglu_equals_spec(n, h, scale, seed):
+    """Gates beyond +-16 (table clamp), products that saturate."""
+    gen = torch.Generator().manual_seed(seed)
+    g = rows(gen, n, h, "both") >> (31 - scale) if scale < 31 else rows(gen, n, h, "both")
+    u = rows(gen, n, h, "sat")
+    table = sigmoid_table()
+    assert_equal(R.swiglu(g.to(DEVICE), u.to(DEVICE), table), spec_ops.swiglu(g, u, table), "swiglu")
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 5), h=st.integers(1, 3000), seed=st.integers(0, 2**31))
+def test_residual_add_equals_spec(n, h, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = rows(gen, n, h, "sat"), rows(gen, n, h, "both")
+    assert_equal(R.residual_add(x.to(DEVICE), y.to(DEVICE)), spec_ops.residual_add(x, y), "residual_add")
+
+
+@settings(max_examples=EXAMPLES)
+@given(v=st.integers(1, 50), h=st.integers(1, 1500), t=st.integers(1, 9), wide=st.booleans(),
+       shift_lo=st.sampled_from([-3, 10]), seed=st.integers(0, 2**31))
+def test_embed_equals_spec(v, h, t, wide, shift_lo, seed):
+    """int8 and int16 tables; shifts below zero shift left and saturate."""
+    gen = torch.Generator().manual_seed(seed)
+    qm = 32767 if wide else 127
+    w = torch.randint(-qm, qm + 1, (v, h), generator=gen, dtype=torch.int64).to(torch.int16 if wide else torch.int8)
+    mul = torch.randint(1 << 12, 1 << 13, (v,), generator=gen, dtype=torch.int32)
+    shift = torch.randint(shift_lo, shift_lo + 12, (v,), generator=gen, dtype=torch.int32)
+    tok = torch.randint(0, v, (t,), generator=gen, dtype=torch.int64)
+    want = spec_ops.embed(tok, w, mul, shift)
+    got = R.embed(tok.to(DEVICE), w.to(DEVICE), mul.to(DEVICE), shift.to(DEVICE))
+    assert_equal(got, want, "embed")
+
+
+def test_fast_ops_row_ops_dispatch():
+    """fieldprint_fast.ops exposes the row ops under the spec's signatures."""
+    gen = torch.Generator().manual_seed(17)
+    x, gamma, eps = norm_inputs(gen, 3, 64, "both", 17, 20)
+    d = [t.to(DEVICE) for t in (x, gamma, eps)]
+    assert_equal(fast_ops.rms_norm(*d), spec_ops.rms_norm(x, gamma, eps), "ops.rms_norm")
+    y = rows(gen, 3, 64, "plain")
+    assert_equal(fast_ops.residual_add(d[0], y.to(DEVICE)), spec_ops.residual_add(x, y), "ops.residual_add")
+    t = sigmoid_table()
+    assert_equal(fast_ops.swiglu(d[0], y.to(DEVICE), t), spec_ops.swiglu(x, y, t), "ops.swiglu")
