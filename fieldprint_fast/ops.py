@@ -125,3 +125,12 @@ def embed(tokens, weight, mul, shift):
     from fieldprint_fast.kernels.rowops import embed as _embed
 
     return _embed(tokens, weight, mul, shift)
+
+
+def rope(x, pos, cos, sin):
+    """``spec.ops.rope``: one program per token, the rotate-half pairs in int64."""
+    if not _use_kernels(x):
+        return _spec_ops.rope(x, pos, cos, sin)
+    from fieldprint_fast.kernels.rowops import rope as _rope
+
+    return _rope(x, pos, cos, sin)

@@ -11,6 +11,7 @@ Row-wise and elementwise operators in Triton, bit for bit with ``spec.ops``
   is still in registers, written as the int8 limbs ``fieldprint_fast.kernels.linear`` reads;
   it replaces ``rms_norm`` + ``quantize_rows`` (two reads and a write of the row) before the
   q/k/v and gate/up linears.
+* ``rope``: one program per token, all heads, the rotate-half pairs in int64.
 * ``swiglu`` (sigmoid by table interpolation, two roundings), ``residual_add`` and ``embed``:
   elementwise, in int64.
 
@@ -26,10 +27,11 @@ from fieldprint_fast.kernels.linear import (
     _bit_length, _num_limbs, _quantize_block, _shift_round, ACT_MAX, LIMB_BITS, SCALE_MANT_BITS,  # noqa: F401
 )
 from spec.constants import (
-    ACT_FRAC_BITS as _ACT_FRAC_BITS, RMS_NORM_BITS as _RMS_NORM_BITS, SIGMOID_DOMAIN as _SIGMOID_DOMAIN,
+    ACT_FRAC_BITS as _ACT_FRAC_BITS, RMS_NORM_BITS as _RMS_NORM_BITS, ROPE_FRAC_BITS as _ROPE_FRAC_BITS, SIGMOID_DOMAIN as _SIGMOID_DOMAIN,
     SIGMOID_FRAC_BITS as _SIGMOID_FRAC_BITS, SIGMOID_STEP_BITS as _SIGMOID_STEP_BITS,
 )
 
+ROPE_FRAC_BITS = tl.constexpr(_ROPE_FRAC_BITS)  # (= 30) cos/sin table fraction bits
 RMS_NORM_BITS = tl.constexpr(_RMS_NORM_BITS)  # (= 23) bits of the largest rescaled magnitude
 ACT_FRAC_BITS = tl.constexpr(_ACT_FRAC_BITS)  # (= 16)
 SIGMOID_FRAC_BITS = tl.constexpr(_SIGMOID_FRAC_BITS)  # (= 16)
@@ -188,6 +190,40 @@ def _embed_kernel(tok_ptr, w_ptr, mul_ptr, shift_ptr, out_ptr, H, stride_wv, BLO
     shift = tl.load(shift_ptr + tok).to(tl.int64)
     y = _shift_round(w * mul, tl.zeros_like(w) + shift)
     tl.store(out_ptr + t * H + col, tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX), mask=inside)
+
+
+@triton.jit
+def _rope_kernel(x_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, HEADS, HALF, stride_tab,
+                 BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Token t, all heads: out1 = round((x1 cos - x2 sin) 2**-30), out2 = round((x2 cos + x1 sin) 2**-30)."""
+    t = tl.program_id(0).to(tl.int64)
+    hd = tl.arange(0, BLOCK_HEADS)[:, None]
+    i = tl.arange(0, BLOCK_HALF)[None, :]
+    inside = (hd < HEADS) & (i < HALF)
+    p = tl.load(pos_ptr + t).to(tl.int64)
+    c = tl.load(cos_ptr + p * stride_tab + i, mask=i < HALF, other=0).to(tl.int64)
+    s = tl.load(sin_ptr + p * stride_tab + i, mask=i < HALF, other=0).to(tl.int64)
+    base = x_ptr + t * HEADS * 2 * HALF + hd * 2 * HALF + i
+    x1 = tl.load(base, mask=inside, other=0).to(tl.int64)
+    x2 = tl.load(base + HALF, mask=inside, other=0).to(tl.int64)
+    thirty = tl.zeros_like(x1) + ROPE_FRAC_BITS
+    out1 = _shift_round(x1 * c - x2 * s, thirty)
+    out2 = _shift_round(x2 * c + x1 * s, thirty)
+    o = out_ptr + t * HEADS * 2 * HALF + hd * 2 * HALF + i
+    tl.store(o, tl.minimum(tl.maximum(out1, -ACT_MAX), ACT_MAX), mask=inside)
+    tl.store(o + HALF, tl.minimum(tl.maximum(out2, -ACT_MAX), ACT_MAX), mask=inside)
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.ops.rope(x, pos, cos, sin)`` for x [N, heads, d] (int64)."""
+    n, heads, d = x.shape
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.int64, device=x.device)
+    if x.numel():
+        _rope_kernel[(n,)](x, pos.to(x.device).contiguous(), cos.contiguous(), sin.contiguous(), out, heads, d // 2,
+                           cos.stride(0), BLOCK_HEADS=triton.next_power_of_2(heads),
+                           BLOCK_HALF=triton.next_power_of_2(max(d // 2, 1)))
+    return out
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from spec import ops as spec_ops
 from spec.constants import ACT_MAX
 from spec.quant import quantize_rows as spec_quantize_rows
-from spec.tables import sigmoid_table
+from spec.tables import rope_tables, sigmoid_table
 
 CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -113,6 +113,18 @@ def test_embed_equals_spec(v, h, t, wide, shift_lo, seed):
     assert_equal(got, want, "embed")
 
 
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 5), heads=st.integers(1, 5), half=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_rope_equals_spec(n, heads, half, seed):
+    """Real RoPE tables (spec.tables.rope_tables) at random positions; saturated inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    cos, sin = rope_tables(2 * half, 10000.0, 64)
+    x = rows(gen, n * heads, 2 * half, "both").view(n, heads, 2 * half)
+    pos = torch.randint(0, 64, (n,), generator=gen, dtype=torch.int64)
+    got = R.rope(x.to(DEVICE), pos.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE))
+    assert_equal(got, spec_ops.rope(x, pos, cos, sin), "rope")
+
+
 def test_fast_ops_row_ops_dispatch():
     """fieldprint_fast.ops exposes the row ops under the spec's signatures."""
     gen = torch.Generator().manual_seed(17)
@@ -123,3 +135,35 @@ def test_fast_ops_row_ops_dispatch():
     assert_equal(fast_ops.residual_add(d[0], y.to(DEVICE)), spec_ops.residual_add(x, y), "ops.residual_add")
     t = sigmoid_table()
     assert_equal(fast_ops.swiglu(d[0], y.to(DEVICE), t), spec_ops.swiglu(x, y, t), "ops.swiglu")
+    cos, sin = rope_tables(16, 10000.0, 8)
+    pos = torch.tensor([0, 7, 3])
+    x3 = x.view(3, 4, 16)
+    assert_equal(fast_ops.rope(x3.to(DEVICE), pos.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE)),
+                 spec_ops.rope(x3, pos, cos, sin), "ops.rope")
+
+
+# %%
+# Real sizes (GPU)
+# ----------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h", [2048, 4096, 14336])
+def test_row_ops_real_sizes(h):
+    if INTERPRET:
+        pytest.skip("real sizes run on the GPU without the interpreter")
+    gen = torch.Generator().manual_seed(h)
+    x, gamma, eps = norm_inputs(gen, 300, h, "both", 17, 20)
+    xc, gc, ec = x.cuda(), gamma.cuda(), eps.cuda()
+    want = spec_ops.rms_norm(xc, gc, ec)
+    assert_equal(R.rms_norm(xc, gc, ec), want, f"rms_norm {h}")
+    for bits in (8, 12):
+        limbs, m, e = R.rms_norm_quantize(xc, gc, ec, bits)
+        wq, wm, we = spec_quantize_rows(want, bits)
+        q = limbs[0].long() if bits <= 8 else limbs[1].long() * 128 + limbs[0].long()
+        assert_equal(q, wq, f"rms_norm_quantize q {h}")
+        assert_equal(m.long(), wm, "m")
+        assert_equal(e.long(), we, "e")
+    y = rows(gen, 300, h, "plain").cuda()
+    t = sigmoid_table()
+    assert_equal(R.swiglu(xc, y, t), spec_ops.swiglu(xc, y, t.cuda()), "swiglu")
+    assert_equal(R.residual_add(xc, y), spec_ops.residual_add(xc, y), "residual_add")
