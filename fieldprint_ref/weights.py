@@ -16,10 +16,11 @@ the same storage, carrying the views. Memory: 8 bytes per weight parameter (the 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 
-from spec.quant import EXACT_VIEW, ExactView, absmax
+from spec.quant import EXACT_VIEW, ExactView
 
 
 def matmul_weight_names(model) -> list[str]:
@@ -39,11 +40,42 @@ def exact_view(w: torch.Tensor) -> ExactView:
     """Return the ExactView of integer weight ``w``: max|w| and w as float64."""
     if w.is_floating_point() or w.is_complex():
         raise TypeError(f"exact views are for integer weights, got {w.dtype}")
-    return ExactView(absmax=absmax(w.to(torch.int64)), float64=w.to(torch.float64))
+    # max |w| from the extremes in w's own dtype: exact (Python ints), and no abs() that overflows
+    # at the dtype's minimum (-128 for int8)
+    top = max(int(w.max()), -int(w.min())) if w.numel() else 0
+    return ExactView(absmax=top, float64=w.to(torch.float64))
+
+
+_VIEWED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its copy with views
 
 
 def with_exact_views(model):
-    """Return a shallow copy of ``model`` whose matmul weights carry their ExactView."""
+    """Return a shallow copy of ``model`` whose matmul weights carry their ExactView (made once
+    per model object while it lives: engines over the same model share the copies)."""
+    try:
+        out = _VIEWED.get(model)
+    except TypeError:
+        out = None
+    if out is not None and _same_tensors(out, model):
+        return out
+    out = _with_exact_views(model)
+    try:
+        _VIEWED[model] = out
+    except TypeError:  # not weak-referenceable: no sharing
+        pass
+    return out
+
+
+def _same_tensors(viewed, model) -> bool:
+    """Return whether ``viewed`` still stands for ``model`` (whose tensors dict may have been
+    replaced or edited since; a weight's bytes are never changed in place)."""
+    a, b = viewed.tensors, model.tensors
+    return a.keys() == b.keys() and all(
+        a[k] is b[k] or (a[k].data_ptr() == b[k].data_ptr() and a[k].shape == b[k].shape and a[k].dtype == b[k].dtype)
+        for k in b) and viewed.config == model.config and viewed.profile == model.profile
+
+
+def _with_exact_views(model):
     out = copy.copy(model)
     out.tensors = dict(model.tensors)
     for name in matmul_weight_names(model):

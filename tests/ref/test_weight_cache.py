@@ -116,3 +116,21 @@ def test_cached_and_uncached_engines_generate_the_same_bytes(model):
         runs.append((res.tokens, [r.logits for r in res.steps], eng.sequence_pages(h)))
     (ta, la, pa), (tb, lb, pb) = runs
     assert ta == tb and pa == pb and all(torch.equal(x, y) for x, y in zip(la, lb))
+
+
+def test_engines_over_one_model_share_its_views_until_its_tensors_change(model):
+    a, b = RefEngine(model, num_pages=4), RefEngine(model, num_pages=4)
+    assert a.model is b.model and has_exact_views(a.model)
+    other = dict(model.tensors)
+    other["layers.0.q.weight"] = -model.tensors["layers.0.q.weight"]
+    swapped = QuantizedModel(model.config, model.profile, other)
+    c = RefEngine(swapped, num_pages=4)
+    assert c.model is not a.model
+    v = getattr(c.model.tensors["layers.0.q.weight"], EXACT_VIEW)
+    assert torch.equal(v.float64, -model.tensors["layers.0.q.weight"].to(torch.float64))
+    model.tensors["layers.0.q.weight"], saved = other["layers.0.q.weight"], model.tensors["layers.0.q.weight"]
+    try:  # the same model object whose dict now holds another tensor: new views, never the old ones
+        d = RefEngine(model, num_pages=4)
+        assert torch.equal(getattr(d.model.tensors["layers.0.q.weight"], EXACT_VIEW).float64, v.float64)
+    finally:
+        model.tensors["layers.0.q.weight"] = saved
