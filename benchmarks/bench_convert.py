@@ -10,7 +10,8 @@ bf16 in ~500 MB shards), then converts it in two fresh processes, one after the 
 2. **in memory** (the previous path): ``load_hf_checkpoint`` (every weight as float32),
    ``spec.convert.quantize_model``, ``save_artifact``.
 
-Each process reports its peak RSS (``ru_maxrss``) and wall time; both artifacts must have the
+Each process reports its peak RSS (``VmHWM`` of /proc/self/status: ``ru_maxrss`` would carry over
+the parent's resident size across fork and exec) and wall time; both artifacts must have the
 same commitment (checked). Prints a rich table and writes
 ``benchmarks/results/convert-<date>.json``.
 """
@@ -20,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -103,10 +103,11 @@ def build_checkpoint(path: Path, *, layers: int, hidden: int, inter: int, vocab:
 
 def run_mode(code: str, hf: Path, out: Path) -> dict:
     """Run one conversion in a fresh Python process; return its seconds, peak RSS and commitment."""
-    script = (f"import json, resource, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
+    script = (f"import json, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
               f"HF, OUT = {str(hf)!r}, {str(out)!r}\nt0 = time.perf_counter()\n{code}\n"
+              "hwm = next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:'))\n"
               "print(json.dumps({'seconds': round(time.perf_counter() - t0, 2), 'commitment': commitment, "
-              "'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n")
+              "'peak_rss_bytes': hwm * 1024}))\n")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
