@@ -81,7 +81,7 @@ def stage_bounds(profile: PrecisionProfile, config) -> dict[str, int]:
 
     linear: qmax(a) * qmax(w) * K * 2**SCALE_MANT_BITS * (2**WEIGHT_MANT_BITS - 1)  (spec.quant.requantize)
     scores: qmax(q_bits) * 127 * head_dim * 2**(2 * SCALE_MANT_BITS)                 (spec.attention.scores)
-    values: 2**prob_bits * 2**31                                                    (spec.attention.mix_values)
+    values: 2**prob_bits * 127 * 2**18 (weights <= 2**P, int8 values, < 2**18 keys)   (spec.attention.mix_values)
     """
     c = config
     k_in = {"qkv": c.hidden_size, "o": c.num_heads * c.head_dim, "gate_up": c.hidden_size,
@@ -95,7 +95,7 @@ def stage_bounds(profile: PrecisionProfile, config) -> dict[str, int]:
             key = stage if n is None else f"{stage}@layer{n}"
             out[key] = _qmax(a) * _qmax(w) * k * (1 << SCALE_MANT_BITS) * ((1 << WEIGHT_MANT_BITS) - 1)
     out["scores"] = _qmax(profile.q_bits) * 127 * c.head_dim * (1 << (2 * SCALE_MANT_BITS))
-    out["values"] = (1 << profile.prob_bits) << 31
+    out["values"] = ((1 << profile.prob_bits) * 127) << 18
     return out
 
 
