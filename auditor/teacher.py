@@ -27,8 +27,8 @@ on its own token only, and a replay's unfilled slots are zero), blocks count onl
 step's cached length, a commit's snapshot (the rollback target) is forked as of its step
 (`Engine.fork(step=...)`), the engine evicts a sliding window's dead blocks only before a
 forward (so a run ends before a step that evicts), and the sequence finishes only at the last
-step of a run. ``tests/auditor/test_replay_modes.py``
-replays every ledger of the tamper suite both ways and compares verdicts, reasons and locations.
+step of a run. ``tests/auditor/test_replay_modes.py`` replays the tamper suite's ledgers that
+reach the replay both ways and compares verdicts, reasons, locations and values.
 """
 from __future__ import annotations
 
@@ -44,12 +44,13 @@ PREFILL_TOKENS = 256  # forced tokens per forward at most: bounds the attention 
 RUN_ENDS = (Rollback, End, Genesis)  # a branch's commits, pages, evictions and validations do not end a run
 
 
-def branch_tokens(records: list, i: int) -> list[int]:
+def branch_tokens(records: list, i: int, limit: int | None = None) -> list[int]:
     """Return the tokens of the ``token_step`` records from ``records[i]`` to the end of its
-    branch (the next rollback or end record)."""
+    branch (the next rollback or end record), at most ``limit`` of them."""
     out = []
-    for r in records[i:]:
-        if isinstance(r, RUN_ENDS):
+    for j in range(i, len(records)):
+        r = records[j]
+        if isinstance(r, RUN_ENDS) or (limit is not None and len(out) >= limit):
             break
         if isinstance(r, TokenStep):
             out.append(r.token)
@@ -100,7 +101,7 @@ class Prefill(Stepwise):
         if not self.ahead:
             if engine.finish_reason(handle) is not None:
                 return None
-            tokens = branch_tokens(records, i)
+            tokens = branch_tokens(records, i, self.max_tokens)
             self.ahead.extend(engine.teacher_force(handle, tokens, max_tokens=self.max_tokens))
             self.forwards += 1
         return self.ahead.popleft()
