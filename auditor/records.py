@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from auditor.replay import Divergence
+from auditor.replay import Divergence, _Fatal
 from fieldprint_ref.paging import blocks_for, dead_blocks
 from spec import commits
 from spec.commits import REHASH_VALIDATOR, parse_rehash_failure
@@ -45,11 +45,6 @@ NOT_CHECKED = (
     "anchor pages: that they are the model's KV pages of the anchor tokens",
     "fault history: whether abandoned branches replay up to their fault window",
 )
-
-
-class _Fatal(Exception):
-    def __init__(self, d: Divergence):
-        self.d = d
 
 
 @dataclass
