@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from spec.attention import numerators, read_kv, scores, unpack_rows, visibility
+from spec.attention import numerators, scores, unpack_rows, visible_rows
 from spec.quant import absmax, dequantize_rows, floor_div, int_matmul, round_shift
 
 
@@ -32,12 +32,6 @@ def mix_values_v1(p, v_rows, prob_bits):
 
 def paged_attention_v1(q, pool, layer, block_table, start, anchors, window, q_bits, prob_bits, exp_table):
     """`spec.attention.paged_attention` with the numerics/1 softmax and value mixing."""
-    t = q.shape[0]
-    lo = 0 if window is None else max(0, start - window + 1)
-    rows = read_kv(pool, layer, block_table, lo, start + t)
-    a = 0 if anchors is None else anchors.length
-    if a:
-        rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
-    vis = visibility(torch.arange(start, start + t, device=q.device), a, lo, start + t, window)
+    rows, vis = visible_rows(pool, layer, block_table, start, q.shape[0], anchors, window)
     p = softmax_v1(scores(q, q_bits, rows[:, 0]), vis[None], exp_table, prob_bits)
     return mix_values_v1(p, rows[:, 1], prob_bits)

@@ -173,6 +173,19 @@ def visibility(query_idx: torch.Tensor, anchor_len: int, lo: int, hi: int, windo
     return torch.cat([torch.ones(query_idx.numel(), anchor_len, dtype=torch.bool, device=query_idx.device), ctx], dim=1)
 
 
+def visible_rows(pool: KVPool, layer: int, block_table: torch.Tensor, start: int, t: int, anchors,
+                 window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (rows, vis) for queries at context indices start..start+t-1: the packed K/V rows
+    [A + n, 2, kv_heads, d + 4] of the anchor tokens, then of context tokens [lo, start + t) with
+    lo = max(0, start - window + 1) (0 without a window), and their `visibility` [t, A + n]."""
+    lo = 0 if window is None else max(0, start - window + 1)
+    rows = read_kv(pool, layer, block_table, lo, start + t)
+    a = 0 if anchors is None else anchors.length
+    if a:
+        rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
+    return rows, visibility(torch.arange(start, start + t, device=pool.data.device), a, lo, start + t, window)
+
+
 def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torch.Tensor, start: int,
                     anchors, window: int | None, q_bits: int, prob_bits: int, exp_table: torch.Tensor) -> torch.Tensor:
     """Return the Q16 attention output [T, H, d] of queries q [T, H, d] at context indices
@@ -181,13 +194,7 @@ def paged_attention(q: torch.Tensor, pool: KVPool, layer: int, block_table: torc
     The chunk's own K/V must already be written (`write_kv`). Only context tokens
     [max(0, start - window + 1), start + T) are read, so blocks before the window may be evicted.
     """
-    t = q.shape[0]
-    lo = 0 if window is None else max(0, start - window + 1)
-    rows = read_kv(pool, layer, block_table, lo, start + t)
-    a = 0 if anchors is None else anchors.length
-    if a:
-        rows = torch.cat([read_kv(pool, layer, anchors.block_table, 0, a), rows])
-    vis = visibility(torch.arange(start, start + t, device=q.device), a, lo, start + t, window)
+    rows, vis = visible_rows(pool, layer, block_table, start, q.shape[0], anchors, window)
     if rows.shape[0] >= MAX_KEYS:
         raise ValueError(f"attention over {rows.shape[0]} keys: at most {MAX_KEYS - 1} (Z < 2**48)")
     e = numerators(scores(q, q_bits, rows[:, 0]), vis[None], exp_table)
