@@ -166,6 +166,8 @@ class Replayer:
     def _genesis(self, g: Genesis) -> None:
         if self.engine_name == "ref":
             from fieldprint_ref.engine import RefEngine
+            if not self.source.weight_cache:  # auditor.teacher: prefill runs need no float64 weight copy
+                RefEngine = type("RefEngine", (RefEngine,), {"cache_weights": False})  # noqa: N806
         else:  # an engine the user asked for by name (--engine fast): loaded through the registry
             from fieldprint.engine import select_engine
 

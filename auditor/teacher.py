@@ -61,6 +61,9 @@ class Stepwise:
     """Re-run the generation: one forward and one sampled token per step."""
 
     mode = "stepwise"
+    # Each decode step reads every weight once: the reference engine's float64 copy of the
+    # weights, made once, saves a conversion per step (``fieldprint_ref.weights``).
+    weight_cache = True
 
     def next(self, engine, handle: int, records: list, i: int):
         """Return the StepRecord of the next step (None when the replay's sequence has finished)."""
@@ -91,6 +94,10 @@ class Prefill(Stepwise):
     """Feed the ledger's tokens: each branch in as few forwards as the engine needs."""
 
     mode = "prefill"
+    # A prefill's matmuls convert their weights a cache-sized block at a time, for many rows at
+    # once (``fieldprint_ref.fastint.linear``): a float64 copy of the whole model (8 bytes per
+    # parameter, written once) would cost more than it saves.
+    weight_cache = False
 
     def __init__(self, max_tokens: int = PREFILL_TOKENS):
         self.max_tokens = max_tokens

@@ -2,7 +2,10 @@
 
 The engine loop (`fieldprint_ref.engine`) calls only these names, so an engine built over
 `fieldprint_fast.ops` runs the same loop with faster kernels wherever one exists.  Each op has
-exactly the signature of the spec function it names.
+exactly the signature of the spec function it names. Two of them run exact fast forms of the
+spec on the CPU (`fieldprint_ref.fastint`, speed only; same integers for every input): `forward`
+passes fastint's `linear` and `lm_head` to `spec.model.forward` as its stage kernels, and
+`sample` is fastint's top-k shortcut of `spec.sampling.sample`.
 """
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ import torch
 
 from spec.attention import KVPool
 from spec.constants import PAGE_TOKENS
-from spec.model import AnchorRef, SequenceChunk, forward
-from spec.sampling import SamplingParams, sample
+from fieldprint_ref import fastint
+from fieldprint_ref.fastint import sample
+from spec.model import AnchorRef, SequenceChunk
+from spec.model import forward as _spec_forward
+from spec.sampling import SamplingParams
 
 __all__ = [
     "PAGE_TOKENS",
@@ -26,6 +32,11 @@ __all__ = [
     "sample",
     "zero_pages",
 ]
+
+
+def forward(model, pool, chunks):
+    """``spec.model.forward`` with `fieldprint_ref.fastint`'s exact `linear` and `lm_head`."""
+    return _spec_forward(model, pool, chunks, kernels=fastint)
 
 
 def allocate_pool(config, profile, num_pages: int, device="cpu") -> KVPool:
