@@ -4,7 +4,8 @@ The engine loop (`fieldprint_ref.engine`) calls only these names, so an engine b
 `fieldprint_fast.ops` runs the same loop with faster kernels wherever one exists.  Each op has
 exactly the signature of the spec function it names. Two of them run exact fast forms of the
 spec on the CPU (`fieldprint_ref.fastint`, speed only; same integers for every input): `forward`
-passes fastint's `linear` and `lm_head` to `spec.model.forward` as its stage kernels, and
+passes fastint's `linear`, `lm_head` and `paged_attention` to `spec.model.forward` as its stage
+kernels, and
 `sample` is fastint's top-k shortcut of `spec.sampling.sample`.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = [
 
 
 def forward(model, pool, chunks):
-    """``spec.model.forward`` with `fieldprint_ref.fastint`'s exact `linear` and `lm_head`."""
+    """``spec.model.forward`` with `fieldprint_ref.fastint`'s exact `linear`, `lm_head`, `paged_attention`."""
     return _spec_forward(model, pool, chunks, kernels=fastint)
 
 
