@@ -11,23 +11,25 @@ Integer linear layers on int8 tensor cores, bit for bit with ``spec.ops.linear``
    ``+ bias``, saturated again.
 
 This module runs them as two launches: ``_quantize_rows_kernel`` (one pass over ``x``) and
-``_linear_kernel`` (the matmul with steps 3 fused in its epilogue).
+``_linear_kernel`` or ``_linear_tma_kernel`` (the matmul with step 3 fused in its epilogue).
 
 Limbs
 -----
 Tensor cores multiply int8 by int8 into int32 exactly. A wider integer is split into 7-bit
-*limbs*: ``v = hi * 2**7 + lo`` with ``lo = v & 127`` in ``[0, 127]`` and ``hi = v >> 7``
-(arithmetic shift) in ``[-128, 127]`` whenever ``|v| < 2**14``. Both limbs are int8, so the
-``default`` profile's 12-bit activations and the 10-bit edge-layer weights (int16 storage)
-become two int8 operands each, and
+*limbs*: ``v = sum_i l_i * 2**(7 i)`` with the lower limbs ``(v >> 7 i) & 127`` in ``[0, 127]``
+and the top one ``v >> 7 (L - 1)`` (arithmetic shift) signed. Two limbs hold ``|v| < 2**14``
+(the ``default`` profile's 12-bit activations, the 10-bit edge-layer weights, any width up to
+15 bits), three hold the spec's widest, 16 bits (``|v| <= 32767``). Then
 
     acc = sum_ij dot(a_i, w_j) * 2**(7 (i + j))
 
 is exact: every limb product is at most ``2**14`` in magnitude, so a limb dot over
 ``K <= MAX_K = 131071`` terms stays below ``2**31`` in its int32 accumulator, and the
-combination runs in int64 in the epilogue. Activations of 15 or more bits, weights of 15 or
-more bits, and ``K > MAX_K`` would need a third limb or a wider accumulator; ``linear`` runs
-the spec itself for them (no profile of ``spec.profiles.PROFILES`` does).
+combination runs in int64. The kernel keeps one accumulator per limb pair for operands of up
+to two limbs; a three-limb operand runs one launch per pair of limb groups (``RAW``: the exact
+int64 sum of the group's limb dots), the shifted sum of which is requantized by
+``spec.quant.requantize`` itself. Only ``K > MAX_K`` (and weights beyond 21 bits, which no
+spec width has) runs the spec.
 
 Exact arithmetic: which GPU forms, and why
 ------------------------------------------
@@ -52,13 +54,19 @@ Exact arithmetic: which GPU forms, and why
 
 Shape classes
 -------------
-The same kernel runs every shape; the launcher picks the tile (``_config``):
+The launcher picks the kernel and its tile (``_config``; the table was chosen by the H200 tile
+sweeps of ``benchmarks/bench_linear.py --sweep``, docs/fast/linear.md):
 
-* *GEMM* (prefill, ``M > 64``): 128-row tiles, grouped program order for L2 reuse
-  (``GROUP_M``, as in Triton's matmul tutorial), a pipelined K loop.
-* *Skinny* (decode, ``M <= 64``): 16- or 64-row tiles, and as few weight rows per program as
-  it takes to give every SM several programs, so that the int8 weights stream once at memory
-  bandwidth; the activation rows are tiny and stay in L2.
+* *GEMM* (prefill, ``M > 64``): ``_linear_tma_kernel``, whose tiles the tensor-memory
+  accelerator fetches (no per-element address registers), grouped program order for L2 reuse
+  (``GROUP_M``, as in Triton's matmul tutorial), 3-4 pipeline stages, and the epilogue run on
+  column slices of the tile (``EPI_SPLIT``) where the whole tile's int64 temporaries would
+  spill. Triton does not keep int8 ``wgmma`` groups in flight across K steps (it waits for
+  each: ``pendings = 0``), which bounds this kernel near bf16 speed on the H200.
+* *Decode* (``M <= 64``): 16- to 64-row tiles, 64 weight rows x 256 K per stage, so that the
+  int8 weights stream once at memory bandwidth; the activation rows are tiny and stay in L2.
+  Launches with fewer tiles than SMs split K (``split_k_hint``), exactly: see
+  ``_linear_kernel``.
 
 The weights are passed as ``[O, K]`` (K contiguous), which is the K-major operand layout
 Hopper's 8-bit ``wgmma`` requires for both operands.
@@ -69,14 +77,21 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # host-side tensor descriptors (Triton >= 3.4); without them the GEMM uses pointer loads
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
+
 from spec.constants import ACT_MAX as _ACT_MAX, SCALE_MANT_BITS as _SCALE_MANT_BITS
 
 ACT_MAX = tl.constexpr(_ACT_MAX)  # (= 2**31 - 1) saturation bound of Q16 activations
 SCALE_MANT_BITS = tl.constexpr(_SCALE_MANT_BITS)  # (= 14) row-scale mantissa bits
-LIMB_BITS = tl.constexpr(7)  # v = hi * 2**7 + lo, lo in [0, 127]
-MAX_LIMBS = 2  # operands of up to 14 magnitude bits (|v| < 2**14)
+LIMB_BITS = tl.constexpr(7)  # v = sum_i l_i * 2**(7 i): l_i in [0, 127] below the top limb
+MAX_LIMBS = 3  # operands of up to 21 magnitude bits (|v| < 2**21); the spec's widths stop at 16
 MAX_K = (2**31 - 1) // 2**14  # (= 131,071) longest limb dot an int32 accumulator holds exactly
 QUANT_BLOCK = 16384  # rows up to this long are quantized from registers, in one read
+CHUNK_BLOCK = 1024  # values per block when a few long rows are quantized by many programs
+CHUNK_MIN_K = 2048  # rows at least this long, too few to fill the GPU, are quantized in chunks
 
 
 # %%
@@ -101,25 +116,41 @@ def _quantize_block(x, mask, q_out, stride_ql, left, d, LIMBS: tl.constexpr):
     q = tl.where(x < 0, -t, t)
     if LIMBS == 1:
         tl.store(q_out, q.to(tl.int8), mask=mask)
-    else:
+    elif LIMBS == 2:
         tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
         tl.store(q_out + stride_ql, (q >> LIMB_BITS).to(tl.int8), mask=mask)
+    else:
+        tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
+        tl.store(q_out + stride_ql, ((q >> LIMB_BITS) & 127).to(tl.int8), mask=mask)
+        tl.store(q_out + 2 * stride_ql, (q >> (2 * LIMB_BITS)).to(tl.int8), mask=mask)
 
 
 @triton.jit
 def _quantize_rows_kernel(
     x_ptr, q_ptr, m_ptr, e_ptr,  # x [N, K] int32/int64; q [LIMBS, N, K] int8; m, e [N] int32
-    K, stride_xn, stride_ql, stride_qn,
+    K, CHUNK_BLOCKS, stride_xn, stride_ql, stride_qn,
     QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
 ):
-    """One program per row: absmax, row scale (m, e), then q = div_round(x * 2**-e, m) as limbs."""
+    """Program (row, c): absmax of the row, its scale (m, e), then q = div_round(x * 2**-e, m)
+    as limbs for the c-th chunk of CHUNK_BLOCKS blocks (ONE_PASS: the row is one block, read once).
+
+    A row split over several programs is read once per program for its absmax (from L2), in
+    one load of ROW_BLOCK values when the row fits (a loop of dependent block loads is a chain
+    of L2 round trips: 9.7 us for a 14,336-value row, measured); the division, which costs far
+    more than the read, is then shared out, so a decode step's one long row is quantized by
+    many SMs instead of one."""
     row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     x_row = x_ptr + row * stride_xn
-    # -- absmax of the row (ONE_PASS: the row is one block, kept in registers) --------------
+    # -- absmax of the row ---------------------------------------------------------------
     if ONE_PASS:
         x_all = tl.load(x_row + offs, mask=offs < K, other=0).to(tl.int64)
         amax = tl.abs(x_all)
+    elif ROW_BLOCK > 0:
+        offs_row = tl.arange(0, ROW_BLOCK)
+        amax = tl.abs(tl.load(x_row + offs_row, mask=offs_row < K, other=0).to(tl.int64))
     else:
         amax = tl.zeros([BLOCK], dtype=tl.int64)
         for k0 in range(0, K, BLOCK):
@@ -137,12 +168,13 @@ def _quantize_rows_kernel(
     if ONE_PASS:
         _quantize_block(x_all, offs < K, q_ptr + row * stride_qn + offs, stride_ql, left, d, LIMBS)
     else:
-        for k0 in range(0, K, BLOCK):
+        first = c * CHUNK_BLOCKS * BLOCK
+        for k0 in range(first, tl.minimum(first + CHUNK_BLOCKS * BLOCK, K), BLOCK):
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0).to(tl.int64)
             _quantize_block(x, mask, q_ptr + row * stride_qn + k0 + offs, stride_ql, left, d, LIMBS)
-    tl.store(m_ptr + row, m.to(tl.int32))
-    tl.store(e_ptr + row, e.to(tl.int32))
+    tl.store(m_ptr + row, m.to(tl.int32), mask=c == 0)
+    tl.store(e_ptr + row, e.to(tl.int32), mask=c == 0)
 
 
 # %%
@@ -169,14 +201,15 @@ def _shift_round(p, s):
 # ----------------------------------
 
 @triton.jit
-def _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr,
-              y_ptr, M, N, stride_ym, stride_yn, LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr,
-              NARROW_MUL: tl.constexpr):
-    """Combine the limb dots exactly (int64), requantize (spec.quant.requantize), add the bias, store."""
-    m = tl.load(m_ptr + offs_m)
-    e = tl.load(e_ptr + offs_m).to(tl.int64)
-    mul = tl.load(mul_ptr + offs_n)
-    shift = tl.load(shift_ptr + offs_n).to(tl.int64)
+def _epilogue(acc00, acc01, acc10, acc11, pid_m, col0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+              M, N, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BN: tl.constexpr, LA: tl.constexpr,
+              LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr):
+    """Columns col0 .. col0 + BN of the tile: combine the limb dots exactly (int64), requantize
+    (spec.quant.requantize), add the bias, store; RAW stores the combined accumulator instead."""
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = col0 + tl.arange(0, BN)
+    offs_m = rm % M  # rows and columns past the edge wrap around: loads need no mask
+    offs_n = rn % N
     acc = acc00.to(tl.int64)
     if LA == 2:
         acc += acc10.to(tl.int64) << LIMB_BITS
@@ -184,23 +217,83 @@ def _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, 
         acc += acc01.to(tl.int64) << LIMB_BITS
         if LA == 2:
             acc += acc11.to(tl.int64) << (2 * LIMB_BITS)
-    if NARROW_MUL:
-        # |m * mul| < 2**14 * 2**17: one int32 product, then one multiply by it (32 x 32 -> 64
-        # for a single limb pair); modulo 2**64 this is acc * m * mul, the spec's value.
-        prod = acc * (m[:, None] * mul[None, :]).to(tl.int64)
-    else:  # the spec's two int64 products
-        prod = acc * m.to(tl.int64)[:, None] * mul.to(tl.int64)[None, :]
-    y = _shift_round(prod, shift[None, :] - e[:, None])
-    y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n).to(tl.int64)
-        y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
     y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
-    if LA * LW == 1:
-        # |y| <= ACT_MAX: narrowing to int32 first is exact and keeps 32-bit values in registers
-        # until the store (the int64 tile held whole spilled; two-limb tiles did better without).
-        y = y.to(tl.int32)
-    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    if RAW:
+        tl.store(y_ptrs, acc, mask=inside)
+    else:
+        m = tl.load(m_ptr + offs_m)
+        e = tl.load(e_ptr + offs_m).to(tl.int64)
+        mul = tl.load(mul_ptr + offs_n)
+        shift = tl.load(shift_ptr + offs_n).to(tl.int64)
+        if NARROW_MUL:
+            # |m * mul| < 2**14 * 2**17: one int32 product, then one multiply by it (32 x 32 -> 64
+            # for a single limb pair); modulo 2**64 this is acc * m * mul, the spec's value.
+            prod = acc * (m[:, None] * mul[None, :]).to(tl.int64)
+        else:  # the spec's two int64 products
+            prod = acc * m.to(tl.int64)[:, None] * mul.to(tl.int64)[None, :]
+        y = _shift_round(prod, shift[None, :] - e[:, None])
+        y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_n).to(tl.int64)
+            y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
+        if LA * LW == 1:
+            # |y| <= ACT_MAX: narrowing to int32 first is exact and keeps 32-bit values in
+            # registers until the store (the int64 tile held whole spilled).
+            y = y.to(tl.int32)
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _halves(x, BM: tl.constexpr, BN: tl.constexpr):
+    """Return the left and right column halves of a [BM, BN] tile."""
+    return tl.split(tl.permute(tl.reshape(x, (BM, 2, BN // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _split_accs(acc00, acc01, acc10, acc11, BM: tl.constexpr, BN: tl.constexpr, LA: tl.constexpr,
+                LW: tl.constexpr):
+    """Split every accumulator in use into column halves (unused ones repeat acc00's: never read)."""
+    l00, r00 = _halves(acc00, BM, BN)
+    l01, r01, l10, r10, l11, r11 = l00, r00, l00, r00, l00, r00
+    if LW == 2:
+        l01, r01 = _halves(acc01, BM, BN)
+    if LA == 2:
+        l10, r10 = _halves(acc10, BM, BN)
+        if LW == 2:
+            l11, r11 = _halves(acc11, BM, BN)
+    return l00, l01, l10, l11, r00, r01, r10, r11
+
+
+@triton.jit
+def _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+            M, N, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LA: tl.constexpr,
+            LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr,
+            EPI_SPLIT: tl.constexpr):
+    """Run the epilogue on the whole tile, or on EPI_SPLIT column slices one after another: the
+    int64 temporaries of a whole 128 x 256 tile would not fit the registers (they spill)."""
+    c0 = pid_n * BLOCK_N
+    if EPI_SPLIT == 1:
+        _epilogue(acc00, acc01, acc10, acc11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+    elif EPI_SPLIT == 2:
+        l00, l01, l10, l11, r00, r01, r10, r11 = _split_accs(acc00, acc01, acc10, acc11, BLOCK_M, BLOCK_N, LA, LW)
+        _epilogue(l00, l01, l10, l11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(r00, r01, r10, r11, pid_m, c0 + BLOCK_N // 2, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+    else:  # EPI_SPLIT == 4
+        l00, l01, l10, l11, r00, r01, r10, r11 = _split_accs(acc00, acc01, acc10, acc11, BLOCK_M, BLOCK_N, LA, LW)
+        a00, a01, a10, a11, b00, b01, b10, b11 = _split_accs(l00, l01, l10, l11, BLOCK_M, BLOCK_N // 2, LA, LW)
+        _epilogue(a00, a01, a10, a11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(b00, b01, b10, b11, pid_m, c0 + BLOCK_N // 4, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        a00, a01, a10, a11, b00, b01, b10, b11 = _split_accs(r00, r01, r10, r11, BLOCK_M, BLOCK_N // 2, LA, LW)
+        _epilogue(a00, a01, a10, a11, pid_m, c0 + BLOCK_N // 2, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(b00, b01, b10, b11, pid_m, c0 + 3 * BLOCK_N // 4, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
 
 
 @triton.jit
@@ -208,17 +301,19 @@ def _linear_kernel(
     # pointers
     a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, y [M, N]; ws [4, M, N] int32
-    M, N, K, PLANE,  # PLANE = M * N (elements of one ws plane)
+    M, N, K, PLANE, SPLIT_K,  # PLANE = M * N (elements of one ws plane); SPLIT_K: programs per tile
     # strides
     stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_ym, stride_yn,
     # meta-parameters
     LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,
+    RAW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    USE_SPLIT: tl.constexpr, EPI_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
 ):
-    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias), saturated.
+    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias), saturated
+    (RAW: y = the int64 sum itself, no requantization).
 
-    With SPLIT_K > 1, program (tile, s) sums the s-th share of the K blocks and adds its int32
+    With USE_SPLIT (SPLIT_K > 1, a run-time number so that every split shares one compiled
+    kernel), program (tile, s) sums the s-th share of the K blocks and adds its int32
     partial dots into ``ws`` atomically (integer addition: exact in any order; every partial sum
     is bounded by the full one, < 2**31); the last program of a tile to arrive (``count``) takes
     the sums, leaves ``ws`` and ``count`` zero for the next launch, and runs the epilogue.
@@ -276,37 +371,86 @@ def _linear_kernel(
                 acc11 = tl.dot(a1, w1, acc11, out_dtype=tl.int32)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if SPLIT_K == 1:
-        _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
-                  bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS, NARROW_MUL)
+    if not USE_SPLIT:
+        _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
     else:
         # -- split K: exact integer sums in ws, the last program of the tile finishes -------
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         inside = (rm[:, None] < M) & (rn[None, :] < N)
         ws = ws_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
         plane = PLANE
-        tl.atomic_add(ws, acc00, mask=inside, sem="release")
+        # The partial sums are relaxed reductions: a release on every element put a fence before
+        # each (M = 64 tiles ran 5x slower, measured); one release, by the arrival below after
+        # the CTA barrier, orders them all (the pattern of CUDA's "last block" reductions).
+        tl.atomic_add(ws, acc00, mask=inside, sem=PARTIAL_SEM)
         if LW == 2:
-            tl.atomic_add(ws + plane, acc01, mask=inside, sem="release")
+            tl.atomic_add(ws + plane, acc01, mask=inside, sem=PARTIAL_SEM)
         if LA == 2:
-            tl.atomic_add(ws + 2 * plane, acc10, mask=inside, sem="release")
+            tl.atomic_add(ws + 2 * plane, acc10, mask=inside, sem=PARTIAL_SEM)
             if LW == 2:
-                tl.atomic_add(ws + 3 * plane, acc11, mask=inside, sem="release")
+                tl.atomic_add(ws + 3 * plane, acc11, mask=inside, sem=PARTIAL_SEM)
         tl.debug_barrier()  # every thread's partial sums precede the arrival below
         arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
+        tl.debug_barrier()  # the acquire precedes every thread's reads below
         if arrived == SPLIT_K - 1:
             zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-            acc00 = tl.atomic_xchg(ws, zero, mask=inside, sem="acq_rel")
+            acc00 = tl.atomic_xchg(ws, zero, mask=inside, sem=PARTIAL_SEM)
             if LW == 2:
-                acc01 = tl.atomic_xchg(ws + plane, zero, mask=inside, sem="acq_rel")
+                acc01 = tl.atomic_xchg(ws + plane, zero, mask=inside, sem=PARTIAL_SEM)
             if LA == 2:
-                acc10 = tl.atomic_xchg(ws + 2 * plane, zero, mask=inside, sem="acq_rel")
+                acc10 = tl.atomic_xchg(ws + 2 * plane, zero, mask=inside, sem=PARTIAL_SEM)
                 if LW == 2:
-                    acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem="acq_rel")
+                    acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem=PARTIAL_SEM)
             tl.atomic_xchg(count_ptr + pid, 0)
-            _epilogue(acc00, acc01, acc10, acc11, offs_m, offs_n, rm, rn, m_ptr, e_ptr, mul_ptr, shift_ptr,
-                      bias_ptr, y_ptr, M, N, stride_ym, stride_yn, LA, LW, HAS_BIAS, NARROW_MUL)
+            _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+                    M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
+
+
+@triton.jit
+def _linear_tma_kernel(
+    a_desc, w_desc,  # tensor descriptors of a [LA * M, K] and w [LW * N, K] int8 (limb planes stacked)
+    m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+    M, N, K, stride_ym, stride_yn,
+    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EPI_SPLIT: tl.constexpr,
+):
+    """``_linear_kernel`` for the GEMM class with its tiles fetched by the tensor-memory
+    accelerator (Hopper's bulk tensor copies: no address arithmetic or registers per element,
+    zero fill past K). Limb plane l of ``a`` is rows l*M .. l*M + M - 1 of the stacked view; a tile
+    that runs past row M reads the next plane's rows (or zeros), which only reach outputs of rows
+    past M, and those are masked at the store. The same holds for ``w`` and columns past N."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_pid_n
+    first_m = (pid // group) * GROUP_M
+    group_m = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % group) % group_m)
+    pid_n = (pid % group) // group_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        off_k = k * BLOCK_K
+        a0 = a_desc.load([off_m, off_k])
+        w0 = w_desc.load([off_n, off_k])
+        acc00 = tl.dot(a0, w0.T, acc00, out_dtype=tl.int32)
+        if LA == 2:
+            a1 = a_desc.load([M + off_m, off_k])
+            acc10 = tl.dot(a1, w0.T, acc10, out_dtype=tl.int32)
+        if LW == 2:
+            w1 = w_desc.load([N + off_n, off_k])
+            acc01 = tl.dot(a0, w1.T, acc01, out_dtype=tl.int32)
+            if LA == 2:
+                acc11 = tl.dot(a1, w1.T, acc11, out_dtype=tl.int32)
+    _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
+            M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
 
 
 # %%
@@ -314,8 +458,9 @@ def _linear_kernel(
 # ---------
 
 def _num_limbs(bits: int) -> int:
-    """Return the int8 limbs a symmetric `bits`-bit integer needs (0 when more than MAX_LIMBS)."""
-    return 1 if bits <= 8 else 2 if bits <= 15 else 0
+    """Return the int8 limbs a symmetric `bits`-bit integer needs: qmax(bits) < 2**(7 L)
+    (1 for bits <= 8, 2 for <= 15, 3 for 16; 0 past the spec's 16 bits)."""
+    return 1 if bits <= 8 else 2 if bits <= 15 else 3 if bits <= 16 else 0
 
 
 def _sm_count(device: torch.device) -> int:
@@ -326,13 +471,13 @@ def _sm_count(device: torch.device) -> int:
 
 def quantize_rows(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``spec.quant.quantize_rows(x, bits)`` as (limbs, m, e): limbs int8 ``[L, N, K]``
-    (L = 1 for bits <= 8, else 2: q = limbs[1] * 2**7 + limbs[0]), m and e int32 ``[N]``.
+    (L = ``_num_limbs(bits)``: q = sum_i limbs[i] * 2**(7 i)), m and e int32 ``[N]``.
 
-    Requires x int32 or int64 ``[N, K]`` with ``|x| <= ACT_MAX`` and ``2 <= bits <= 15``.
+    Requires x int32 or int64 ``[N, K]`` with ``|x| <= ACT_MAX`` and ``2 <= bits <= 16``.
     """
     limbs = _num_limbs(bits)
     if not 2 <= bits or not limbs:
-        raise ValueError(f"quantize_rows: bits must be 2..15, got {bits}")
+        raise ValueError(f"quantize_rows: bits must be 2..16, got {bits}")
     if x.dim() != 2 or x.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"quantize_rows: x must be int32/int64 [N, K], got {x.dtype} {list(x.shape)}")
     n, k = x.shape
@@ -342,27 +487,44 @@ def quantize_rows(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     e = torch.empty((n,), dtype=torch.int32, device=x.device)
     if n == 0:
         return q, m, e
-    block = min(QUANT_BLOCK, triton.next_power_of_2(max(k, 16)))
-    warps = 4 if block <= 2048 else 8 if block <= 4096 else 16  # <= 32 int64 values per thread
-    _quantize_rows_kernel[(n,)](x, q, m, e, k, x.stride(0), q.stride(0), q.stride(1),
-                                QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK=block, ONE_PASS=k <= block,
-                                num_warps=warps)
+    sms = _sm_count(x.device)
+    row_block = 0
+    if k >= CHUNK_MIN_K and n < sms:
+        # a few long rows (decode): every row in chunks of CHUNK_BLOCK, ~2 programs per SM
+        block, one_pass = CHUNK_BLOCK, False
+        blocks = triton.cdiv(k, block)
+        per = triton.cdiv(blocks, min(blocks, max(1, 2 * sms // n)))
+        chunks = triton.cdiv(blocks, per)
+        row_block = triton.next_power_of_2(k) if k <= QUANT_BLOCK else 0
+    else:
+        block = min(QUANT_BLOCK, triton.next_power_of_2(max(k, 16)))
+        one_pass = k <= block
+        per, chunks = triton.cdiv(k, block), 1
+    widest = max(block, row_block)
+    warps = 4 if widest <= 2048 else 8 if widest <= 4096 else 16  # <= 32 int64 values per thread
+    _quantize_rows_kernel[(n, chunks)](x, q, m, e, k, per, x.stride(0), q.stride(0), q.stride(1),
+                                       QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK=block, ONE_PASS=one_pass,
+                                       ROW_BLOCK=row_block, num_warps=warps)
     return q, m, e
 
 
 def split_limbs(w: torch.Tensor) -> torch.Tensor:
-    """Return the int8 limbs ``[L, O, K]`` of an integer weight ``[O, K]``: int8 weights, and wider
-    ones with |w| < 128, as they are (L = 1), others as (w & 127, w >> 7) (L = 2).
-    Requires |w| < 2**14."""
+    """Return the int8 limbs ``[L, O, K]`` of an integer weight ``[O, K]``, the fewest that hold
+    max|w|: int8 weights (and wider dtypes with |w| < 128) as they are (L = 1); else the 7-bit
+    limbs ``w & 127``, ``(w >> 7) & 127``, ..., the top one signed (L = 2 for |w| < 2**14, 3 for
+    |w| < 2**21). Requires |w| < 2**21."""
     if w.dtype == torch.int8:
         return w.unsqueeze(0)
-    w16 = w.to(torch.int32)
-    top = int(w16.abs().amax()) if w16.numel() else 0
-    if top >= 1 << 14:
-        raise ValueError("split_limbs: weights must have |w| < 2**14 (two 7-bit limbs)")
+    w32 = w.to(torch.int32)
+    top = int(w32.abs().amax()) if w32.numel() else 0
+    if top >= 1 << 21:
+        raise ValueError("split_limbs: weights must have |w| < 2**21 (three 7-bit limbs)")
     if top < 128:  # a wide dtype holding 8-bit values: one limb is the weight itself
-        return w16.to(torch.int8).unsqueeze(0).contiguous()
-    return torch.stack([(w16 & 127).to(torch.int8), (w16 >> 7).to(torch.int8)]).contiguous()
+        return w32.to(torch.int8).unsqueeze(0).contiguous()
+    if top < 1 << 14:
+        return torch.stack([(w32 & 127).to(torch.int8), (w32 >> 7).to(torch.int8)]).contiguous()
+    return torch.stack([(w32 & 127).to(torch.int8), ((w32 >> 7) & 127).to(torch.int8),
+                        (w32 >> 14).to(torch.int8)]).contiguous()
 
 
 _LIMBS_ATTR = "fieldprint_fast_limbs"  # attribute of a weight tensor: (its _version, its limbs)
@@ -370,7 +532,7 @@ _LIMBS_ATTR = "fieldprint_fast_limbs"  # attribute of a weight tensor: (its _ver
 
 def weight_limbs(w: torch.Tensor) -> torch.Tensor | None:
     """Return ``split_limbs(w)``, made once per weight tensor and kept as an attribute of the
-    tensor object (redone when its version counter moves); None when w needs three limbs."""
+    tensor object (redone when its version counter moves); None when w needs four limbs."""
     if w.dtype == torch.int8:
         return w.unsqueeze(0) if w.stride(-1) == 1 else w.contiguous().unsqueeze(0)
     hit = getattr(w, _LIMBS_ATTR, None)
@@ -414,24 +576,87 @@ def _split_k_buffers(device: torch.device, ws_numel: int, tiles: int) -> tuple[t
     return ws, count
 
 
-def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device) -> dict:
+# Tiles by shape class, chosen from the tile sweeps of benchmarks/bench_linear.py --sweep on the
+# H200 (benchmarks/results/linear-*.json; docs/fast/linear.md, "Measured"). Keys: limb pairs.
+GEMM_TILES = {
+    1: dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4, EPI_SPLIT=1, TMA=True),
+    2: dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4, EPI_SPLIT=2, TMA=True),
+    4: dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4, EPI_SPLIT=1),
+}
+# One limb pair with int32 output: the wider tile wins (8192^3: 1.55 ms against 1.81); with the
+# spec's int64 output its epilogue stores cost more than the tile saves (2.47 ms against 1.69).
+GEMM_TILE_INT32 = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4, EPI_SPLIT=4,
+                       TMA=True)
+SKINNY_N = 64  # weight rows per decode program: 64 x 256 int8 = 16 KB per pipeline stage
+SKINNY_SPLIT = 4  # K split of a decode launch (M <= 16) with fewer tiles than SMs and >= 16 K blocks
+
+
+def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device,
+            out_dtype: torch.dtype = torch.int64) -> dict:
     """Return the tile of one launch: see the module docstring, "Shape classes"."""
     pairs = la * lw
-    if m > 64:  # the fastest tiles of the 8192^3 sweep (benchmarks/results/linear-*.json)
-        if pairs == 1:
-            return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
-        return dict(BLOCK_M=128, BLOCK_N=128 if pairs == 2 else 64, BLOCK_K=128, GROUP_M=8, num_warps=8,
-                    num_stages=4)
-    # Split K (SPLIT_K > 1, see split_k_hint) stays off by default until a GPU parity run has
-    # covered it (docs/fast/linear.md); pass config=dict(..., SPLIT_K=s) to use it.
-    return dict(BLOCK_M=16 if m <= 16 else 64, BLOCK_N=64, BLOCK_K=256 if pairs == 1 else 128, GROUP_M=1,
-                num_warps=4, num_stages=4, SPLIT_K=1)
+    if m > 64:
+        tile = GEMM_TILE_INT32 if pairs == 1 and out_dtype == torch.int32 else GEMM_TILES[pairs]
+        return dict(tile, SPLIT_K=1)
+    cfg = dict(BLOCK_M=16 if m <= 16 else 32 if m <= 32 else 64, BLOCK_N=SKINNY_N,
+               BLOCK_K=256 if pairs == 1 else 128, GROUP_M=1, num_warps=4, num_stages=4, EPI_SPLIT=1)
+    cfg["SPLIT_K"] = split_k_hint(m, n, k, cfg, device)
+    return cfg
 
 
 def split_k_hint(m: int, n: int, k: int, cfg: dict, device: torch.device) -> int:
-    """Return a K split that gives every SM about two programs, with >= 4 K blocks per program."""
+    """Return the K split of a skinny launch: SKINNY_SPLIT when M <= 16, the launch has fewer
+    tiles than the GPU has SMs and K has >= 16 blocks, else none. Measured on the H200 at M = 1
+    (gemm only): 8B down 28.9 -> 20.1 us, qkv 13.5 -> 12.2, o 11.2 -> 10.0, 1B down 14.9 -> 9.7;
+    with K = 2,048 (1B o, qkv) or many tiles (gate_up, lm_head) a split gains nothing, and at
+    M = 64 the 64-row partial sums cost more than they gain."""
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    return max(1, min(2 * _sm_count(device) // tiles, triton.cdiv(k, 4 * cfg["BLOCK_K"])))
+    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
+    if m <= 16 and tiles < _sm_count(device) and k_blocks >= 16:
+        return min(SKINNY_SPLIT, k_blocks // 4)
+    return 1
+
+
+def _tma_ok(q: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether both limb stacks can be read through tensor descriptors: contiguous, K a multiple
+    of 16 (16-byte row strides), 16-byte aligned bases."""
+    return all(t.is_contiguous() and t.shape[-1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
+
+
+def _launch(q, m, e, w, mul, shift, bias, y, config, raw):
+    """One _linear_kernel launch: q [LA <= 2, M, K], w [LW <= 2, N, K] limbs into y [M, N]."""
+    la, mm, k = q.shape
+    lw, n, _ = w.shape
+    cfg = dict(SPLIT_K=1, EPI_SPLIT=1, TMA=False, PARTIAL_SEM="relaxed") | dict(
+        config or _config(mm, n, k, la, lw, q.device, y.dtype))
+    if cfg.pop("TMA") and cfg["SPLIT_K"] == 1 and _tma_ok(q, w) and TensorDescriptor is not None:
+        cfg.pop("SPLIT_K")
+        cfg.pop("PARTIAL_SEM")
+        a_desc = TensorDescriptor.from_tensor(q.view(la * mm, k), [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+        w_desc = TensorDescriptor.from_tensor(w.view(lw * n, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+        tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+        _linear_tma_kernel[(tiles,)](
+            a_desc, w_desc, m, e, mul, shift, bias if bias is not None else mul, y, mm, n, k, y.stride(0), y.stride(1),
+            LA=la, LW=lw, HAS_BIAS=bias is not None, NARROW_MUL=_narrow(mul), RAW=raw, **cfg)
+        return
+    tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
+    share = triton.cdiv(k_blocks, max(1, min(cfg["SPLIT_K"], k_blocks)))
+    cfg["SPLIT_K"] = triton.cdiv(k_blocks, share)  # every split has work
+    split = cfg.pop("SPLIT_K")
+    ws, count = _split_k_buffers(q.device, 4 * mm * n, tiles) if split > 1 else (y, y)
+    _linear_kernel[(tiles, split)](
+        q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
+        mm, n, k, mm * n, split,
+        q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
+        LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), RAW=raw,
+        USE_SPLIT=split > 1, **cfg,
+    )
+
+
+def _limb_groups(limbs: int) -> list[tuple[int, int]]:
+    """(first limb, count) groups of at most two limbs: one kernel launch multiplies two groups."""
+    return [(0, min(limbs, 2))] + ([(2, limbs - 2)] if limbs > 2 else [])
 
 
 def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch.Tensor, mul: torch.Tensor,
@@ -440,41 +665,47 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
     """Return ``requantize(q @ W.T, m, e, mul, shift)`` (+ bias, saturated) from quantized rows.
 
     q: int8 limbs ``[LA, M, K]`` with (m, e) int32 ``[M]`` (``quantize_rows``); w: int8 limbs
-    ``[LW, O, K]`` (``split_limbs``); mul, shift ``[O]``; bias ``[O]`` or None. LA, LW <= 2 and
+    ``[LW, O, K]`` (``split_limbs``); mul, shift ``[O]``; bias ``[O]`` or None. LA, LW <= 3 and
     K <= MAX_K. ``out_dtype`` int64 (the spec's) or int32 (values are within ACT_MAX either way).
+
+    Up to two limbs per operand it is one launch, epilogue fused. A three-limb operand (16-bit
+    values) runs one launch per pair of limb groups in RAW mode, each the exact int64 sum of its
+    limb dots; their shifted sum is the exact accumulator, requantized by ``spec.quant`` itself.
     """
     la, mm, k = q.shape
     lw, n, kw = w.shape
     if kw != k or not (1 <= la <= MAX_LIMBS and 1 <= lw <= MAX_LIMBS) or k > MAX_K:
-        raise ValueError(f"linear: limbs {la}x{lw} (<= 2 each), K {k} vs {kw} (<= {MAX_K})")
+        raise ValueError(f"linear: limbs {la}x{lw} (<= {MAX_LIMBS} each), K {k} vs {kw} (<= {MAX_K})")
     if q.dtype != torch.int8 or w.dtype != torch.int8:
         raise ValueError("linear: limbs must be int8")
-    y = torch.empty((mm, n), dtype=out_dtype, device=q.device)
     if mm == 0 or n == 0:
-        return y
+        return torch.empty((mm, n), dtype=out_dtype, device=q.device)
     if k == 0:  # an empty sum: acc = 0
         q = torch.zeros((la, mm, 1), dtype=torch.int8, device=q.device)
         w = torch.zeros((lw, n, 1), dtype=torch.int8, device=q.device)
-        k = 1
-    cfg = dict(SPLIT_K=1) | dict(config or _config(mm, n, k, la, lw, q.device))
-    tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    cfg["SPLIT_K"] = max(1, min(cfg["SPLIT_K"], triton.cdiv(k, cfg["BLOCK_K"])))
-    ws, count = _split_k_buffers(q.device, 4 * mm * n, tiles) if cfg["SPLIT_K"] > 1 else (y, y)
-    _linear_kernel[(tiles, cfg["SPLIT_K"])](
-        q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
-        mm, n, k, mm * n,
-        q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
-        LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), **cfg,
-    )
-    return y
+    if la <= 2 and lw <= 2:
+        y = torch.empty((mm, n), dtype=out_dtype, device=q.device)
+        _launch(q, m, e, w, mul, shift, bias, y, config, raw=False)
+        return y
+    from spec.quant import requantize, saturate
+
+    acc = torch.zeros((mm, n), dtype=torch.int64, device=q.device)
+    part = torch.empty_like(acc)
+    for a0, na in _limb_groups(la):
+        for w0, nw in _limb_groups(lw):
+            _launch(q[a0:a0 + na], m, e, w[w0:w0 + nw], mul, shift, None, part, config, raw=True)
+            acc += part << (7 * (a0 + w0))
+    y = requantize(acc, m.to(torch.int64), e.to(torch.int64), mul, shift)
+    y = y if bias is None else saturate(y + bias.to(torch.int64))
+    return y.to(out_dtype)
 
 
 def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """Return ``spec.ops.linear(x, act_bits, weight, mul, shift, bias)``, bit for bit (int64 [N, O]).
 
-    The kernels run when the operands fit two limbs and ``K <= MAX_K``; otherwise this calls the
-    spec itself (same result, reference speed)."""
+    The kernels run every width of the spec (2..16 bits) when ``K <= MAX_K``; otherwise (or
+    for weights of more than 21 bits, which no profile has) this calls the spec itself."""
     w = weight_limbs(weight)
     if w is None or not _num_limbs(act_bits) or x.shape[-1] > MAX_K or x.dim() != 2:
         from spec.ops import linear as spec_linear

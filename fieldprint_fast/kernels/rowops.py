@@ -125,7 +125,7 @@ def rms_norm_quantize(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tenso
     n, h = x.shape
     limbs = _num_limbs(bits)
     if h > MAX_ROW or h == 0 or not limbs or bits < 2:
-        raise ValueError(f"rms_norm_quantize: rows of 1..{MAX_ROW} values and bits 2..15 (got {h}, {bits})")
+        raise ValueError(f"rms_norm_quantize: rows of 1..{MAX_ROW} values and bits 2..16 (got {h}, {bits})")
     x = _rows(x)
     q = torch.empty((limbs, n, h), dtype=torch.int8, device=x.device)
     m = torch.empty((n,), dtype=torch.int32, device=x.device)

@@ -61,6 +61,11 @@ def multipliers(gen: torch.Generator, o: int, shift_lo: int, shift_hi: int):
     return mul, shift
 
 
+def recombine(limbs: torch.Tensor) -> torch.Tensor:
+    """Return sum_i limbs[i] * 2**(7 i) as int64 (the value a limb stack stands for)."""
+    return sum(limbs[i].long() << (7 * i) for i in range(limbs.shape[0]))
+
+
 def to_dev(*ts):
     return [None if t is None else t.to(DEVICE) for t in ts]
 
@@ -78,7 +83,7 @@ def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 # ----------------
 
 @settings(max_examples=EXAMPLES)
-@given(n=st.integers(1, 9), k=st.integers(1, 300), bits=st.integers(2, 15),
+@given(n=st.integers(1, 9), k=st.integers(1, 300), bits=st.integers(2, 16),
        kind=st.sampled_from(["plain", "zero", "sat", "both"]), int32=st.booleans(), seed=st.integers(0, 2**31))
 def test_quantize_rows_equals_spec(n, k, bits, kind, int32, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -86,24 +91,32 @@ def test_quantize_rows_equals_spec(n, k, bits, kind, int32, seed):
     want_q, want_m, want_e = spec_quantize_rows(x, bits)
     (xd,) = to_dev(x.to(torch.int32) if int32 else x)
     limbs, m, e = K.quantize_rows(xd, bits)
-    assert limbs.shape[0] == (1 if bits <= 8 else 2)
-    q = limbs[0].long() if limbs.shape[0] == 1 else limbs[1].long() * 128 + limbs[0].long()
-    if limbs.shape[0] == 2:
-        assert int(limbs[0].min()) >= 0  # the low limb is unsigned 7-bit
+    assert limbs.shape[0] == (1 if bits <= 8 else 2 if bits <= 15 else 3)
+    q = recombine(limbs)
+    if limbs.shape[0] > 1:
+        assert int(limbs[:-1].min()) >= 0 and int(limbs[:-1].max()) <= 127  # lower limbs: unsigned 7-bit
     assert_equal(q, want_q, "q")
     assert_equal(m.long(), want_m, "m")
     assert_equal(e.long(), want_e, "e")
 
 
-def test_quantize_rows_long_rows(monkeypatch):
-    """Rows longer than QUANT_BLOCK take the two-pass path (absmax, then quantize block by block)."""
-    monkeypatch.setattr(K, "QUANT_BLOCK", 64)
+@pytest.mark.parametrize("path", ["two-pass", "chunked"])
+def test_quantize_rows_long_rows(monkeypatch, path):
+    """Rows longer than QUANT_BLOCK take the two-pass path (absmax, then quantize block by block);
+    a few long rows (decode) are cut into chunks, one program per (row, chunk)."""
+    if path == "two-pass":
+        monkeypatch.setattr(K, "QUANT_BLOCK", 64)
+    else:
+        monkeypatch.setattr(K, "CHUNK_MIN_K", 100)
+        monkeypatch.setattr(K, "QUANT_BLOCK", 128)  # rows of 165..300: the absmax loop; 128: one load
+        monkeypatch.setattr(K, "CHUNK_BLOCK", 32)
+        monkeypatch.setattr(K, "_sm_count", lambda device: 4 if device.type != "cuda" else 132)
     gen = torch.Generator().manual_seed(13)
-    for n, k, bits in ((3, 65, 8), (2, 200, 12), (1, 128, 15)):
+    for n, k, bits in ((3, 165, 8), (2, 200, 12), (1, 128, 15), (1, 300, 16), (2, 100, 9)):
         x = q16_rows(gen, n, k, "both")
         want_q, want_m, want_e = spec_quantize_rows(x, bits)
         limbs, m, e = K.quantize_rows(*to_dev(x), bits)
-        q = limbs[0].long() if limbs.shape[0] == 1 else limbs[1].long() * 128 + limbs[0].long()
+        q = recombine(limbs)
         assert_equal(q, want_q, f"q {n}x{k}")
         assert_equal(m.long(), want_m, "m")
         assert_equal(e.long(), want_e, "e")
@@ -111,7 +124,7 @@ def test_quantize_rows_long_rows(monkeypatch):
 
 def test_quantize_rows_refuses_bad_width():
     with pytest.raises(ValueError, match="bits"):
-        K.quantize_rows(torch.zeros((1, 4), dtype=torch.int64, device=DEVICE), 16)
+        K.quantize_rows(torch.zeros((1, 4), dtype=torch.int64, device=DEVICE), 17)
 
 
 # %%
@@ -120,7 +133,7 @@ def test_quantize_rows_refuses_bad_width():
 
 @settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 20), k=st.integers(1, 200), o=st.integers(1, 70),
-       widths=st.one_of(st.sampled_from(PROFILE_WIDTHS), st.tuples(st.integers(2, 14), st.integers(2, 15))),
+       widths=st.one_of(st.sampled_from(PROFILE_WIDTHS), st.tuples(st.integers(2, 16), st.integers(2, 16))),
        wide=st.booleans(), kind=st.sampled_from(["plain", "zero", "sat", "both"]),
        shifts=st.sampled_from([(14, 30), (-4, 12), (30, 70)]), bias=st.sampled_from([None, "small", "huge"]),
        seed=st.integers(0, 2**31))
@@ -143,34 +156,68 @@ def test_linear_equals_spec(n, k, o, widths, wide, kind, shifts, bias, seed):
 
 TILES = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_stages=1),
          dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=64, GROUP_M=2, num_warps=2, num_stages=2),
-         dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=3, num_warps=2, num_stages=2),
+         dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=3, num_warps=2, num_stages=2, EPI_SPLIT=2),
+         dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, GROUP_M=2, num_warps=2, num_stages=2, EPI_SPLIT=4),
          dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_stages=1, SPLIT_K=3),
-         dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=2, num_stages=2, SPLIT_K=2)]
+         dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=2, num_stages=2, SPLIT_K=2, EPI_SPLIT=2)]
 
 
-@settings(max_examples=EXAMPLES)
-@given(n=st.integers(1, 70), k=st.integers(1, 150), o=st.integers(1, 70), tile=st.sampled_from(TILES),
-       la=st.integers(1, 2), lw=st.integers(1, 2), int32_out=st.booleans(), wide_mul=st.booleans(),
-       seed=st.integers(0, 2**31))
-def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, seed):
-    """Many programs per launch (grouped order, edge tiles wrapping around, K tails, split K)
-    for every limb combination, against the spec's requantize(int_matmul(q, W)). Split-K
-    launches must leave their workspace zero: each example reuses it."""
+@settings(max_examples=max(EXAMPLES * 2 // 3, 1))
+@given(n=st.integers(1, 40), k=st.integers(1, 120), o=st.integers(1, 70), tile=st.sampled_from(TILES),
+       la=st.integers(1, 3), lw=st.integers(1, 3), int32_out=st.booleans(), wide_mul=st.booleans(),
+       bias=st.booleans(), seed=st.integers(0, 2**31))
+def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, bias, seed):
+    """Many programs per launch (grouped order, edge tiles wrapping around, K tails, split K, the
+    epilogue in column slices) for every limb combination (three limbs: the grouped RAW launches),
+    against the spec's requantize(int_matmul(q, W)). Split-K launches must leave their workspace
+    zero: each example reuses it."""
     gen = torch.Generator().manual_seed(seed)
-    a_bits, w_bits = (8, 12)[la - 1], (8, 10)[lw - 1]
+    a_bits, w_bits = (8, 12, 16)[la - 1], (8, 10, 16)[lw - 1]
     x = q16_rows(gen, n, k, "both")
-    w = weights(gen, o, k, w_bits, lw == 2)
+    w = weights(gen, o, k, w_bits, lw > 1)
     mul, shift = multipliers(gen, o, 8, 30)
     if wide_mul:
-        mul = mul << 6  # [2**18, 2**19): |acc| * m * mul stays below 2**61 for these K and widths
-    want = spec_ops.linear(x, a_bits, w, mul, shift)
+        mul = mul << 6  # [2**18, 2**19): the general int64 epilogue
+    b = torch.randint(-(1 << 31) + 1, 1 << 31, (o,), generator=gen, dtype=torch.int64).to(torch.int32) if bias else None
+    want = spec_ops.linear(x, a_bits, w, mul, shift, b)
     q, m, e = K.quantize_rows(*to_dev(x), a_bits)
     limbs = K.split_limbs(w.to(DEVICE))
-    got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift), out_dtype=torch.int32 if int32_out else torch.int64,
-                             config=tile)
+    assert (q.shape[0], limbs.shape[0]) == (la, lw)
+    out_dtype = torch.int32 if int32_out else torch.int64
+    got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift, b), out_dtype=out_dtype, config=tile)
     assert_equal(got.long(), want, f"tile {tile}")
     for ws, count in K._SPLIT_K_BUFFERS.values():
         assert not ws.any() and not count.any()
+
+
+@settings(max_examples=max(EXAMPLES // 3, 1))
+@given(n=st.integers(1, 40), k16=st.integers(1, 5), o=st.integers(1, 40), la=st.integers(1, 3), lw=st.integers(1, 3),
+       epi=st.sampled_from([1, 2]), seed=st.integers(0, 2**31))
+def test_linear_tma_tiles(n, k16, o, la, lw, epi, seed):
+    """The tensor-descriptor GEMM kernel (K a multiple of 16): limb planes stacked in one view,
+    tiles that run past M or N into the next plane, K tails zero-filled."""
+    launches = []
+    real = K._linear_tma_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    gen = torch.Generator().manual_seed(seed)
+    k = 16 * k16
+    a_bits, w_bits = (8, 12, 16)[la - 1], (8, 10, 16)[lw - 1]
+    x = q16_rows(gen, n, k, "both")
+    w = weights(gen, o, k, w_bits, lw > 1)
+    mul, shift = multipliers(gen, o, 8, 30)
+    want = spec_ops.linear(x, a_bits, w, mul, shift)
+    tile = dict(BLOCK_M=16, BLOCK_N=16 * epi, BLOCK_K=32, GROUP_M=2, num_warps=1, num_stages=2, EPI_SPLIT=epi, TMA=True)
+    q, m, e = K.quantize_rows(*to_dev(x), a_bits)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "_linear_tma_kernel", Spy())
+        got = K.linear_quantized(q, m, e, K.split_limbs(w.to(DEVICE)), *to_dev(mul, shift), config=tile)
+    assert_equal(got, want, f"tma {n}x{k}x{o} L{la}x{lw}")
+    assert launches
 
 
 def test_split_limbs_recombine():
@@ -178,22 +225,43 @@ def test_split_limbs_recombine():
     w = torch.randint(-(2**14) + 1, 2**14, (9, 33), generator=gen, dtype=torch.int16)
     limbs = K.split_limbs(w)
     assert limbs.shape == (2, 9, 33) and int(limbs[0].min()) >= 0
-    assert torch.equal(limbs[1].long() * 128 + limbs[0].long(), w.long())
+    assert torch.equal(recombine(limbs), w.long())
+    w16 = torch.randint(-(2**15) + 1, 2**15, (9, 33), generator=gen, dtype=torch.int16)
+    w16[0, 0] = -(2**15) + 1
+    limbs = K.split_limbs(w16)
+    assert limbs.shape == (3, 9, 33) and int(limbs[:2].min()) >= 0 and int(limbs[:2].max()) <= 127
+    assert torch.equal(recombine(limbs), w16.long())
     small = torch.randint(-127, 128, (4, 5), generator=gen, dtype=torch.int16)
     assert torch.equal(K.split_limbs(small)[0].long(), small.long())  # one limb suffices
-    with pytest.raises(ValueError, match="2\\*\\*14"):
-        K.split_limbs(torch.full((2, 2), 1 << 14, dtype=torch.int16))
+    with pytest.raises(ValueError, match="2\\*\\*21"):
+        K.split_limbs(torch.full((2, 2), 1 << 21, dtype=torch.int32))
 
 
-def test_wide_operands_fall_back_to_spec():
-    """16-bit activations and 15-bit weights need a third limb: the op runs the spec itself."""
+def test_every_profile_width_runs_the_kernels(monkeypatch):
+    """Every (weight, activation) width of spec.profiles.PROFILES, and the spec's widest (16, 16),
+    goes through the kernels (the spec fallback is disabled here) and matches the spec."""
+    import spec.ops
+
+    gen = torch.Generator().manual_seed(17)
+    cases = []
+    for w_bits, a_bits in sorted(set(PROFILE_WIDTHS) | {(16, 16), (16, 8), (8, 16)}):
+        x = q16_rows(gen, 3, 70, "both")
+        w = weights(gen, 19, 70, w_bits, w_bits > 8)
+        mul, shift = multipliers(gen, 19, 20, 40)
+        cases.append((x, w, mul, shift, a_bits, spec_ops.linear(x, a_bits, w, mul, shift)))
+    monkeypatch.setattr(spec.ops, "linear", lambda *a, **k: pytest.fail("the kernels fell back to the spec"))
+    for x, w, mul, shift, a_bits, want in cases:
+        assert_equal(K.linear(*to_dev(x), a_bits, *to_dev(w, mul, shift)), want, f"a{a_bits} w{w.dtype}")
+
+
+def test_very_wide_weights_fall_back_to_spec():
+    """Weights past 21 bits (no spec width has them; int32 storage) would need a fourth limb."""
     gen = torch.Generator().manual_seed(3)
     x = q16_rows(gen, 3, 40, "both")
-    for a_bits, w_bits in ((16, 8), (8, 15)):
-        w = weights(gen, 5, 40, w_bits, True)
-        mul, shift = multipliers(gen, 5, 20, 40)
-        assert_equal(K.linear(*to_dev(x), a_bits, *to_dev(w, mul, shift)), spec_ops.linear(x, a_bits, w, mul, shift),
-                     f"w{w_bits} a{a_bits}")
+    w = torch.randint(-(1 << 22), 1 << 22, (5, 40), generator=gen, dtype=torch.int32)
+    mul, shift = multipliers(gen, 5, 40, 60)
+    assert K.weight_limbs(w) is None
+    assert_equal(K.linear(*to_dev(x), 8, *to_dev(w, mul, shift)), spec_ops.linear(x, 8, w, mul, shift), "w23")
 
 
 def test_weight_limb_cache_follows_in_place_edits():
@@ -202,7 +270,7 @@ def test_weight_limb_cache_follows_in_place_edits():
     first = K.weight_limbs(w)
     assert K.weight_limbs(w) is first
     w[0, 0] = -w[0, 0] - 1
-    assert torch.equal(K.weight_limbs(w)[1].long() * 128 + K.weight_limbs(w)[0].long(), w.long())
+    assert torch.equal(recombine(K.weight_limbs(w)), w.long())
 
 
 def test_fast_ops_linear_and_lm_head():
@@ -223,21 +291,62 @@ def test_fast_ops_linear_and_lm_head():
 # ----------------
 
 LLAMA_SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (2048, 8192), (3072, 2048)]
+GPU_WIDTHS = sorted(set(PROFILE_WIDTHS) | {(16, 16)})  # (weight bits, act bits); 16: three limbs
+
+
+def cuda_case(gen: torch.Generator, m: int, o: int, k: int, w_bits: int):
+    """Random Q16 rows (own magnitude each, a zero row and a +-ACT_MAX row when m > 2), weights
+    of w_bits with their extremes, multipliers and shifts, generated on the GPU."""
+    mag = torch.randint(0, 32, (m, 1), generator=gen, device="cuda")
+    x = torch.randint(-ACT_MAX, ACT_MAX + 1, (m, k), generator=gen, device="cuda", dtype=torch.int64) >> (31 - mag)
+    if m > 2:
+        x[0] = 0
+        x[1] = torch.where(torch.rand(k, generator=gen, device="cuda") < 0.5, -ACT_MAX, ACT_MAX)
+    qm = (1 << (w_bits - 1)) - 1
+    w = torch.randint(-qm, qm + 1, (o, k), generator=gen, device="cuda", dtype=torch.int32)
+    w[0, :2] = torch.tensor([qm, -qm], device="cuda")
+    w = w.to(torch.int16 if w_bits > 8 else torch.int8)
+    mul = torch.randint(1 << 12, 1 << 13, (o,), generator=gen, device="cuda", dtype=torch.int32)
+    shift = torch.randint(16, 44, (o,), generator=gen, device="cuda", dtype=torch.int32)
+    return x, w, mul, shift
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("profile", ["int8", "default"])
-@pytest.mark.parametrize("m", [1, 7, 16, 64, 300, 1024])
-def test_linear_real_sizes(profile, m):
+@pytest.mark.parametrize("m", [1, 7, 16, 33, 64, 300, 1024])
+def test_linear_real_sizes(m):
+    """Llama shapes at decode and prefill sizes for every width of the profiles and (16, 16):
+    the committed tiles (split K for M <= 64, the sliced epilogue for the GEMM tiles)."""
     if INTERPRET:
         pytest.skip("real sizes run on the GPU without the interpreter")
-    gen = torch.Generator().manual_seed(m)
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    outputs = 0
     for o, k in LLAMA_SHAPES:
-        for stage in ("qkv", "down") if profile == "int8" else ("qkv", "down", "edge"):
-            w_bits, a_bits = (10, 12) if stage == "edge" else PROFILES[profile].linear_bits(stage)
-            x = q16_rows(gen, m, k, "both" if m > 1 else "plain").cuda()
-            w = weights(gen, o, k, w_bits, False).cuda()
-            mul, shift = (t.cuda() for t in multipliers(gen, o, 16, 30))
-            got = K.linear(x, a_bits, w, mul, shift)
-            want = spec_ops.linear(x, a_bits, w, mul, shift)
-            assert_equal(got, want, f"{profile} {stage} M={m} {o}x{k}")
+        for w_bits, a_bits in GPU_WIDTHS:
+            x, w, mul, shift = cuda_case(gen, m, o, k, w_bits)
+            bias = torch.randint(-(1 << 24), 1 << 24, (o,), generator=gen, device="cuda", dtype=torch.int32)
+            got = K.linear(x, a_bits, w, mul, shift, bias)
+            want = spec_ops.linear(x, a_bits, w, mul, shift, bias)
+            assert_equal(got, want, f"w{w_bits} a{a_bits} M={m} {o}x{k}")
+            outputs += want.numel()
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+    print(f"M={m}: {outputs} outputs equal")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [2, 3, 7, 16])
+def test_split_k_real_sizes(split):
+    """Explicit K splits (uneven shares included) on a decode shape, repeated launches on one
+    workspace: the integer atomics must give the spec's bits every time."""
+    if INTERPRET:
+        pytest.skip("real sizes run on the GPU without the interpreter")
+    gen = torch.Generator(device="cuda").manual_seed(split)
+    for m, (o, k), la_bits in ((1, (4096, 14336), 8), (16, (6144, 4096), 12), (64, (2048, 8192), 8)):
+        x, w, mul, shift = cuda_case(gen, m, o, k, 8)
+        want = spec_ops.linear(x, la_bits, w, mul, shift)
+        q, qm, qe = K.quantize_rows(x, la_bits)
+        cfg = dict(BLOCK_M=16 if m <= 16 else 64, BLOCK_N=64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4,
+                   SPLIT_K=split)
+        for _ in range(3):
+            assert_equal(K.linear_quantized(q, qm, qe, w.unsqueeze(0), mul, shift, config=cfg), want,
+                         f"split {split} M={m}")

@@ -46,6 +46,11 @@ def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
         raise AssertionError(f"{what}: {bad.shape[0]} of {want.numel()} differ, first at {bad[0].tolist()}")
 
 
+def recombine(limbs: torch.Tensor) -> torch.Tensor:
+    """Return sum_i limbs[i] * 2**(7 i) as int64 (the value a limb stack stands for)."""
+    return sum(limbs[i].long() << (7 * i) for i in range(limbs.shape[0]))
+
+
 def norm_inputs(gen, n, h, kind, gain_bits, eps_bits):
     x = rows(gen, n, h, kind)
     gamma = torch.randint(-(1 << gain_bits), 1 << gain_bits, (h,), generator=gen, dtype=torch.int64).to(torch.int32)
@@ -67,12 +72,12 @@ def test_rms_norm_equals_spec(n, h, kind, gain_bits, eps_bits, seed):
 
 @settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 6), h=st.integers(1, 300), kind=st.sampled_from(["plain", "zero", "sat", "both"]),
-       gain_bits=st.sampled_from([4, 17, 30]), bits=st.sampled_from([8, 12, 2, 15]), seed=st.integers(0, 2**31))
+       gain_bits=st.sampled_from([4, 17, 30]), bits=st.sampled_from([8, 12, 2, 15, 16]), seed=st.integers(0, 2**31))
 def test_rms_norm_quantize_equals_spec(n, h, kind, gain_bits, bits, seed):
     x, gamma, eps = norm_inputs(torch.Generator().manual_seed(seed), n, h, kind, gain_bits, 20)
     want_q, want_m, want_e = spec_quantize_rows(spec_ops.rms_norm(x, gamma, eps), bits)
     limbs, m, e = R.rms_norm_quantize(x.to(DEVICE), gamma.to(DEVICE), eps.to(DEVICE), bits)
-    q = limbs[0].long() if limbs.shape[0] == 1 else limbs[1].long() * 128 + limbs[0].long()
+    q = recombine(limbs)
     assert_equal(q, want_q, "q")
     assert_equal(m.long(), want_m, "m")
     assert_equal(e.long(), want_e, "e")
@@ -156,10 +161,10 @@ def test_row_ops_real_sizes(h):
     xc, gc, ec = x.cuda(), gamma.cuda(), eps.cuda()
     want = spec_ops.rms_norm(xc, gc, ec)
     assert_equal(R.rms_norm(xc, gc, ec), want, f"rms_norm {h}")
-    for bits in (8, 12):
+    for bits in (8, 12, 16):
         limbs, m, e = R.rms_norm_quantize(xc, gc, ec, bits)
         wq, wm, we = spec_quantize_rows(want, bits)
-        q = limbs[0].long() if bits <= 8 else limbs[1].long() * 128 + limbs[0].long()
+        q = recombine(limbs)
         assert_equal(q, wq, f"rms_norm_quantize q {h}")
         assert_equal(m.long(), wm, "m")
         assert_equal(e.long(), we, "e")
