@@ -1,7 +1,11 @@
-"""Benchmark: an audit faster than the generation it checks (CPU, reference engine).
+"""Benchmark: an audit faster than the generation it checks (CPU reference engine; GPU fast engine).
 
 ``python benchmarks/bench_audit.py [--tokens 256] [--models demo,large] [--policies 8]``
 prints a rich table and writes ``benchmarks/results/audit-cpu-<models>-<date>.json`` (or ``--out``).
+
+``python benchmarks/bench_audit.py --gpu [--tokens 256]`` (a CUDA machine) does the same for a
+random model of Llama-3.2-1B's shape on the fast engine (``--engine fast --device cuda``) and
+writes ``benchmarks/results/audit-gpu-<gpu>-<date>.json``; see `bench_gpu`.
 
 For each model, in one run on this machine:
 
@@ -161,6 +165,146 @@ def bench_model(name: str, args, tmp: Path, con) -> dict:
     return out
 
 
+# Llama-3.2-1B: 16 layers, hidden 2048, 32 heads of 64, 8 KV heads, MLP 8192, vocab 128256, tied.
+LLAMA_1B = dict(vocab=128256, hidden=2048, inter=8192, layers=16, heads=32, kv_heads=8, tied=True,
+                rope_theta=500000.0)
+TINY = dict(vocab=512, hidden=64, inter=128, layers=2, heads=4, kv_heads=2, tied=True, rope_theta=10000.0)
+
+
+def random_artifact(shape: dict, max_position: int, seed: int = 0):
+    """Return a LoadedArtifact (in memory) of a random Llama of ``shape``, quantized with the default
+    profile by `spec.convert` on the host CPU: weights ~ N(0, 0.02) drawn on the GPU when there
+    is one (one tensor at a time, then copied to the host), norm gains 1, a WordLevel tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from fieldprint.artifact import LoadedArtifact
+    from spec.commitment import model_commitment
+    from spec.convert import quantize_model
+    from spec.model import ModelConfig
+    from spec.profiles import PROFILES
+
+    s = shape
+    d = s["hidden"] // s["heads"]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(seed)
+    rnd = lambda *shp: (torch.randn(*shp, generator=g, device=dev) * 0.02).cpu()  # noqa: E731
+    st = {"model.embed_tokens.weight": rnd(s["vocab"], s["hidden"]), "model.norm.weight": torch.ones(s["hidden"])}
+    for n in range(s["layers"]):
+        p = f"model.layers.{n}."
+        for name, o, i in (("self_attn.q_proj", s["heads"] * d, s["hidden"]), ("self_attn.k_proj", s["kv_heads"] * d, s["hidden"]),
+                           ("self_attn.v_proj", s["kv_heads"] * d, s["hidden"]), ("self_attn.o_proj", s["hidden"], s["heads"] * d),
+                           ("mlp.gate_proj", s["inter"], s["hidden"]), ("mlp.up_proj", s["inter"], s["hidden"]),
+                           ("mlp.down_proj", s["hidden"], s["inter"])):
+            st[f"{p}{name}.weight"] = rnd(o, i)
+        st[p + "input_layernorm.weight"] = st[p + "post_attention_layernorm.weight"] = torch.ones(s["hidden"])
+    cfg = ModelConfig(arch="llama", vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
+                      num_layers=s["layers"], num_heads=s["heads"], num_kv_heads=s["kv_heads"], head_dim=d,
+                      rope_theta=s["rope_theta"], rms_norm_eps=1e-5, max_position=max_position,
+                      tie_embeddings=s["tied"], qkv_bias=False)
+    qm = quantize_model(cfg, st, PROFILES["default"])
+    del st
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(s["vocab"])}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return LoadedArtifact(path=Path("(in memory)"), model=qm, tokenizer=tok, commitment=model_commitment(qm), manifest={})
+
+
+def bench_gpu(args, tmp: Path, con) -> dict:
+    """The fast engine on one GPU, in one run: build the random 1B-shape model (host CPU), warm
+    the kernels up (a short generation and its audit, not timed: Triton compiles each kernel on
+    first use), then time the generation of a ``--tokens`` ledger (`VerifyingSession` on
+    `FastEngine` on cuda) and its audit, ``verify_ledger(engine="fast", device="cuda")``, in
+    prefill mode (and stepwise with ``--gpu-stepwise``). Both must be valid."""
+    import dataclasses as dc
+
+    from fieldprint_fast.engine import FastEngine
+
+    dev = args.device
+    shape = TINY if args.gpu_shape == "tiny" else LLAMA_1B
+    name = "tiny" if args.gpu_shape == "tiny" else "llama-3.2-1b-shape"
+    t0 = time.perf_counter()
+    art = random_artifact(shape, max_position=max(512, args.prompt_tokens + args.tokens + 16))
+    params = sum(t.numel() for t in art.model.tensors.values())
+    out = {"model": f"random {name} ({shape['layers']} layers, hidden {shape['hidden']}, {shape['heads']}/"
+                    f"{shape['kv_heads']} heads, MLP {shape['inter']}, vocab {shape['vocab']}, tied), default profile",
+           "config": art.model.config.to_dict(), "params": params, "build_s": round(time.perf_counter() - t0, 1)}
+    con.print(f"[bold]{name}[/bold]: {params / 1e9:.2f} B parameters, built in {out['build_s']} s")
+    key = SigningKey("bench.fieldprint.example/engine", b"\x42" * 32)
+    sampling = SamplingParams(temperature="7/10", top_k=40, seed=11)
+    v = art.model.config.vocab_size
+    prompt = [(7 * i + 3) % v for i in range(args.prompt_tokens)]
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+
+    def generate(path: Path, tokens: int) -> tuple[float, object]:
+        eng = FastEngine(art.model, tokenizer=art.tokenizer, num_pages=-(-(len(prompt) + tokens) // 16) + 8,
+                         eos_token_ids=[], device=dev)
+        sync()
+        t = time.perf_counter()
+        res = VerifyingSession(eng, key=key, ledger_path=path, policy=make_policy(8), sampling=sampling,
+                               max_new_tokens=tokens, eos_token_ids=[], model_commitment=art.commitment,
+                               fsync="checkpoint").run(prompt)
+        sync()
+        return time.perf_counter() - t, res
+
+    def audit(path: Path, mode: str) -> tuple[float, object]:
+        sync()
+        t = time.perf_counter()
+        rep = verify_ledger(path, model=dc.replace(art), trusted_key=key.verifier, replay_mode=mode,
+                            engine="fast", device=dev)
+        sync()
+        wall = time.perf_counter() - t
+        if rep.verdict != "valid":
+            raise SystemExit(f"error: {name} {mode} audit on {dev}: {rep.verdict} {rep.reason} {rep.message}")
+        return wall, rep
+
+    t0 = time.perf_counter()
+    warm = tmp / "warm.fpl"
+    generate(warm, args.gpu_warmup_tokens)
+    audit(warm, "prefill")
+    out["warmup_s"] = round(time.perf_counter() - t0, 1)
+    con.print(f"  warm-up ({args.gpu_warmup_tokens} tokens, generation and audit): {out['warmup_s']} s")
+    path = tmp / "gpu.fpl"
+    gen, res = generate(path, args.tokens)
+    row = {"commit_policy": "every=8", "tokens": len(res.tokens), "generation_s": round(gen, 3),
+           "commits": res.commits, "ledger_bytes": os.path.getsize(path)}
+    con.print(f"  generated {len(res.tokens)} tokens in {gen:.2f} s")
+    for mode in ("prefill", "stepwise") if args.gpu_stepwise else ("prefill",):
+        wall, rep = audit(path, mode)
+        row[mode] = {"audit_s": round(wall, 3), "replay_s": rep.replay["seconds"],
+                     "speedup_vs_generation": round(gen / wall, 2), "engine": rep.replay.get("engine")}
+        con.print(f"    {mode} audit (fast engine, {dev}): {wall:.2f} s ({gen / wall:.1f}x faster than the generation)")
+    out["ledgers"] = [row]
+    return out
+
+
+def main_gpu(args) -> int:
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-audit-gpu-"))
+    dev = args.device
+    gpu = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"{dev} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')})"
+    import triton
+
+    result = {"benchmark": "audit-gpu", "date": date.today().isoformat(), "gpu": gpu, "device": dev,
+              "torch": torch.__version__, "triton": triton.__version__, "host_cores": os.cpu_count(),
+              "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "engine": "fast",
+              "note": "generation and audit on the same GPU in one run, after a warm-up that compiles the kernels",
+              "plot": {"table": "summary", "metrics": ["speedup_vs_generation", "seconds"]}}
+    m = bench_gpu(args, tmp, con)
+    result["models"] = {m["model"].split(" ")[1]: m}
+    row = m["ledgers"][0]
+    result["summary"] = [{"what": "generation", "seconds": row["generation_s"], "speedup_vs_generation": 1.0}] + [
+        {"what": f"{mode} audit", "seconds": row[mode]["audit_s"], "speedup_vs_generation": row[mode]["speedup_vs_generation"]}
+        for mode in ("prefill", "stepwise") if mode in row]
+    tag = gpu.replace("NVIDIA ", "").replace(" ", "_").split("(")[0].strip("_")
+    path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"audit-gpu-{tag}-{date.today()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    con.print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=256, help="tokens per ledger")
@@ -170,7 +314,14 @@ def main(argv=None) -> int:
                     "8 is the runtime's default)")
     ap.add_argument("--decode-steps", type=int, default=8)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--gpu", action="store_true", help="the fast engine on a GPU, Llama-3.2-1B shape (see bench_gpu)")
+    ap.add_argument("--device", default="cuda", help="--gpu: the device (cpu with TRITON_INTERPRET=1 for a smoke test)")
+    ap.add_argument("--gpu-shape", choices=("1b", "tiny"), default="1b")
+    ap.add_argument("--gpu-warmup-tokens", type=int, default=24)
+    ap.add_argument("--gpu-stepwise", action="store_true", help="--gpu: also time a stepwise audit")
     args = ap.parse_args(argv)
+    if args.gpu:
+        return main_gpu(args)
     args.policies = [int(x) for x in args.policies.split(",")]
     from rich.console import Console
     from rich.table import Table
