@@ -183,23 +183,25 @@ class StageOps:
     module) defines one of the same name, that one. A replacement has the spec function's
     signature and must return the same integers (engines check it with parity suites)."""
 
-    NAMES = ("linear", "lm_head", "paged_attention")
+    NAMES = ("linear", "lm_head", "paged_attention", "rms_norm", "rope", "swiglu", "residual_add", "embed")
 
     def __init__(self, kernels=None):
         self.linear = getattr(kernels, "linear", ops.linear)
         self.lm_head = getattr(kernels, "lm_head", ops.lm_head)
         self.paged_attention = getattr(kernels, "paged_attention", paged_attention)
+        for name in ("rms_norm", "rope", "swiglu", "residual_add", "embed"):
+            setattr(self, name, getattr(kernels, name, getattr(ops, name)))
 
 
 def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: torch.Tensor,
                      chunks: list[SequenceChunk], st: StageOps) -> torch.Tensor:
     """Return layer n's attention output rows [N, H] (Q16): norm, q/k/v, RoPE, write K/V, attend, o."""
     c, t, p = model.config, model.tensors, model.profile
-    h = ops.rms_norm(x, t[f"layers.{n}.attn_norm.gamma"], t["rms.eps"])
+    h = st.rms_norm(x, t[f"layers.{n}.attn_norm.gamma"], t["rms.eps"])
     a_bits = p.linear_bits("qkv", n)[1]
     q, k, v = (model.linear(f"layers.{n}.{s}", h, a_bits, st.linear) for s in "qkv")
-    q = ops.rope(q.view(-1, c.num_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
-    k = ops.rope(k.view(-1, c.num_kv_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
+    q = st.rope(q.view(-1, c.num_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
+    k = st.rope(k.view(-1, c.num_kv_heads, c.head_dim), pos, t["rope.cos"], t["rope.sin"])
     v = v.view(-1, c.num_kv_heads, c.head_dim)
     outs, r = [], 0
     for ch in chunks:  # each chunk's K/V is written before it attends (its queries see themselves)
@@ -215,10 +217,10 @@ def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: 
 def _mlp_block(model: QuantizedModel, n: int, x: torch.Tensor, st: StageOps) -> torch.Tensor:
     """Return layer n's MLP output rows (Q16): norm, gate/up, SwiGLU, down."""
     t, p = model.tensors, model.profile
-    h = ops.rms_norm(x, t[f"layers.{n}.mlp_norm.gamma"], t["rms.eps"])
+    h = st.rms_norm(x, t[f"layers.{n}.mlp_norm.gamma"], t["rms.eps"])
     a_bits = p.linear_bits("gate_up", n)[1]
     g, u = model.linear(f"layers.{n}.gate", h, a_bits, st.linear), model.linear(f"layers.{n}.up", h, a_bits, st.linear)
-    return model.linear(f"layers.{n}.down", ops.swiglu(g, u, t["sigmoid.table"]), p.linear_bits("down", n)[1], st.linear)
+    return model.linear(f"layers.{n}.down", st.swiglu(g, u, t["sigmoid.table"]), p.linear_bits("down", n)[1], st.linear)
 
 
 def _check_chunks(model: QuantizedModel, chunks: list[SequenceChunk]) -> None:
@@ -239,8 +241,8 @@ def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk], kernels=No
     """Run every chunk through the model; write each chunk's K/V into its pages; return integer
     logits (int64 [T_i, vocab], Q16) for every position of every chunk.
 
-    `kernels` (engines only; not normative) is a module or object whose `linear`, `lm_head` and
-    `paged_attention`, where it has them, replace the spec's (`StageOps`), e.g. `fieldprint_fast.ops`.
+    `kernels` (engines only; not normative) is a module or object whose stage operators
+    (`StageOps.NAMES`), where it has them, replace the spec's, e.g. `fieldprint_fast.ops`.
 
     Linear layers run on the concatenated rows of all chunks; every row-wise operator depends on its
     row only and attention is exact, so results do not depend on batching or chunking. Chunks of one
@@ -248,12 +250,12 @@ def forward(model: QuantizedModel, pool, chunks: list[SequenceChunk], kernels=No
     """
     _check_chunks(model, chunks)
     t, p, st = model.tensors, model.profile, StageOps(kernels)
-    x = ops.embed(torch.cat([ch.tokens for ch in chunks]), t["embed.weight"], t["embed.mul"], t["embed.shift"])
+    x = st.embed(torch.cat([ch.tokens for ch in chunks]), t["embed.weight"], t["embed.mul"], t["embed.shift"])
     pos = torch.cat([_positions(ch) for ch in chunks])
     for n in range(model.config.num_layers):
-        x = ops.residual_add(x, _attention_block(model, pool, n, x, pos, chunks, st))
-        x = ops.residual_add(x, _mlp_block(model, n, x, st))
-    h = ops.rms_norm(x, t["final_norm.gamma"], t["rms.eps"])
+        x = st.residual_add(x, _attention_block(model, pool, n, x, pos, chunks, st))
+        x = st.residual_add(x, _mlp_block(model, n, x, st))
+    h = st.rms_norm(x, t["final_norm.gamma"], t["rms.eps"])
     w = t["embed.weight"] if model.config.tie_embeddings else t["lm_head.weight"]
     logits = st.lm_head(h, p.a_lm_head, w, t["lm_head.mul"], t["lm_head.shift"])
     return list(logits.split([ch.tokens.numel() for ch in chunks]))
