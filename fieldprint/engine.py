@@ -33,7 +33,11 @@ Contract (every engine, every method):
   the prompt's index in ``generate``), never its slot in a batch.
 * **Records.**  Every sampled token yields a ``StepRecord`` (fed tokens, page writes with
   physical id/logical block/slots/full flag, pages evicted, int64 logits, token); ``on_step``
-  callbacks receive it while the pool still holds exactly what it describes.
+  callbacks receive it while the pool still holds exactly what it describes.  ``logits`` is a
+  tensor on the engine's device (a GPU engine need not copy the vocabulary row to the host);
+  ``logits_digest``, when not None, is ``spec.commits.logits_digest`` of that row, computed by
+  the engine where the row lives (the fast engine hashes it on the GPU), and consumers such as
+  the verifying runtime use it instead of hashing ``logits`` themselves.
 * **Errors.**  Bad user input raises ``fieldprint_ref.errors.EngineError`` subclasses (or
   ``fieldprint.errors.FieldprintError`` from loading) with a message naming the field.
 """

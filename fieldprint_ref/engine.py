@@ -482,6 +482,19 @@ class RefEngine:
     def _prepare_chunk(self, s: _Sequence, start: int, take: int):
         """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches; return
         the chunk and the page writes it will make."""
+        writes = self._prepare_pages(s, start, take)
+        chunk = self.ops.SequenceChunk(
+            tokens=torch.tensor(s.context[start : start + take], dtype=torch.int64, device=self.device),
+            start=start,
+            block_table=torch.tensor(s.table.pages, dtype=torch.int64, device=self.device),
+            anchors=self._anchor_ref(s.anchors),
+            window=s.window,
+        )
+        return chunk, writes
+
+    def _prepare_pages(self, s: _Sequence, start: int, take: int) -> list[PageWrite]:
+        """Evict dead blocks, allocate/unshare the blocks ``[start, start+take)`` touches; return
+        the page writes feeding them will make (the paging half of `_prepare_chunk`)."""
         pt = self.page_tokens
         table = s.table
         # Evict only what is dead for the step's first query (s.fed_start), never between the chunks
@@ -498,20 +511,15 @@ class RefEngine:
             fresh = self.allocator.alloc(end - len(table))
             self.ops.zero_pages(self.pool, fresh)
             table.pages += fresh
-        writes = list(_page_writes(table.pages, start, start + take, pt))
-        chunk = self.ops.SequenceChunk(
-            tokens=torch.tensor(s.context[start : start + take], dtype=torch.int64, device=self.device),
-            start=start,
-            block_table=torch.tensor(table.pages, dtype=torch.int64, device=self.device),
-            anchors=self._anchor_ref(s.anchors),
-            window=s.window,
-        )
-        return chunk, writes
+        return list(_page_writes(table.pages, start, start + take, pt))
 
-    def _sample(self, s: _Sequence) -> StepRecord:
+    def _sample(self, s: _Sequence, token: int | None = None, logits_digest: bytes | None = None) -> StepRecord:
+        """Sample (or take ``token``, which an engine drew from the same logits on its device) and
+        record the step; ``logits_digest``: the logits row's digest, when the engine made it."""
         logits = s.pending_logits
         step = len(s.context) - s.prompt_len
-        token = int(self.ops.sample(logits, s.params, s.sequence, step, s.attempt))
+        if token is None:
+            token = int(self.ops.sample(logits, s.params, s.sequence, step, s.attempt))
         rec = StepRecord(
             sequence=s.sequence,
             step=step,
@@ -524,6 +532,7 @@ class RefEngine:
             evicted_blocks=tuple(s.evicted_blocks),
             logits=logits,
             token=token,
+            logits_digest=logits_digest,
         )
         s.records.append(rec if self.keep_logits else dataclasses.replace(rec, logits=None))
         s.context.append(token)

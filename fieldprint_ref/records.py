@@ -72,6 +72,9 @@ class StepRecord:
     evicted_blocks: tuple[int, ...]
     logits: torch.Tensor | None  # int64 [vocab]; None in stored results when keep_logits=False
     token: int
+    # BLAKE3 of the logits row's int64 LE bytes (`spec.commits.logits_digest`) where the engine
+    # computed it beside the logits (the fast engine, on the device); None = not computed
+    logits_digest: bytes | None = None
 
     def logits_bytes(self) -> bytes:
         """Return the logits as little-endian int64 bytes (what a ledger hashes)."""

@@ -203,7 +203,9 @@ class VerifyingSession:
         self.sink.append(build)
 
     def _token(self, rec) -> None:
-        fut = self.hasher.submit_logits(rec.logits)
+        # an engine that hashed the row where it lives (the fast engine, on the device) hands the
+        # digest over: the vocabulary row then never crosses to the host
+        fut = done(rec.logits_digest) if rec.logits_digest is not None else self.hasher.submit_logits(rec.logits)
         self.sink.append(lambda seq, r=rec, f=fut: TokenStep(seq=seq, step=r.step, attempt=r.attempt,
                                                              token=r.token, logits_digest=f.result()))
         self._generated.append(rec.token)
