@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--engine", choices=["ref", "fast"], default="ref",
                    help="ref: the reference engine (plain PyTorch, any device); fast: the Triton engine (bit-exact "
-                        "with ref)")
+                        "with ref; with --device cuda, decode steps run as CUDA graphs with device sampling and "
+                        "logits digests)")
     g.add_argument("--window", type=_int("--window", 1), default=None,
                    help="sliding attention window in tokens (default: the model's own, from its committed config; "
                         "another value overrides it and a ledger records the override)")

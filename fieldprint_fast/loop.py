@@ -1,0 +1,388 @@
+"""
+The GPU-resident decode step: one token for every sequence of a batch, one CUDA graph
+======================================================================================
+
+`spec.model.forward` is written for clarity: a Python loop over chunks, every op a separate
+call with its own checks (some of which read values back to the host). A decode step of a
+16-layer model is then ~400 kernel launches plus ~20 host round trips, and on a GPU the
+Python around the kernels, not the kernels, sets the speed (1.8 tokens/s on the 1B shape).
+
+`DecodeStep` computes the same integers for the special case that decode is: every sequence
+feeds exactly one token. It is `spec.model.forward` restated over fixed-shape device buffers:
+
+* the inputs of a step (token, RoPE position, the page and slot its K/V go to, the block
+  tables, and per sequence ``(anchor length, first visible context token, visible keys)``) are
+  copied into static device tensors; nothing inside the step reads a value back;
+* q/k/v and gate/up run as one linear each over the concatenated weights (the same integers:
+  a linear quantizes its input row once and each output channel has its own multiplier), with
+  the RMSNorm fused with the row quantization (`kernels.rowops.rms_norm_quantize`);
+* K/V rows are packed into the page format on the device and scattered to their slots;
+* the attention runs the decode kernels of `kernels.attention_decode` with the launch shape
+  fixed by the graph's key capacity (splits past a sequence's keys do nothing);
+* the next token of every row (greedy, or `spec.sampling.sample` with temperature, top-k and
+  top-p by `fieldprint_fast.sampling`, the RNG draw computed by the host ahead of the step) and,
+  when asked, the BLAKE3 digest of each int64 logits row (`spec.commits.logits_digest`) are
+  computed on the device, so the vocabulary row never has to cross to the host for a ledger.
+
+The whole step is captured once per (batch bucket, block-table width, anchor width, digest,
+sampling)
+and replayed; batches are padded to the bucket with rows that write a scratch page no
+sequence owns. Results are the integers of `spec.model.forward` (tests/fast/test_engine_loop.py
+checks ``torch.equal`` on logits and page bytes), because every piece is a kernel with its own
+bit-exact parity suite, composed in the spec's order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import triton
+
+from fieldprint_fast.sampling import SamplingRows, greedy_rows, sample_rows
+from spec.constants import PAGE_TOKENS
+from spec.sampling import SamplingParams
+
+_GREEDY = SamplingParams()
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def use_kernels(device: torch.device) -> bool:
+    """Return whether the step runs the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1).
+    Otherwise it runs the same composition over `spec` ops: the CPU tests of the loop's logic."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def bucket(n: int, buckets=BATCH_BUCKETS) -> int:
+    """Return the smallest bucket >= n (n itself beyond the last)."""
+    for b in buckets:
+        if b >= n:
+            return b
+    return n
+
+
+def width_bucket(blocks: int) -> int:
+    """Return the block-table width a graph is built for: a power of two >= blocks (>= 8)."""
+    return max(8, triton.next_power_of_2(max(1, blocks)))
+
+
+# %%
+# Fused weights
+# -------------
+# q/k/v (and gate/up) read the same quantized row, so one launch over the concatenated output
+# channels gives the same integers as three. Weights are stored as the int8 limbs the linear
+# kernel reads; channels of a wide dtype are split into two 7-bit limbs (hi * 2**7 + lo) when any
+# part needs them, so the concatenation has one limb count.
+
+def _limbs(ws: list[torch.Tensor]) -> torch.Tensor:
+    from fieldprint_fast.kernels.linear import weight_limbs
+
+    parts = [weight_limbs(w) for w in ws]
+    if any(p is None for p in parts):
+        raise ValueError("a weight needs more than two int8 limbs")
+    if len({p.shape[0] for p in parts}) > 1:  # mixed: every part as (w & 127, w >> 7)
+        parts = [torch.stack([(w.to(torch.int32) & 127).to(torch.int8), (w.to(torch.int32) >> 7).to(torch.int8)])
+                 for w in ws]
+    return torch.cat(parts, dim=1).contiguous()
+
+
+@dataclass
+class _Linear:
+    """A linear layer as the kernel reads it: limbs [L, O, K], mul/shift [O], bias [O] or None."""
+
+    limbs: torch.Tensor | None  # the kernel's operand (None on the spec backend)
+    weight: torch.Tensor | None  # the integer weight (the spec backend's operand; None with kernels)
+    mul: torch.Tensor
+    shift: torch.Tensor
+    bias: torch.Tensor | None
+    act_bits: int
+
+    @classmethod
+    def of(cls, t: dict, names: list[str], act_bits: int, kernels: bool) -> "_Linear":
+        weights = [t[f"{n}.weight"] if f"{n}.weight" in t else t["embed.weight"] for n in names]
+        bias = [t.get(f"{n}.bias") for n in names]
+        wide = max(w.element_size() for w in weights)
+        return cls(limbs=_limbs(weights) if kernels else None,
+                   weight=None if kernels else torch.cat([w.to(torch.int16) if wide > 1 else w for w in weights]),
+                   mul=torch.cat([t[f"{n}.mul"] for n in names]).contiguous(),
+                   shift=torch.cat([t[f"{n}.shift"] for n in names]).contiguous(),
+                   bias=None if bias[0] is None else torch.cat(bias).contiguous(), act_bits=act_bits)
+
+    def rows(self, x):
+        """Return the linear's output rows of input rows x (Q16)."""
+        if self.limbs is None:
+            from spec.ops import linear
+
+            return linear(x, self.act_bits, self.weight, self.mul, self.shift, self.bias)
+        from fieldprint_fast.kernels.linear import linear_quantized, quantize_rows
+
+        return linear_quantized(*quantize_rows(x, self.act_bits), self.limbs, self.mul, self.shift, self.bias)
+
+    def normed(self, x, gamma, eps):
+        """Return ``rows(rms_norm(x, gamma, eps))``; the kernels fuse the norm with the row quantization."""
+        if self.limbs is None:
+            from spec.ops import linear, rms_norm
+
+            return linear(rms_norm(x, gamma, eps), self.act_bits, self.weight, self.mul, self.shift, self.bias)
+        from fieldprint_fast.kernels.linear import linear_quantized
+        from fieldprint_fast.kernels.rowops import rms_norm_quantize
+
+        return linear_quantized(*rms_norm_quantize(x, gamma, eps, self.act_bits), self.limbs, self.mul, self.shift,
+                                self.bias)
+
+
+class DecodeWeights:
+    """The model's tensors arranged for `DecodeStep` (made once per model and device)."""
+
+    def __init__(self, model):
+        c, p, t = model.config, model.profile, model.tensors
+        self.config, self.profile, self.tensors = c, p, t
+        self.kernels = kernels = use_kernels(t["embed.weight"].device)
+        self.layers = []
+        for n in range(c.num_layers):
+            pre = f"layers.{n}."
+            self.layers.append(dict(
+                attn_norm=t[pre + "attn_norm.gamma"], mlp_norm=t[pre + "mlp_norm.gamma"],
+                qkv=_Linear.of(t, [pre + "q", pre + "k", pre + "v"], p.linear_bits("qkv", n)[1], kernels),
+                o=_Linear.of(t, [pre + "o"], p.linear_bits("o", n)[1], kernels),
+                gate_up=_Linear.of(t, [pre + "gate", pre + "up"], p.linear_bits("gate_up", n)[1], kernels),
+                down=_Linear.of(t, [pre + "down"], p.linear_bits("down", n)[1], kernels),
+            ))
+        self.lm_head = _Linear.of(t, ["lm_head"], p.a_lm_head, kernels)
+        self.exp_table = t["exp2.table"].to(torch.int32).contiguous()
+
+
+_WEIGHTS_ATTR = "_fieldprint_decode_weights"
+
+
+def decode_weights(model) -> DecodeWeights:
+    """Return the model's DecodeWeights, made on the first call and kept on the model object."""
+    w = getattr(model, _WEIGHTS_ATTR, None)
+    if w is None or w.tensors is not model.tensors:
+        w = DecodeWeights(model)
+        setattr(model, _WEIGHTS_ATTR, w)
+    return w
+
+
+# %%
+# Attention over device-side sequence metadata
+# --------------------------------------------
+# `kernels.attention_decode.decode_attention` takes the context lengths as host lists (it
+# builds its metadata tensor and picks its split from them). Inside a graph they live on the
+# device, so the launch shape comes from the graph's key capacity instead: a split beyond a
+# sequence's keys stores "no key" maxima and zero sums, which the combine step ignores
+# exactly (the spec's sums and maxima do not depend on where the keys are split).
+
+def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, prob_bits, exp_table):
+    from fieldprint_fast.kernels import attention_decode as ad
+    from fieldprint_fast.kernels.attention_math import query_limbs, weight_limbs
+    from fieldprint_fast.kernels.linear import quantize_rows
+
+    bsz, h, d = q.shape
+    g = pool.shape[4]
+    group = h // g
+    block_n, num_warps = 32, 4
+    block_m = max(16, triton.next_power_of_2(group))
+    pk = max(1, block_m // group)
+    pk = 1 << (pk.bit_length() - 1)
+    while g % pk:
+        pk //= 2
+    gp = g // pk
+    split, n_splits = ad._launch_shape(n_max, bsz, gp, block_n)
+    limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)
+    q_lo, q_hi = limbs[0], limbs[-1]
+    s_len = n_splits * split
+    dev = q.device
+    s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
+    mpart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int32, device=dev)
+    epart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int32, device=dev)
+    npart = torch.empty(bsz, gp, n_splits, block_m, d, dtype=torch.int64, device=dev)
+    zpart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int64, device=dev)
+    out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
+    grid = (gp, n_splits, bsz)
+    dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
+            anchor_tables.shape[1], n_splits, s_len)
+    pool32 = pool.view(torch.int32)
+    ad._scores_kernel[grid](pool, pool32, q_lo, q_hi, mq, eq, tables, anchor_tables, meta, s_buf, mpart, epart, *dims,
+                            H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n,
+                            Q_LIMBS=query_limbs(q_bits), PK=pk, num_warps=num_warps)
+    block_s = max(2, triton.next_power_of_2(n_splits))
+    ad._mix_kernel[grid](pool, pool32, exp_table, tables, anchor_tables, meta, s_buf, mpart, epart, npart, zpart, *dims,
+                         H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_S=block_s,
+                         PROB_BITS=prob_bits, W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=num_warps)
+    ad._combine_kernel[(gp, bsz)](npart, zpart, epart, out, n_splits, H=h, GROUP=group, D=d, BLOCK_M=block_m,
+                                  BLOCK_S=block_s, PROB_BITS=prob_bits, PK=pk, num_warps=4)
+    return out
+
+
+def _spec_attention(q, pool, layer, tables, anchor_tables, meta, q_bits, prob_bits, exp_table):
+    """The spec backend of `_attention`: `spec.attention.paged_attention` row by row (reads the
+    metadata back to the host; the CPU tests only)."""
+    from spec.attention import KVPool, paged_attention
+    from spec.model import AnchorRef
+
+    out = []
+    kv = KVPool(pool)
+    for b, (a, lo, n) in enumerate(meta.tolist()):
+        start = lo + n - a - 1
+        anchors = AnchorRef(block_table=anchor_tables[b].to(torch.int64), length=a) if a else None
+        window = None if lo == 0 else start - lo + 1  # lo > 0 only under a window, then W = start - lo + 1
+        out.append(paged_attention(q[b:b + 1], kv, layer, tables[b].to(torch.int64), start, anchors, window, q_bits,
+                                   prob_bits, exp_table)[0])
+    return torch.stack(out)
+
+
+def _pack_rows(x: torch.Tensor) -> torch.Tensor:
+    """`spec.attention.pack_rows` of rows x [N, d] on the device: int8 values, then m (uint16 LE),
+    e, 0, from the kernel's 8-bit row quantization (one limb = the int8 values)."""
+    if not use_kernels(x.device):
+        from spec.attention import pack_rows
+
+        return pack_rows(x)
+    from fieldprint_fast.kernels.linear import quantize_rows
+
+    q, m, e = quantize_rows(x, 8)
+    scale = torch.stack([m & 255, m >> 8, e, torch.zeros_like(e)], dim=-1)
+    scale = torch.where(scale > 127, scale - 256, scale).to(torch.int8)
+    return torch.cat([q[0], scale], dim=-1)
+
+
+# %%
+# The step
+# --------
+
+class DecodeStep:
+    """A captured decode step for ``batch`` rows, block tables of ``blocks`` entries and anchor
+    tables of ``anchor_blocks`` entries. ``digest``: also hash each logits row on the device.
+
+    Use: ``load(...)`` the step's inputs (host tensors), ``run()``, then read ``logits``
+    [batch, vocab] int64, ``tokens`` (greedy) and ``digests`` (uint8 [batch, 32]) on the device.
+    """
+
+    def __init__(self, model, pool, *, batch: int, blocks: int, anchor_blocks: int, scratch_page: int,
+                 digest: bool = False, sample: bool = False, graph: bool = True):
+        self.w = decode_weights(model)
+        self.pool = pool
+        self.batch, self.blocks, self.anchor_blocks = batch, blocks, anchor_blocks
+        self.scratch_page = scratch_page
+        self.digest, self.sample = digest, sample
+        dev = pool.data.device
+        self.device = dev
+        self.n_max = (anchor_blocks + blocks) * PAGE_TOKENS  # keys a row can see at most
+        # -- static inputs ---------------------------------------------------------------------
+        self.i64 = torch.zeros(4, batch, dtype=torch.int64, device=dev)  # token, position, page, slot
+        self.tables = torch.full((batch, blocks), scratch_page, dtype=torch.int32, device=dev)
+        self.anchor_tables = torch.full((batch, max(1, anchor_blocks)), scratch_page, dtype=torch.int32, device=dev)
+        self.meta = torch.zeros(batch, 3, dtype=torch.int32, device=dev)
+        self.samp = torch.tensor([SamplingRows.host_row(_GREEDY, 1, 0, 0, 0)] * batch, dtype=torch.int64, device=dev)
+        self.meta[:, 2] = 1
+        self.i64[2] = scratch_page
+        pin = dev.type == "cuda"
+        self.h_i64 = torch.zeros(self.i64.shape, dtype=torch.int64, pin_memory=pin)
+        self.h_tables = torch.zeros(self.tables.shape, dtype=torch.int32, pin_memory=pin)
+        self.h_anchor = torch.zeros(self.anchor_tables.shape, dtype=torch.int32, pin_memory=pin)
+        self.h_meta = torch.zeros(self.meta.shape, dtype=torch.int32, pin_memory=pin)
+        self.h_samp = self.samp.cpu().pin_memory() if pin else self.samp.clone()
+        self._greedy_row = self.h_samp[0].clone()
+        self.graph = None
+        self._forward()  # compile (and, on CUDA, warm up) outside any capture
+        if graph and dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            g = torch.cuda.CUDAGraph()
+            # thread_local: another thread (the runtime's hasher) may use the device meanwhile
+            with torch.cuda.graph(g, capture_error_mode="thread_local"):
+                self._forward()
+            self.graph = g
+
+    def load(self, rows: list[tuple], samples: list[list[int]] | None = None) -> None:
+        """Set the step's rows: (token, context index, RoPE position, block table, anchor table,
+        anchor length, window or -1) per sequence; rows past ``len(rows)`` are padding.
+        ``samples``: each row's `SamplingRows.host_row` (a step built with ``sample``)."""
+        n = len(rows)
+        if n > self.batch:
+            raise ValueError(f"{n} rows for a step of batch {self.batch}")
+        hi, ht, ha, hm = self.h_i64, self.h_tables, self.h_anchor, self.h_meta
+        hi[0].zero_()
+        hi[1].zero_()
+        hi[2].fill_(self.scratch_page)
+        hi[3].zero_()
+        ht.fill_(self.scratch_page)
+        ha.fill_(self.scratch_page)
+        hm.zero_()
+        hm[:, 2] = 1
+        for r, (tok, start, pos, table, anchors, a, window) in enumerate(rows):
+            lo = 0 if window < 0 else max(0, start - window + 1)
+            if len(table) > self.blocks or len(anchors) > self.anchor_blocks:
+                raise ValueError("block table wider than the step was built for")
+            hi[0, r], hi[1, r], hi[2, r], hi[3, r] = tok, pos, table[start // PAGE_TOKENS], start % PAGE_TOKENS
+            ht[r, : len(table)] = torch.tensor(table, dtype=torch.int32)
+            if anchors:
+                ha[r, : len(anchors)] = torch.tensor(anchors, dtype=torch.int32)
+            hm[r, 0], hm[r, 1], hm[r, 2] = a, lo, a + start + 1 - lo
+        if self.sample:
+            self.h_samp[:] = self._greedy_row
+            for r, row in enumerate(samples or []):
+                self.h_samp[r] = torch.tensor(row, dtype=torch.int64)
+        nb = self.device.type == "cuda"
+        self.i64.copy_(hi, non_blocking=nb)
+        self.tables.copy_(ht, non_blocking=nb)
+        self.anchor_tables.copy_(ha, non_blocking=nb)
+        self.meta.copy_(hm, non_blocking=nb)
+        if self.sample:
+            self.samp.copy_(self.h_samp, non_blocking=nb)
+
+    def run(self) -> None:
+        """Run the step on the loaded rows (a graph replay on CUDA)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._forward()
+
+    def _forward(self) -> None:
+        """`spec.model.forward` of one token per row, over the static buffers (`spec.model`'s
+        `_attention_block` and `_mlp_block`, in their order)."""
+        if self.w.kernels:
+            from fieldprint_fast.kernels import rowops as ops
+            attention = partial(_attention, n_max=self.n_max)
+        else:
+            from spec import ops
+            attention = _spec_attention
+        w, c, p = self.w, self.w.config, self.w.profile
+        t = w.tensors
+        data = self.pool.data
+        tokens, pos, page, slot = self.i64
+        h, g, d = c.num_heads, c.num_kv_heads, c.head_dim
+        qd, kvd = h * d, g * d
+        eps = t["rms.eps"]
+        x = ops.embed(tokens, t["embed.weight"], t["embed.mul"], t["embed.shift"])
+        for n, L in enumerate(w.layers):
+            # -- attention: norm + q/k/v (one linear), RoPE, K/V into their slots, attend, o ----------
+            qkv = L["qkv"].normed(x, L["attn_norm"], eps)
+            q = ops.rope(qkv[:, :qd].reshape(-1, h, d), pos, t["rope.cos"], t["rope.sin"])
+            k = ops.rope(qkv[:, qd:qd + kvd].reshape(-1, g, d), pos, t["rope.cos"], t["rope.sin"])
+            v = qkv[:, qd + kvd:].reshape(-1, g, d)
+            data[page, n, 0, slot] = _pack_rows(k.reshape(-1, d)).view(-1, g, d + 4)
+            data[page, n, 1, slot] = _pack_rows(v.reshape(-1, d)).view(-1, g, d + 4)
+            o = attention(q, data, n, self.tables, self.anchor_tables, self.meta, q_bits=p.q_bits,
+                          prob_bits=p.prob_bits, exp_table=w.exp_table)
+            x = ops.residual_add(x, L["o"].rows(o.reshape(-1, qd)))
+            # -- MLP: norm + gate/up (one linear), SwiGLU, down ---------------------------------------
+            gu = L["gate_up"].normed(x, L["mlp_norm"], eps)
+            inter = gu.shape[1] // 2
+            x = ops.residual_add(x, L["down"].rows(ops.swiglu(gu[:, :inter], gu[:, inter:], t["sigmoid.table"])))
+        self.logits = w.lm_head.normed(x, t["final_norm.gamma"], eps)
+        if self.sample:  # every row by its own parameters (greedy rows included)
+            self.tokens = sample_rows(self.logits, SamplingRows.from_tensor(self.samp), w.exp_table)
+        else:
+            self.tokens = greedy_rows(self.logits)  # the largest logit, the lowest id among ties
+        if self.digest:  # uint8 [batch, 32]: BLAKE3 of each row's int64 LE bytes
+            if w.kernels and self.device.type == "cuda":
+                from fieldprint_fast.kernels.blake3 import blake3
+
+                self.digests = blake3(self.logits)
+            else:
+                from fieldprint_fast.hashing import hash_pages
+
+                self.digests = hash_pages(self.logits).digests
