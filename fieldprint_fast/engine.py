@@ -34,8 +34,8 @@ def loop_supported(model) -> str | None:
     c, p = model.config, model.profile
     acts = [p.linear_bits(s, n)[1] for s in ("qkv", "o", "gate_up", "down") for n in range(c.num_layers)]
     wts = [p.linear_bits(s, n)[0] for s in ("qkv", "o", "gate_up", "down") for n in range(c.num_layers)]
-    if max(acts + [p.a_lm_head]) > 15 or max(wts + [p.w_lm_head, p.embed_bits]) > 15:
-        return "a linear stage wider than 15 bits"
+    if max(acts + [p.a_lm_head, p.q_bits]) > 16 or max(wts + [p.w_lm_head, p.embed_bits]) > 16:
+        return "a linear stage wider than 16 bits"
     if p.q_bits > 15 or p.prob_bits > 20:
         return "q_bits > 15 or prob_bits > 20"
     if c.hidden_size > MAX_ROW or max(c.intermediate_size, c.num_heads * c.head_dim) > MAX_K or c.head_dim % 16:

@@ -73,8 +73,8 @@ def width_bucket(blocks: int) -> int:
 # -------------
 # q/k/v (and gate/up) read the same quantized row, so one launch over the concatenated output
 # channels gives the same integers as three. Weights are stored as the int8 limbs the linear
-# kernel reads; channels of a wide dtype are split into two 7-bit limbs (hi * 2**7 + lo) when any
-# part needs them, so the concatenation has one limb count.
+# kernel reads; when the parts need different limb counts, every part is split into the widest
+# count of 7-bit limbs (sum of limb_i * 2**(7 i)), so the concatenation has one limb count.
 
 def _limbs(ws: list[torch.Tensor]) -> torch.Tensor:
     from fieldprint_fast.kernels.linear import weight_limbs
@@ -82,10 +82,15 @@ def _limbs(ws: list[torch.Tensor]) -> torch.Tensor:
     parts = [weight_limbs(w) for w in ws]
     if any(p is None for p in parts):
         raise ValueError("a weight needs more than two int8 limbs")
-    if len({p.shape[0] for p in parts}) > 1:  # mixed: every part as (w & 127, w >> 7)
-        parts = [torch.stack([(w.to(torch.int32) & 127).to(torch.int8), (w.to(torch.int32) >> 7).to(torch.int8)])
-                 for w in ws]
+    n = max(p.shape[0] for p in parts)
+    if any(p.shape[0] != n for p in parts):  # mixed: every part as n 7-bit limbs, the top one signed
+        parts = [_as_limbs(w.to(torch.int32), n) for w in ws]
     return torch.cat(parts, dim=1).contiguous()
+
+
+def _as_limbs(w: torch.Tensor, n: int) -> torch.Tensor:
+    """Return w [O, K] as n int8 limbs: w & 127, (w >> 7) & 127, ..., the last w >> 7 (n - 1)."""
+    return torch.stack([((w >> (7 * i)) & 127 if i < n - 1 else w >> (7 * i)).to(torch.int8) for i in range(n)])
 
 
 @dataclass
