@@ -27,7 +27,7 @@ DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
 EXAMPLES = int(os.environ.get("FP_ATTENTION_EXAMPLES", "12"))
 
 
-def _run(p: dict, block_n: int, split: int | None) -> list[torch.Tensor]:
+def _run(p: dict, split) -> list[torch.Tensor]:
     seqs = p["seqs"]
     nb = max(s["table"].numel() for s in seqs)
     tables = torch.full((len(seqs), nb), -1, dtype=torch.int64, device=p["pool"].device)
@@ -38,17 +38,17 @@ def _run(p: dict, block_n: int, split: int | None) -> list[torch.Tensor]:
     out = decode_attention(torch.stack([s["q"][0] for s in seqs]), p["pool"], p["layer"], tables,
                            [s["start"] for s in seqs], [s["window"] for s in seqs], anchors,
                            [p["anchor_len"]] * len(seqs), p["q_bits"], p["prob_bits"], EXP.to(p["pool"].device),
-                           block_n=block_n, split=split)
+                           split=split)
     assert torch.equal(p["pool"], before)  # attention reads pages, never writes them
     return [out[b : b + 1] for b in range(len(seqs))]
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([16, 32]), st.sampled_from([None, 1, 2, 3]))
-def test_decode_equals_spec(p, block_n, splits):
+@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([None, 1, 2, 3]), st.sampled_from([1, 2, 5]))
+def test_decode_equals_spec(p, pages, mix_pages):
     want = spec_outputs(p)
-    split = None if splits is None else splits * block_n
-    got = _run(to_device(p, DEVICE), block_n, split)
+    split = None if pages is None else (16 * pages, 16 * mix_pages)  # split boundaries at page multiples
+    got = _run(to_device(p, DEVICE), split)
     for w, g in zip(want, got):
         assert torch.equal(g.cpu(), w)
 
@@ -56,10 +56,10 @@ def test_decode_equals_spec(p, block_n, splits):
 @pytest.mark.gpu
 @settings(max_examples=int(os.environ.get("FP_ATTENTION_GPU_EXAMPLES", "60")), deadline=None)
 @given(problems(decode=True, max_ctx=3000, max_anchor=600, heads=(1, 4, 8), kv=(1, 2, 8), dims=(64, 128)),
-       st.sampled_from([32, 64]), st.sampled_from([None, 1, 4, 16]))
-def test_decode_equals_spec_real_sizes(p, block_n, splits):
+       st.sampled_from([None, 1, 2, 5, 16, 64]), st.sampled_from([1, 4, 32]))
+def test_decode_equals_spec_real_sizes(p, pages, mix_pages):
     want = spec_outputs(p)
-    split = None if splits is None else splits * block_n
-    got = _run(to_device(p, "cuda"), block_n, split)
+    split = None if pages is None else (16 * pages, 16 * mix_pages)
+    got = _run(to_device(p, "cuda"), split)
     for w, g in zip(want, got):
         assert torch.equal(g.cpu(), w)
