@@ -16,6 +16,8 @@ For each model, in one run on this machine:
    default; the prefill replay runs across commits, so the policy changes little).
 3. **Audit**: ``verify_ledger`` of each ledger with ``replay_mode="stepwise"`` (token by token,
    on the default policy's ledger) and ``"prefill"`` (teacher-forced); both must be ``valid``.
+   ``prefill_spec_ops``: the prefill audit again with `fieldprint_ref.fastint` off and the
+   float64 weight copy on (the replay as it was before those), a before/after in the same run.
    Speed-up = generation wall time / audit wall time (the whole verify: structure, signatures,
    records checks, the engine's float64 weight views, and the replay).
 
@@ -26,6 +28,7 @@ profile. The machine is shared: the JSON records the load average before each ph
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -120,6 +123,22 @@ def decode_step_s(cls, art, steps: int) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def spec_ops_only(on: bool):
+    """With ``on``: the prefill replay as it ran before `fieldprint_ref.fastint` (the spec's own
+    linear, attention and sampler, and the float64 weight copy), for a before/after in one run."""
+    from auditor import teacher
+    from fieldprint_ref import fastint
+
+    was = fastint.ENABLED, teacher.Prefill.weight_cache
+    if on:
+        fastint.ENABLED, teacher.Prefill.weight_cache = False, True
+    try:
+        yield
+    finally:
+        fastint.ENABLED, teacher.Prefill.weight_cache = was
+
+
 def bench_model(name: str, args, tmp: Path, con) -> dict:
     t0 = time.perf_counter()
     art, desc = model_of(name, tmp)
@@ -148,13 +167,15 @@ def bench_model(name: str, args, tmp: Path, con) -> dict:
         row.update(tokens=len(res.tokens), generation_s=round(gen, 3), commits=res.commits,
                    ledger_bytes=os.path.getsize(path))
         con.print(f"  every={every}: generated {len(res.tokens)} tokens in {gen:.1f} s")
-        modes = ("stepwise", "prefill") if k == 0 else ("prefill",)
+        modes = ("stepwise", "prefill", "prefill_spec_ops") if k == 0 and args.spec_ops else \
+            ("stepwise", "prefill") if k == 0 else ("prefill",)
         for mode in modes:
             row[f"load_before_{mode}"] = load()
             t0 = time.perf_counter()
             # a fresh model object: the audit builds its own float64 weight views, as a new process would
             fresh = dataclasses.replace(art, model=copy.copy(art.model))
-            rep = verify_ledger(path, model=fresh, trusted_key=key.verifier, replay_mode=mode)
+            with spec_ops_only(mode == "prefill_spec_ops"):
+                rep = verify_ledger(path, model=fresh, trusted_key=key.verifier, replay_mode=mode.split("_")[0])
             wall = time.perf_counter() - t0
             if rep.verdict != "valid":
                 raise SystemExit(f"error: {name} every={every} {mode}: {rep.verdict} {rep.reason} {rep.message}")
@@ -286,23 +307,34 @@ def main_gpu(args) -> int:
     gpu = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"{dev} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')})"
     import triton
 
-    result = {"benchmark": "audit-gpu", "date": date.today().isoformat(), "gpu": gpu, "device": dev,
+    result = {"benchmark": "audit-gpu", "date": date.today().isoformat(), "machine": gpu, "gpu": gpu, "device": dev,
               "torch": torch.__version__, "triton": triton.__version__, "host_cores": os.cpu_count(),
               "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "engine": "fast",
-              "note": "generation and audit on the same GPU in one run, after a warm-up that compiles the kernels",
-              "plot": {"table": "summary", "metrics": ["speedup_vs_generation", "seconds"]}}
+              "note": "generation and audit on the same GPU in one run, after a warm-up that compiles the kernels"}
     m = bench_gpu(args, tmp, con)
     result["models"] = {m["model"].split(" ")[1]: m}
-    row = m["ledgers"][0]
-    result["summary"] = [{"what": "generation", "seconds": row["generation_s"], "speedup_vs_generation": 1.0}] + [
-        {"what": f"{mode} audit", "seconds": row[mode]["audit_s"], "speedup_vs_generation": row[mode]["speedup_vs_generation"]}
-        for mode in ("prefill", "stepwise") if mode in row]
+    summarize(result)
     tag = gpu.replace("NVIDIA ", "").replace(" ", "_").split("(")[0].strip("_")
     path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"audit-gpu-{tag}-{date.today()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     con.print(f"wrote {path}")
     return 0
+
+
+def summarize(result: dict) -> None:
+    """Add ``summary`` (one row per model and replay mode: seconds, speed-up vs generation) and the
+    ``plot`` hint `tools.plot_benchmarks` reads, so the plot shows the speed-ups."""
+    rows = []
+    for name, m in result["models"].items():
+        for row in m["ledgers"]:
+            rows.append({"what": f"{name} {row['commit_policy']} generation", "seconds": row["generation_s"],
+                         "speedup_vs_generation": 1.0})
+            rows += [{"what": f"{name} {row['commit_policy']} {mode} audit", "seconds": row[mode]["audit_s"],
+                      "speedup_vs_generation": row[mode]["speedup_vs_generation"]}
+                     for mode in ("stepwise", "prefill", "prefill_spec_ops") if mode in row]
+    result["summary"] = rows
+    result["plot"] = {"table": "summary", "metrics": ["speedup_vs_generation", "seconds"]}
 
 
 def main(argv=None) -> int:
@@ -313,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", default="8", help="commit every N tokens, one ledger each (comma-separated; "
                     "8 is the runtime's default)")
     ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--no-spec-ops", dest="spec_ops", action="store_false",
+                    help="skip the before/after audit with fastint off (`spec_ops_only`)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--gpu", action="store_true", help="the fast engine on a GPU, Llama-3.2-1B shape (see bench_gpu)")
     ap.add_argument("--device", default="cuda", help="--gpu: the device (cpu with TRITON_INTERPRET=1 for a smoke test)")
@@ -330,7 +364,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor() or platform.machine())
-    result = {"benchmark": "audit", "date": date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+    result = {"benchmark": "audit", "date": date.today().isoformat(), "machine": f"{cpu}, {os.cpu_count()} cores",
+              "cpu": cpu, "cores": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "tokens": args.tokens,
               "prompt_tokens": args.prompt_tokens, "load_at_start": load(),
               "note": "shared machine: other jobs ran at the same time; load averages are recorded per phase",
@@ -338,6 +373,7 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         result["models"][name] = bench_model(name, args, tmp, con)
     result["load_at_end"] = load()
+    summarize(result)
     t = Table(title=f"Audit vs generation, {args.tokens}-token ledgers, CPU reference engine "
                     f"({result['cores']} cores, load {result['load_at_start'][0]}-{result['load_at_end'][0]})")
     for c in ("model", "policy", "generation", "stepwise audit", "prefill audit", "prefill speed-up",
