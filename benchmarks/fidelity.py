@@ -11,12 +11,17 @@ Method (one number per profile, no hand-picked text):
 4. report, over the sampled positions: float CE, quantized CE, ΔCE = (CE_q - CE_f) / CE_f in %,
    argmax agreement of the two logit rows, and mean KL(float || quantized).
 
-    python -m benchmarks.fidelity                       # demo model, every profile in spec.profiles
-    python -m benchmarks.fidelity --hf-dir DIR --samples 32 --tokens 128
-    python -m benchmarks.fidelity --sweep 6           # which stage is sensitive: one width at a time -> 6 bits
+The model is the fidelity benchmark model (``tools.train_bench``, built into ``build/bench-hf``
+on first use, about 15 minutes on 2 cores): a Llama with the outlier channels of trained LLMs,
+on which ``int8`` loses clearly. The demo model barely notices quantization (``--hf-dir
+build/demo-hf``), so it cannot tell the profiles apart.
 
-Writes a rich table and benchmarks/results/fidelity-<UTC date>.json. The acceptance bar is
-ΔCE < 1% for the ``default`` profile.
+    python -m benchmarks.fidelity                       # benchmark model, every profile in spec.profiles
+    python -m benchmarks.fidelity --hf-dir DIR --samples 32 --tokens 128
+    python -m benchmarks.fidelity --profile high --sweep 8   # which widening matters: one width at a time -> 8 bits
+
+Writes a rich table and benchmarks/results/fidelity-<UTC date>.json (``--out`` to choose). The
+acceptance bars: ΔCE < 1% for ``default``; ΔCE <= 0.1% and argmax agreement >= 95% for ``high``.
 """
 from __future__ import annotations
 
@@ -35,8 +40,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 PROMPT_TOKENS = 8  # EOT + the first 7 tokens of a held-out document
-PROMPT_SEED = 1_000_003  # corpus seed for prompts (the demo model trained on seed 0)
+PROMPT_SEED = 1_000_003  # corpus seed for prompts (the demo model trained on seed 0, the benchmark model on 7)
 ACCEPT_DELTA_CE = 1.0  # percent; the default profile must stay below this
+ACCEPT_HIGH = {"delta_ce_pct": 0.1, "argmax_agreement": 0.95}  # the high profile: at most, at least
+BENCH_HF_DIR = REPO / "build" / "bench-hf"
 
 
 def prompts(tokenizer, n: int) -> torch.Tensor:
@@ -136,6 +143,7 @@ def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print,
     from fieldprint.artifact import file_hash
     from fieldprint.hf import load_hf_checkpoint
     from spec.commitment import model_commitment
+    from spec.constants import NUMERICS_VERSION
     from spec.convert import quantize_model
     from spec.profiles import PROFILES
 
@@ -154,7 +162,8 @@ def run(hf_dir: Path, profiles, samples: int, tokens: int, seed: int, log=print,
               "checkpoint": _display(hf_dir), "checkpoint_files": {f.name: file_hash(f) for f in ckpt.weight_files},
               "samples": samples, "tokens": tokens, "prompt_tokens": PROMPT_TOKENS,
               "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "accept_delta_ce_pct": ACCEPT_DELTA_CE, "profiles": {}}
+              "numerics": NUMERICS_VERSION, "model": _model_summary(hf_dir),
+              "accept_delta_ce_pct": ACCEPT_DELTA_CE, "accept_high": ACCEPT_HIGH, "profiles": {}}
     if not isinstance(profiles, dict):
         profiles = {name: PROFILES[name] for name in profiles}
     for name, profile in profiles.items():
@@ -195,6 +204,42 @@ def _attention_rule(rule: str | None):
         spec.model.paged_attention = saved
 
 
+def _model_summary(hf_dir: Path) -> dict:
+    """Return what the checkpoint's train_report.json says about it (tools.train_bench / train_demo)."""
+    path = Path(hf_dir) / "train_report.json"
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    keep = ("val_ce", "train_ce", "activation_stats", "activation_stats_trained", "reparam_max_logit_change", "config")
+    return {k: r[k] for k in keep if k in r}
+
+
+def passes(name: str, r: dict, report: dict) -> bool:
+    """Return whether a profile's row meets its acceptance bar (profiles without one pass)."""
+    if name == "default":
+        return r["delta_ce_pct"] < report["accept_delta_ce_pct"]
+    if name == "high":
+        a = report.get("accept_high", ACCEPT_HIGH)
+        return r["delta_ce_pct"] <= a["delta_ce_pct"] and r["argmax_agreement"] >= a["argmax_agreement"]
+    return True
+
+
+def ensure_model(hf_dir: Path) -> None:
+    """Build the benchmark (or demo) checkpoint when hf_dir is its default place and it is missing."""
+    if (hf_dir / "config.json").is_file():
+        return
+    if hf_dir.resolve() == BENCH_HF_DIR.resolve():
+        from tools.train_bench import BenchConfig, train
+
+        train(BenchConfig(), hf_dir)
+    elif hf_dir.resolve() == (REPO / "build" / "demo-hf").resolve():
+        from fieldprint.demo import ensure_demo_model
+
+        ensure_demo_model()
+    else:
+        raise SystemExit(f"fidelity: {hf_dir / 'config.json'}: no such checkpoint")
+
+
 def table(report: dict):
     """Return a rich Table of the report."""
     from rich.table import Table
@@ -207,7 +252,7 @@ def table(report: dict):
         if "error" in r:
             t.add_row(name, "-", "-", "[red]refused[/]", "-", "-", "-")
             continue
-        ok = name != "default" or r["delta_ce_pct"] < report["accept_delta_ce_pct"]
+        ok = passes(name, r, report)
         t.add_row(name, f"{r['ce_float']:.4f}", f"{r['ce_quant']:.4f}",
                   f"[{'green' if ok else 'red'}]{r['delta_ce_pct']:+.3f}[/]", f"{r['argmax_agreement']:.4f}",
                   f"{r['kl_float_quant']:.5f}", f"{r['seconds']}")
@@ -220,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     from spec.profiles import PROFILES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hf-dir", type=Path, default=REPO / "build" / "demo-hf")
+    p.add_argument("--hf-dir", type=Path, default=BENCH_HF_DIR)
     p.add_argument("--profile", action="append", choices=sorted(PROFILES), help="default: every profile")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--tokens", type=int, default=128)
@@ -233,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity-<date>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if not (args.hf_dir / "config.json").is_file():
-        from fieldprint.demo import ensure_demo_model
-
-        ensure_demo_model()
+    ensure_model(args.hf_dir)
     console = Console(stderr=True)
     profiles = args.profile or list(PROFILES)
     if args.sweep is not None:
@@ -249,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {out}")
-    d = report["profiles"].get("default")
-    return 0 if d is None or args.sweep is not None or d["delta_ce_pct"] < ACCEPT_DELTA_CE else 1
+    if args.sweep is not None:
+        return 0
+    return 0 if all(passes(n, r, report) for n, r in report["profiles"].items() if "error" not in r) else 1
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from spec.commitment import (DTYPE_NAMES, config_leaf, file_leaf, model_commitme
                              tensor_leaf, tensor_leaf_head)
 from spec.constants import NUMERICS_VERSION
 from spec.merkle import BLAKE3, LEAF_PREFIX, leaf_hash, root_from_leaf_hashes
+from spec.profiles import fidelity_record
 
 FORMAT = "fieldprint-artifact"
 FORMAT_VERSION = 2  # 2: the commitment covers the tokenizer, the sliding window and the numerics version
@@ -102,6 +103,9 @@ def _manifest_of(config, profile, files: dict[str, bytes], index: dict, source: 
         "tensors": {name: index[name] for name in sorted_names(index)},
         "source": source or {},
     }
+    ladder = fidelity_record(profile)  # informational: what this shipped profile costs (spec.profiles.FIDELITY)
+    if ladder is not None:
+        manifest["fidelity"] = ladder
     manifest.update(extra or {})
     return manifest
 

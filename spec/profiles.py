@@ -65,6 +65,15 @@ PROFILES: dict[str, PrecisionProfile] = {
         name="default", a_qkv=12, a_o=12, a_gate_up=12, a_down=12, a_lm_head=12,
         edge_layers=1, w_edge=10, a_edge=12, q_bits=12,
     ),
+    # The high-fidelity rung: 10-bit weights everywhere (int16 storage, two int8 limbs in the fast
+    # kernels) and the embedding at 10 bits (a tied lm_head reads it), because on the fidelity
+    # benchmark model the 8-bit weights of layers past the first are what `default` still loses
+    # (benchmarks/results/fidelity-bench-sweep8-*.json). Activations stay at 12 bits: 10-bit weights
+    # times 12-bit activations keep the accumulator of a K = 16,427 dot product below 2**61.
+    "high": PrecisionProfile(
+        name="high", embed_bits=10, w_qkv=10, a_qkv=12, w_o=10, a_o=12, w_gate_up=10, a_gate_up=12,
+        w_down=10, a_down=12, w_lm_head=10, a_lm_head=12, q_bits=12,
+    ),
 }
 
 
@@ -114,3 +123,32 @@ def validate_profile(profile: PrecisionProfile, config) -> None:
     over = {k: v.bit_length() for k, v in stage_bounds(profile, config).items() if v >= ACC_LIMIT}
     if over:
         raise ProfileError(f"profile {profile.name}: accumulators could overflow 2**61 (bits needed: {over})")
+
+
+# -- the fidelity ladder (informational: measured, not normative) --------------------------------
+# What each shipped profile costs on the fidelity benchmark model (tools/train_bench.py: a Llama
+# with the outlier channels of trained LLMs, on which `int8` loses clearly), as measured by
+# benchmarks/fidelity.py in the results file named here. An artifact made with one of these
+# profiles states its rung in its manifest (`fidelity_record`); tests/spec/test_profile_ladder.py
+# checks that this table is that results file, measured under this NUMERICS_VERSION.
+FIDELITY_BENCHMARK = {
+    "model": "fieldprint-bench: tools/train_bench.py (Llama, 4 layers, hidden 192, outlier channels)",
+    "results": "benchmarks/results/fidelity-bench-2026-12-02.json",
+    "method": "benchmarks/fidelity.py: 32 float samples x 128 tokens after held-out prompts, teacher forced",
+    "numerics": "fieldprint-numerics/2",
+}
+FIDELITY: dict[str, dict[str, float]] = {
+    "int8": {"delta_ce_pct": 3.968, "argmax_agreement": 0.9358, "kl_float_quant": 0.04153},
+    "default": {"delta_ce_pct": -0.02396, "argmax_agreement": 0.9893, "kl_float_quant": 0.0003025},
+    "high": {"delta_ce_pct": -0.02028, "argmax_agreement": 0.9937, "kl_float_quant": 0.00008927},
+}
+
+
+def fidelity_record(profile: PrecisionProfile) -> dict | None:
+    """Return the manifest's ``fidelity`` field for a shipped profile (None for any other widths):
+    the benchmark, this profile's rung (ΔCE %, argmax agreement, KL(float || quantized)) and the
+    whole ladder, so an artifact says what its profile costs and what the others would."""
+    if PROFILES.get(profile.name) != profile or profile.name not in FIDELITY:
+        return None
+    return {"profile": profile.name, **FIDELITY[profile.name], "benchmark": dict(FIDELITY_BENCHMARK),
+            "ladder": {name: dict(r) for name, r in FIDELITY.items()}}
