@@ -249,9 +249,9 @@ def _pack_rows(x: torch.Tensor) -> torch.Tensor:
     from fieldprint_fast.kernels.linear import quantize_rows
 
     q, m, e = quantize_rows(x, 8)
-    scale = torch.stack([m & 255, m >> 8, e, torch.zeros_like(e)], dim=-1)
-    scale = torch.where(scale > 127, scale - 256, scale).to(torch.int8)
-    return torch.cat([q[0], scale], dim=-1)
+    # the 4 scale bytes as one little-endian int32 word: m (< 2**15) in bytes 0-1, e's byte, 0
+    word = (m | ((e & 255) << 16)).view(torch.int8).view(-1, 4)
+    return torch.cat([q[0], word], dim=-1)
 
 
 # %%
@@ -365,11 +365,10 @@ class DecodeStep:
         for n, L in enumerate(w.layers):
             # -- attention: norm + q/k/v (one linear), RoPE, K/V into their slots, attend, o ----------
             qkv = L["qkv"].normed(x, L["attn_norm"], eps)
-            q = ops.rope(qkv[:, :qd].reshape(-1, h, d), pos, t["rope.cos"], t["rope.sin"])
-            k = ops.rope(qkv[:, qd:qd + kvd].reshape(-1, g, d), pos, t["rope.cos"], t["rope.sin"])
-            v = qkv[:, qd + kvd:].reshape(-1, g, d)
-            data[page, n, 0, slot] = _pack_rows(k.reshape(-1, d)).view(-1, g, d + 4)
-            data[page, n, 1, slot] = _pack_rows(v.reshape(-1, d)).view(-1, g, d + 4)
+            qk = ops.rope(qkv[:, :qd + kvd].reshape(-1, h + g, d), pos, t["rope.cos"], t["rope.sin"])  # per head
+            q = qk[:, :h]
+            kv = torch.stack([qk[:, h:], qkv[:, qd + kvd:].reshape(-1, g, d)], dim=1)  # [B, K|V, G, d]
+            data[page, n, :, slot] = _pack_rows(kv.reshape(-1, d)).view(-1, 2, g, d + 4)  # one scatter
             o = attention(q, data, n, self.tables, self.anchor_tables, self.meta, q_bits=p.q_bits,
                           prob_bits=p.prob_bits, exp_table=w.exp_table)
             x = ops.residual_add(x, L["o"].rows(o.reshape(-1, qd)))

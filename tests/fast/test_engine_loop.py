@@ -12,6 +12,7 @@ import os
 from fractions import Fraction
 
 import torch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,17 @@ def test_scratch_page_is_never_handed_out():
     res = e.generate([[1, 2, 3], [4, 5]], max_new_tokens=3, release=False)  # bucket 2, then padding none
     assert all(8 not in r.block_table for r in res)
     e.check_pages()
+
+
+@pytest.mark.skipif(not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"), reason="needs CUDA or TRITON_INTERPRET=1")
+def test_pack_rows_kernel_path_is_the_spec_page_format():
+    """The decode step's K/V packing (the linear kernels' 8-bit row quantization, the scale
+    bytes as one int32 word) gives `spec.attention.pack_rows`' bytes, zero rows included."""
+    from fieldprint_fast.loop import _pack_rows
+    from spec.attention import pack_rows
+
+    g = torch.Generator().manual_seed(4)
+    dev = "cuda" if CUDA else "cpu"
+    for mag in (0, 3, 16, 30):
+        x = torch.randint(-2**31 + 1, 2**31, (37, 16), generator=g, dtype=torch.int64) >> (31 - mag)
+        assert torch.equal(_pack_rows(x.to(dev)).cpu(), pack_rows(x)), mag
