@@ -134,3 +134,21 @@ def rope(x, pos, cos, sin):
     from fieldprint_fast.kernels.rowops import rope as _rope
 
     return _rope(x, pos, cos, sin)
+
+
+def write_kv(pool, layer, block_table, start, k, v):
+    """``spec.attention.write_kv``: K and V rows [T, G, d] packed into the page format on the
+    device (the linear kernels' 8-bit row quantization) and scattered to their slots in one
+    write, with no value read back (the engine hands over only tables that cover the chunk)."""
+    if not _use_kernels(k):
+        from spec.attention import write_kv as _spec_write_kv
+
+        return _spec_write_kv(pool, layer, block_table, start, k, v)
+    from fieldprint_fast.loop import _pack_rows
+    from spec.constants import PAGE_TOKENS
+
+    t, g, d = k.shape
+    idx = _torch.arange(start, start + t, device=k.device)
+    pages = block_table.to(device=k.device, dtype=_torch.int64)[idx // PAGE_TOKENS]
+    rows = _pack_rows(_torch.stack([k, v], dim=1).reshape(-1, d)).view(t, 2, g, d + 4)
+    pool.data[pages, layer, :, idx % PAGE_TOKENS] = rows

@@ -183,12 +183,13 @@ class StageOps:
     module) defines one of the same name, that one. A replacement has the spec function's
     signature and must return the same integers (engines check it with parity suites)."""
 
-    NAMES = ("linear", "lm_head", "paged_attention", "rms_norm", "rope", "swiglu", "residual_add", "embed")
+    NAMES = ("linear", "lm_head", "paged_attention", "write_kv", "rms_norm", "rope", "swiglu", "residual_add", "embed")
 
     def __init__(self, kernels=None):
         self.linear = getattr(kernels, "linear", ops.linear)
         self.lm_head = getattr(kernels, "lm_head", ops.lm_head)
         self.paged_attention = getattr(kernels, "paged_attention", paged_attention)
+        self.write_kv = getattr(kernels, "write_kv", write_kv)
         for name in ("rms_norm", "rope", "swiglu", "residual_add", "embed"):
             setattr(self, name, getattr(kernels, name, getattr(ops, name)))
 
@@ -206,7 +207,7 @@ def _attention_block(model: QuantizedModel, pool, n: int, x: torch.Tensor, pos: 
     outs, r = [], 0
     for ch in chunks:  # each chunk's K/V is written before it attends (its queries see themselves)
         rows = slice(r, r + ch.tokens.numel())
-        write_kv(pool, n, ch.block_table, ch.start, k[rows], v[rows])
+        st.write_kv(pool, n, ch.block_table, ch.start, k[rows], v[rows])
         outs.append(st.paged_attention(q[rows], pool, n, ch.block_table, ch.start, ch.anchors, ch.window,
                                     p.q_bits, p.prob_bits, t["exp2.table"]))
         r = rows.stop

@@ -125,3 +125,22 @@ def test_pack_rows_kernel_path_is_the_spec_page_format():
     for mag in (0, 3, 16, 30):
         x = torch.randint(-2**31 + 1, 2**31, (37, 16), generator=g, dtype=torch.int64) >> (31 - mag)
         assert torch.equal(_pack_rows(x.to(dev)).cpu(), pack_rows(x)), mag
+
+
+@pytest.mark.skipif(not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"), reason="needs CUDA or TRITON_INTERPRET=1")
+def test_write_kv_stage_op_equals_spec():
+    """`fieldprint_fast.ops.write_kv` (the prefill path's K/V write, a StageOps operator) writes
+    the bytes `spec.attention.write_kv` writes, chunks crossing page boundaries included."""
+    from fieldprint_fast import ops as fast_ops
+    from spec.attention import KVPool, write_kv
+
+    g = torch.Generator().manual_seed(6)
+    dev = "cuda" if CUDA else "cpu"
+    for start, t in ((0, 1), (5, 30), (16, 16), (31, 2)):
+        ref = KVPool(torch.zeros(9, 2, 2, 16, 2, 20, dtype=torch.int8))
+        fast = KVPool(ref.data.clone().to(dev))
+        table = torch.tensor([3, 7, 1, 8, 0])
+        k, v = (torch.randint(-2**31 + 1, 2**31, (t, 2, 16), generator=g, dtype=torch.int64) >> s for s in (9, 3))
+        write_kv(ref, 1, table, start, k, v)
+        fast_ops.write_kv(fast, 1, table.to(dev), start, k.to(dev), v.to(dev))
+        assert torch.equal(ref.data, fast.data.cpu()), (start, t)
