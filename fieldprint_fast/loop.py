@@ -176,49 +176,47 @@ def decode_weights(model) -> DecodeWeights:
 # --------------------------------------------
 # `kernels.attention_decode.decode_attention` takes the context lengths as host lists (it
 # builds its metadata tensor and picks its split from them). Inside a graph they live on the
-# device, so the launch shape comes from the graph's key capacity instead: a split beyond a
-# sequence's keys stores "no key" maxima and zero sums, which the combine step ignores
-# exactly (the spec's sums and maxima do not depend on where the keys are split).
+# device, so the launch shape comes from the graph's page capacity instead: a split beyond a
+# sequence's pages adds "no key" maxima and zero sums to its exact accumulator, which changes
+# nothing (the spec's sums and maxima do not depend on where the keys are split).
 
 def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, prob_bits, exp_table):
+    """`kernels.attention_decode.decode_attention` with its metadata already on the device
+    (``meta`` [B, 4] int32: anchor length, lo, start, virtual pages) and the launch shape of
+    ``n_max`` virtual pages (the graph's capacity)."""
     from fieldprint_fast.kernels import attention_decode as ad
-    from fieldprint_fast.kernels.attention_math import query_limbs, weight_limbs
+    from fieldprint_fast.kernels.attention_math import packed_exp_table, query_limbs, weight_limbs
     from fieldprint_fast.kernels.linear import quantize_rows
 
     bsz, h, d = q.shape
     g = pool.shape[4]
     group = h // g
-    block_n, num_warps = 32, 4
-    block_m = max(16, triton.next_power_of_2(group))
-    pk = max(1, block_m // group)
+    pk = max(1, 16 // triton.next_power_of_2(group))
     pk = 1 << (pk.bit_length() - 1)
     while g % pk:
         pk //= 2
+    block_m = max(16, triton.next_power_of_2(group * pk))
     gp = g // pk
-    split, n_splits = ad._launch_shape(n_max, bsz, gp, block_n)
+    sp1, sp2 = ad._split_pages(n_max, bsz, gp, 4096, 2), ad._split_pages(n_max, bsz, gp, 1024, 4)
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)
     q_lo, q_hi = limbs[0], limbs[-1]
-    s_len = n_splits * split
     dev = q.device
+    s_len = PAGE_TOKENS * n_max
     s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
-    mpart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int32, device=dev)
-    epart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int32, device=dev)
-    npart = torch.empty(bsz, gp, n_splits, block_m, d, dtype=torch.int64, device=dev)
-    zpart = torch.empty(bsz, gp, n_splits, block_m, dtype=torch.int64, device=dev)
+    acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, 0
     out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
-    grid = (gp, n_splits, bsz)
-    dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
-            anchor_tables.shape[1], n_splits, s_len)
     pool32 = pool.view(torch.int32)
-    ad._scores_kernel[grid](pool, pool32, q_lo, q_hi, mq, eq, tables, anchor_tables, meta, s_buf, mpart, epart, *dims,
-                            H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n,
-                            Q_LIMBS=query_limbs(q_bits), PK=pk, num_warps=num_warps)
-    block_s = max(2, triton.next_power_of_2(n_splits))
-    ad._mix_kernel[grid](pool, pool32, exp_table, tables, anchor_tables, meta, s_buf, mpart, epart, npart, zpart, *dims,
-                         H=h, GROUP=group, D=d, SPLIT=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_S=block_s,
-                         PROB_BITS=prob_bits, W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=num_warps)
-    ad._combine_kernel[(gp, bsz)](npart, zpart, epart, out, n_splits, H=h, GROUP=group, D=d, BLOCK_M=block_m,
-                                  BLOCK_S=block_s, PROB_BITS=prob_bits, PK=pk, num_warps=4)
+    table = packed_exp_table(exp_table, dev)  # cached: made by the warm-up, before any capture
+    dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
+            anchor_tables.shape[1], s_len)
+    ad._scores_kernel[(gp, -(-n_max // sp1), bsz)](
+        pool, pool32, q_lo, q_hi, mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,
+        H=h, GROUP=group, D=d, SPLIT_PAGES=sp1, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PK=pk, num_warps=1)
+    ad._mix_kernel[(gp, -(-n_max // sp2), bsz)](
+        pool, pool32, table, tables, anchor_tables, meta, s_buf, acc, *dims,
+        H=h, GROUP=group, D=d, SPLIT_PAGES=sp2, BLOCK_M=block_m, PROB_BITS=prob_bits,
+        W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=4)
+    ad._divide_kernel[(bsz * h,)](acc, out, D=d, PROB_BITS=prob_bits, num_warps=1)
     return out
 
 
@@ -230,8 +228,7 @@ def _spec_attention(q, pool, layer, tables, anchor_tables, meta, q_bits, prob_bi
 
     out = []
     kv = KVPool(pool)
-    for b, (a, lo, n) in enumerate(meta.tolist()):
-        start = lo + n - a - 1
+    for b, (a, lo, start, _) in enumerate(meta.tolist()):
         anchors = AnchorRef(block_table=anchor_tables[b].to(torch.int64), length=a) if a else None
         window = None if lo == 0 else start - lo + 1  # lo > 0 only under a window, then W = start - lo + 1
         out.append(paged_attention(q[b:b + 1], kv, layer, tables[b].to(torch.int64), start, anchors, window, q_bits,
@@ -275,14 +272,14 @@ class DecodeStep:
         self.digest, self.sample = digest, sample
         dev = pool.data.device
         self.device = dev
-        self.n_max = (anchor_blocks + blocks) * PAGE_TOKENS  # keys a row can see at most
+        self.n_max = anchor_blocks + blocks  # virtual pages (anchor pages, then context pages) a row reads at most
         # -- static inputs ---------------------------------------------------------------------
         self.i64 = torch.zeros(4, batch, dtype=torch.int64, device=dev)  # token, position, page, slot
         self.tables = torch.full((batch, blocks), scratch_page, dtype=torch.int32, device=dev)
         self.anchor_tables = torch.full((batch, max(1, anchor_blocks)), scratch_page, dtype=torch.int32, device=dev)
-        self.meta = torch.zeros(batch, 3, dtype=torch.int32, device=dev)
+        self.meta = torch.zeros(batch, 4, dtype=torch.int32, device=dev)  # a, lo, start, virtual pages
         self.samp = torch.tensor([SamplingRows.host_row(_GREEDY, 1, 0, 0, 0)] * batch, dtype=torch.int64, device=dev)
-        self.meta[:, 2] = 1
+        self.meta[:, 3] = 1
         self.i64[2] = scratch_page
         pin = dev.type == "cuda"
         self.h_i64 = torch.zeros(self.i64.shape, dtype=torch.int64, pin_memory=pin)
@@ -316,7 +313,7 @@ class DecodeStep:
         ht.fill_(self.scratch_page)
         ha.fill_(self.scratch_page)
         hm.zero_()
-        hm[:, 2] = 1
+        hm[:, 3] = 1
         for r, (tok, start, pos, table, anchors, a, window) in enumerate(rows):
             lo = 0 if window < 0 else max(0, start - window + 1)
             if len(table) > self.blocks or len(anchors) > self.anchor_blocks:
@@ -325,7 +322,8 @@ class DecodeStep:
             ht[r, : len(table)] = torch.tensor(table, dtype=torch.int32)
             if anchors:
                 ha[r, : len(anchors)] = torch.tensor(anchors, dtype=torch.int32)
-            hm[r, 0], hm[r, 1], hm[r, 2] = a, lo, a + start + 1 - lo
+            hm[r, 0], hm[r, 1], hm[r, 2] = a, lo, start
+            hm[r, 3] = -(-a // PAGE_TOKENS) + start // PAGE_TOKENS - lo // PAGE_TOKENS + 1
         if self.sample:
             self.h_samp[:] = self._greedy_row
             for r, row in enumerate(samples or []):
