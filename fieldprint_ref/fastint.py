@@ -154,6 +154,8 @@ def _weight_block(w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 BLOCK_ELEMS = 2**18  # float64 accumulators per block of output channels (2 MiB: stays in cache)
 WEIGHT_BLOCK_ELEMS = 2**20  # weights per block when they are converted to float64 here (8 MiB)
+MIN_ROWS = 16  # fewer rows (a decode step) run the spec: a matrix-vector product is bound by reading
+# the weights, and the blocks' per-call overhead costs more than the elementwise passes it saves
 
 
 def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,
@@ -164,11 +166,11 @@ def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tens
     Output channels go in blocks of about BLOCK_ELEMS accumulators, so the requantization's
     passes run over a block in cache instead of streaming [N, O] tensors (an LM head's are
     tens of MB) through memory once per pass. Falls back to the spec when the matmul bound or
-    FLOAT64_MATMUL does not hold."""
+    FLOAT64_MATMUL does not hold, and for fewer than MIN_ROWS rows."""
     from spec import quant
 
     n, k = x.shape if x.dim() == 2 else (0, 0)
-    if not ENABLED or not quant.FLOAT64_MATMUL or n == 0 or k == 0:
+    if not ENABLED or not quant.FLOAT64_MATMUL or n < max(1, MIN_ROWS) or k == 0:
         return spec_ops.linear(x, act_bits, weight, mul, shift, bias)
     if k * qmax(act_bits) * _weight_absmax(weight) >= FLOAT64_EXACT:
         return spec_ops.linear(x, act_bits, weight, mul, shift, bias)

@@ -174,6 +174,7 @@ def test_linear_equals_spec(args):
         setattr(w, quant.EXACT_VIEW, exact_view(w))
     want = spec_ops.linear(x, bits, w, mul, shift, bias)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastint, "MIN_ROWS", 1)  # every row count takes the fast path
         mp.setattr(fastint, "BLOCK_ELEMS", block)  # 1 and 3: blocks of 16 channels, many per call
         got = fastint.linear(x, bits, w, mul, shift, bias)
     assert torch.equal(got, want), _mismatch(got, want)
@@ -183,7 +184,7 @@ def test_linear_falls_back_when_float64_is_off_or_unsafe(monkeypatch):
     calls = []
     monkeypatch.setattr(fastint, "spec_ops", type("S", (), {"linear": lambda *a: calls.append(1) or spec_ops.linear(*a)}))
     g = torch.Generator().manual_seed(3)
-    x, w = _ints(g, (3, 8), -2**20, 2**20), _ints(g, (5, 8), -127, 127).to(torch.int8)
+    x, w = _ints(g, (fastint.MIN_ROWS, 8), -2**20, 2**20), _ints(g, (5, 8), -127, 127).to(torch.int8)
     mul, shift = _ints(g, (5,), 2**12, 2**13 - 1).to(torch.int32), _ints(g, (5,), 24, 30).to(torch.int32)
     want = spec_ops.linear(x, 12, w, mul, shift)
     assert torch.equal(fastint.linear(x, 12, w, mul, shift), want) and calls == []  # the fast path ran
@@ -195,6 +196,7 @@ def test_linear_falls_back_when_float64_is_off_or_unsafe(monkeypatch):
     w = w.detach()
     setattr(w, quant.EXACT_VIEW, quant.ExactView(absmax=2**50, float64=w.double()))
     assert torch.equal(fastint.linear(x, 12, w, mul, shift), want) and calls == [1, 1]
+    assert torch.equal(fastint.linear(x[:1], 12, w, mul, shift), want[:1]) and calls == [1, 1, 1]  # a decode row
 
 
 # -- attention ---------------------------------------------------------------------------------------
