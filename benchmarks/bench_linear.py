@@ -140,6 +140,16 @@ def copies_for(nbytes: int) -> int:
     return max(2, min(32, -(-(256 << 20) // nbytes)))
 
 
+def weight_ms(fn, wt: torch.Tensor, m: int) -> float:
+    """Milliseconds of ``fn(wt)``: decode shapes (m <= 64) from a CUDA graph rotating through
+    enough copies of the weight that none is in L2 (`graph_ms`, `copies_for`), larger shapes
+    by `bench`."""
+    if m > 64:
+        return bench(lambda: fn(wt))
+    ws = [wt] + [wt.clone() for _ in range(copies_for(wt.numel() * wt.element_size()) - 1)]
+    return graph_ms([(lambda f, v: lambda: f(v))(fn, v) for v in ws])
+
+
 def copy_bandwidth() -> float:
     """Bytes read + written per second by a 2 GiB device-to-device copy."""
     n = 1 << (31 if DEVICE[0] == "cuda" else 20)
@@ -199,12 +209,7 @@ def run_case(name: str, m: int, profile: str, gen: torch.Generator, check: bool,
         try:
             if key == "int_mm" and DEVICE[0] == "cpu":
                 raise RuntimeError("no _int_mm timing on the CPU")
-            if m <= 64:
-                ws = [wt] + [wt.clone() for _ in range(copies_for(wt.numel() * wt.element_size()) - 1)]
-                row[f"{key}_ms"] = graph_ms([(lambda f, v: lambda: f(v))(fn, v) for v in ws])
-                del ws
-            else:
-                row[f"{key}_ms"] = bench(lambda: fn(wt))
+            row[f"{key}_ms"] = weight_ms(fn, wt, m)
         except RuntimeError as err:
             row[f"{key}_ms"] = None
             row[f"{key}_error"] = str(err).splitlines()[0][:120]

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_linear import bench, copies_for, graph_ms, q16_rows  # noqa: E402
+from benchmarks.bench_linear import q16_rows, weight_ms  # noqa: E402
 from fieldprint_fast.kernels import linear as K  # noqa: E402
 from spec import ops as spec_ops  # noqa: E402
 from spec.profiles import PROFILES  # noqa: E402
@@ -67,12 +67,7 @@ def run_case(profile: str, stage: str, m: int, gen: torch.Generator) -> dict:
     wb = w.to(torch.bfloat16)
     peers = {"fp": (lambda v: K.linear(x, a_bits, v, mul, shift), w), "bf16": (lambda v: xb @ v.T, wb)}
     for key, (fn, wt) in peers.items():
-        if m <= 64:
-            ws = [wt] + [wt.clone() for _ in range(copies_for(wt.numel() * wt.element_size()) - 1)]
-            row[f"{key}_ms"] = graph_ms([(lambda f, v: lambda: f(v))(fn, v) for v in ws])
-            del ws
-        else:
-            row[f"{key}_ms"] = bench(lambda: fn(wt))
+        row[f"{key}_ms"] = weight_ms(fn, wt, m)
     row["fp_vs_bf16"] = row["bf16_ms"] / row["fp_ms"]
     return row
 
