@@ -102,19 +102,10 @@ class FastEngine(RefEngine):
         sequences through one captured decode step; records in the order of ``handles``."""
         if not self.decode_loop:
             return super().step(handles, chunk_size=chunk_size)
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-            raise EngineError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        handles = list(dict.fromkeys(handles))
-        active = [s for s in (self._seq(h) for h in handles) if s.finish_reason is None]
-        # pages are allocated in the order of `active`, as the reference does: the same page ids
+        # pages are allocated in the reference's order (`_plan_round`): the same page ids
+        active, feeds = self._plan_round(handles, chunk_size)
         chunks, fed, ones = [], [], []
-        for s in active:
-            start = s.cached
-            take = len(s.context) - start
-            if chunk_size is not None:
-                take = min(take, chunk_size)
-            if take == 0:
-                continue
+        for s, start, take in feeds:
             if take == 1 and s.cached == len(s.context) - 1:
                 ones.append((s, self._prepare_pages(s, start, 1)))
             else:

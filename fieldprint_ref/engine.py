@@ -377,24 +377,32 @@ class RefEngine:
                 raise EngineError(f"sequence {h} has not been prefilled")
         return dict(self.step(handles))
 
+    def _plan_round(self, handles: Sequence[int], chunk_size: int | None):
+        """A round's unfinished sequences (each once, in the order of ``handles``) and, in that
+        order, ``(sequence, start, take)`` for each that feeds tokens: its next uncached tokens,
+        at most ``chunk_size``. Pages are allocated in this order by every engine."""
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise EngineError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        handles = list(dict.fromkeys(handles))  # a sequence joins a round once
+        active = [s for s in (self._seq(h) for h in handles) if s.finish_reason is None]
+        feeds = []
+        for s in active:
+            take = len(s.context) - s.cached
+            if chunk_size is not None:
+                take = min(take, chunk_size)
+            if take:
+                feeds.append((s, s.cached, take))
+        return active, feeds
+
     def step(self, handles: Sequence[int], *, chunk_size: int | None = None) -> list[tuple[int, StepRecord]]:
         """Run one round: one forward over every unfinished sequence, then sample where due.
 
         Each unfinished sequence feeds its next uncached tokens (at most ``chunk_size``).
         Returns ``(handle, record)`` for every sequence that sampled a token this round.
         """
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-            raise EngineError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        handles = list(dict.fromkeys(handles))  # a sequence joins a round once
-        active = [s for s in (self._seq(h) for h in handles) if s.finish_reason is None]
+        active, feeds = self._plan_round(handles, chunk_size)
         chunks, fed = [], []
-        for s in active:
-            start = s.cached
-            take = len(s.context) - start
-            if chunk_size is not None:
-                take = min(take, chunk_size)
-            if take == 0:
-                continue
+        for s, start, take in feeds:
             chunk, writes = self._prepare_chunk(s, start, take)
             chunks.append(chunk)
             fed.append((s, start, take, writes))
