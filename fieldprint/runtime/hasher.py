@@ -42,20 +42,44 @@ def page_digest_cpu(page: torch.Tensor) -> PageDigest:
     return page_digests_of(layer_digests(page_layer_bytes(page)))
 
 
-def _device_hasher():
-    """Return a CUDA page hasher built on ``fieldprint_fast.hashing.hash_pages``, or None."""
-    try:
-        from fieldprint_fast.hashing import hash_pages  # GPU BLAKE3 (optional)
-    except Exception:
-        return None
+STACK_BYTES = 64 << 20  # pages stacked into one device launch by `page_digests`, at most (64 MiB)
 
-    def digest_on_device(page: torch.Tensor) -> PageDigest:
-        res = hash_pages(page)  # page [layers, ...]: one BLAKE3 per layer slice, one launch
+
+def _batch_hash_pages():
+    """Return ``fieldprint_fast.hashing.hash_pages`` (BLAKE3 of many rows in one call: the Triton
+    kernel for CUDA tensors, the blake3 package for host ones), or None without it."""
+    try:
+        from fieldprint_fast.hashing import hash_pages
+    except Exception:  # the GPU hashing is optional: the host's blake3 package serves instead
+        return None
+    return hash_pages
+
+
+def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
+    """Return the PageDigest of each page (``[layers, ...]`` tensors of one shape, one device).
+
+    Pages are stacked, up to `STACK_BYTES` at a time, and every layer slice of a stack is hashed
+    in one call of ``fieldprint_fast.hashing.hash_pages``: for CUDA pages one BLAKE3 launch on the
+    device, and only the digests (32 bytes a layer) come back, in one copy. A commit's re-hash of
+    all its live pages is then a few launches, not a host transfer and a host hash per layer
+    slice. CUDA pages without ``device_hashing`` (or without that module) are copied to the host
+    and hashed slice by slice (`page_digest_cpu`). Every path gives ``spec.commits``' digests."""
+    pages = list(pages)
+    if not pages:
+        return []
+    hash_fn = _batch_hash_pages()
+    if hash_fn is None or (pages[0].is_cuda and not device_hashing):
+        return [page_digest_cpu(p) for p in pages]
+    layers = pages[0].shape[0]
+    per = max(1, STACK_BYTES // max(1, pages[0].numel() * pages[0].element_size()))
+    out: list[PageDigest] = []
+    for i in range(0, len(pages), per):
+        group = torch.stack([p.detach() for p in pages[i:i + per]])  # [n, layers, ...], a device copy
+        res = hash_fn(group.reshape(group.shape[0] * layers, -1))
         res.event.synchronize()
         rows = res.digests.cpu().numpy()
-        return page_digests_of(r.tobytes() for r in rows)
-
-    return digest_on_device
+        out += [page_digests_of(r.tobytes() for r in rows[j * layers:(j + 1) * layers]) for j in range(group.shape[0])]
+    return out
 
 
 class PageHasher:
@@ -64,16 +88,10 @@ class PageHasher:
     def __init__(self, *, device_hashing: bool = True):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-hash")
         self._device_hashing = device_hashing
-        self._device_fn = None  # resolved on the first CUDA page (importing it pulls in Triton)
         self.pages = 0  # pages submitted (for reports)
 
     def _digest_tensor(self, t: torch.Tensor) -> PageDigest:
-        if t.is_cuda and self._device_hashing:
-            if self._device_fn is None:
-                self._device_fn = _device_hasher() or False
-            if self._device_fn:
-                return self._device_fn(t)
-        return page_digest_cpu(t)
+        return page_digests([t], device_hashing=self._device_hashing)[0]
 
     @staticmethod
     def snapshot(page: torch.Tensor) -> torch.Tensor:

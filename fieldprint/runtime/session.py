@@ -42,7 +42,7 @@ from typing import Sequence
 import torch
 
 from fieldprint.runtime.faults import FaultPlan
-from fieldprint.runtime.hasher import PageHasher, done, page_digest_cpu
+from fieldprint.runtime.hasher import PageHasher, done, page_digests
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
 from fieldprint_ref.paging import dead_blocks
@@ -372,11 +372,12 @@ class VerifyingSession:
 
     def _mismatches(self, target: _Commit) -> tuple[list[int], list[int]]:
         eng = self.engine
-        bad_anchor = [k for k, (p, d) in enumerate(zip(self._anchor_pages, self._anchor_digests))
-                      if page_digest_cpu(eng.page_tensor(p)) != d]
+        anchor = page_digests([eng.page_tensor(p) for p in self._anchor_pages])
+        bad_anchor = [k for k, (a, d) in enumerate(zip(anchor, self._anchor_digests)) if a != d]
         table = eng.block_table(self._handle)
-        bad_ctx = [b for b, f in sorted(target.digests.items())
-                   if page_digest_cpu(eng.page_tensor(table[b])) != f.result()]
+        blocks = sorted(target.digests.items())
+        ctx = page_digests([eng.page_tensor(table[b]) for b, _ in blocks])
+        bad_ctx = [b for (b, f), a in zip(blocks, ctx) if a != f.result()]
         return bad_anchor, bad_ctx
 
     def _repair(self, target: _Commit, info: RollbackInfo) -> None:

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from fieldprint.runtime.hasher import page_digest_cpu
+from fieldprint.runtime.hasher import page_digests
 from spec.commits import REHASH_VALIDATOR, first_layer_difference, rehash_failure_detail
 
 REHASH = REHASH_VALIDATOR  # name of the page re-hash validator in validation records (spec.commits)
@@ -81,11 +81,8 @@ class PageCheck:
 
 def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
     """Re-hash every page and compare with its recorded digests; name the first mismatch and layer."""
-    bad = []
-    for c in checks:
-        actual = page_digest_cpu(engine.page_tensor(c.page) if c.snapshot is None else c.snapshot)
-        if actual != c.expected.result():
-            bad.append((c, actual))
+    actual = page_digests([engine.page_tensor(c.page) if c.snapshot is None else c.snapshot for c in checks])
+    bad = [(c, a) for c, a in zip(checks, actual) if a != c.expected.result()]
     if not bad:
         return True, f"{len(checks)} pages match their recorded digests"
     c, actual = bad[0]

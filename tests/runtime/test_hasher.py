@@ -4,6 +4,7 @@ from __future__ import annotations
 import blake3
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from fieldprint.runtime.hasher import PageDigest, PageHasher
 
@@ -41,3 +42,42 @@ def test_cpu_pages_are_snapshotted_and_hashed():
 @pytest.mark.gpu
 def test_cuda_pages_hash_on_the_device():
     _check(_pool("cuda"))
+
+
+def _pages(seed, n, layers, device):
+    g = torch.Generator().manual_seed(seed)
+    return [t.to(device) for t in torch.randint(-128, 128, (n, layers, 2, 16, 2, 20), dtype=torch.int8, generator=g)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 9), st.integers(1, 5), st.integers(1, 4))
+def test_page_digests_in_stacks_equal_page_by_page(seed, n, layers, per_stack):
+    """Batched digests (stacks of ``per_stack`` pages, one hash call each) equal the per-page,
+    per-layer digests of spec.commits, in order, for any page and stack count."""
+    import fieldprint.runtime.hasher as hz
+
+    pages = _pages(seed, n, layers, "cpu")
+    old = hz.STACK_BYTES
+    hz.STACK_BYTES = per_stack * pages[0].numel()
+    try:
+        got = hz.page_digests(pages)
+    finally:
+        hz.STACK_BYTES = old
+    assert got == [hz.page_digest_cpu(p) for p in pages]
+    if layers == 2:
+        assert got == [_reference(p) for p in pages]
+
+
+@pytest.mark.gpu
+def test_page_digests_on_the_device_equal_the_host():
+    import fieldprint.runtime.hasher as hz
+
+    pages = _pages(3, 300, 16, "cuda")  # 300 pages of 16 layers: more than one stack of STACK_BYTES
+    old = hz.STACK_BYTES
+    hz.STACK_BYTES = 1 << 20
+    try:
+        got = hz.page_digests(pages)
+    finally:
+        hz.STACK_BYTES = old
+    assert got == [hz.page_digest_cpu(p.cpu()) for p in pages]
+    assert hz.page_digests(pages[:5], device_hashing=False) == got[:5]

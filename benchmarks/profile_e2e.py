@@ -1,0 +1,216 @@
+"""Profile: where a fast-engine decode round and the ledger spend their time (GPU).
+
+``python benchmarks/profile_e2e.py [--shape llama-3.2-1b] [--profile int8] [--batches 1,64]
+[--prompt 512] [--ledger]`` prints a table and writes ``benchmarks/results/profile-e2e-<gpu>-<date>.json``
+(or ``--out``). A development tool beside `bench_e2e.py`: the speed targets are that benchmark's;
+this one says why a number is what it is.
+
+Per batch size, with every sequence past a ``--prompt``-token prompt:
+
+* ``round``: one `FastEngine.step` of decode (host bookkeeping + graph replay + the token read
+  back), and how much of it is the host's (``load``: the step's inputs; ``post``: records);
+* ``replay``: the captured graph replayed back to back (device time of a step, no host);
+* ``kernels``: the same step run eagerly under `torch.profiler`: per kernel name, launches and
+  device time per step, so ``replay - sum(kernels)`` is what launches and gaps cost.
+
+``--ledger``: batch 1 with a `VerifyingSession` (commit every 8 tokens) against plain
+generation, and with its page re-hash validation left out: what the ledger costs and where.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sync():
+    torch.cuda.synchronize()
+
+
+class _Timer:
+    """Wall time accumulated by wrapped callables, by name."""
+
+    def __init__(self):
+        self.total = defaultdict(float)
+        self.last = {}  # label -> the first argument of the last call (the instance, for methods)
+
+    def wrap(self, obj, name, label):
+        fn = getattr(obj, name)
+
+        def timed(*a, **k):
+            self.last[label] = a[0] if a else None
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.total[label] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+        return fn
+
+
+def profile_batch(model, batch: int, prompt_len: int, rounds: int) -> dict:
+    from fieldprint_fast.engine import FastEngine
+    from fieldprint_fast.loop import DecodeStep
+
+    pages = batch * (-(-(prompt_len + rounds + 16) // 16) + 1) + 8
+    eng = FastEngine(model, device="cuda", num_pages=pages, keep_logits=False)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, model.config.vocab_size, (prompt_len,), generator=g).tolist() for _ in range(batch)]
+    eng.generate(prompts[:1], max_new_tokens=4)  # compile
+    eng.prepare_decode(batch, prompt_len + rounds + 8)
+    handles = [eng.add_sequence(p, max_new_tokens=rounds + 8) for p in prompts]
+    eng.prefill(handles, chunk_size=max(16, 4096 // batch))
+    for _ in range(3):  # warm
+        eng.step(handles)
+    timer = _Timer()
+    load, run = timer.wrap(DecodeStep, "load", "load"), timer.wrap(DecodeStep, "run", "run")
+    _sync()
+    times = []
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            eng.step(handles)
+            times.append(time.perf_counter() - t0)
+    finally:
+        DecodeStep.load, DecodeStep.run = load, run
+    round_ms = statistics.median(times) * 1e3
+    load_ms, run_ms = timer.total["load"] / rounds * 1e3, timer.total["run"] / rounds * 1e3
+    step = timer.last["run"]  # the DecodeStep the rounds used
+    # the graph alone, back to back, on the last loaded inputs
+    n = 30
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step.run()
+    _sync()
+    replay_ms = (time.perf_counter() - t0) / n * 1e3
+    # eager, under the profiler: the kernels of one step
+    from torch.profiler import ProfilerActivity, profile
+
+    step._forward()
+    _sync()
+    reps = 3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step._forward()
+        _sync()
+    kernels = defaultdict(lambda: [0, 0.0])
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels[ev.name[:80]]
+            k[0] += 1
+            k[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    ker = sorted(({"kernel": name, "launches": c // reps, "us": round(t / reps, 1)} for name, (c, t) in kernels.items()),
+                 key=lambda r: -r["us"])
+    del eng
+    torch.cuda.empty_cache()
+    return dict(batch=batch, round_ms=round(round_ms, 3), load_ms=round(load_ms, 3), run_sync_ms=round(run_ms, 3),
+                host_other_ms=round(round_ms - load_ms - run_ms, 3), replay_ms=round(replay_ms, 3),
+                kernel_launches=sum(r["launches"] for r in ker), kernel_us=round(sum(r["us"] for r in ker), 1),
+                kernels=ker[:40])
+
+
+def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
+    import fieldprint.runtime.validate as validate
+    from fieldprint.runtime.session import VerifyingSession
+    from fieldprint_fast.engine import FastEngine
+    from spec.commits import make_policy
+    from spec.keys import SigningKey
+
+    eng = FastEngine(model, device="cuda", num_pages=-(-(prompt_len + new) // 16) + 64, keep_logits=False)
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    key = SigningKey("bench.example/e2e", b"\x07" * 32)
+    eng.prepare_decode(1, prompt_len + new)
+
+    def plain():
+        stamps = []
+        eng.generate(prompt, max_new_tokens=new, on_step=lambda i, r: stamps.append(time.perf_counter()))
+        _sync()
+        return (time.perf_counter() - stamps[0]) / (new - 1) * 1e3
+
+    def ledger(path):
+        stamps = []
+        VerifyingSession(eng, key=key, ledger_path=path, policy=make_policy(8), max_new_tokens=new,
+                         model_commitment=b"\0" * 32, on_step=lambda *a: stamps.append(time.perf_counter())).run(prompt)
+        _sync()
+        return (time.perf_counter() - stamps[0]) / (new - 1) * 1e3
+
+    out = defaultdict(list)
+    real = validate.rehash
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger(f"{tmp}/warm.fpl")
+        plain()
+        for i in range(runs):
+            out["plain"].append(plain())
+            out["ledger"].append(ledger(f"{tmp}/a{i}.fpl"))
+            validate.rehash = lambda engine, checks: (True, "skipped")
+            try:
+                out["ledger_no_rehash"].append(ledger(f"{tmp}/b{i}.fpl"))
+            finally:
+                validate.rehash = real
+    del eng
+    torch.cuda.empty_cache()
+    med = {k: round(statistics.median(v), 3) for k, v in out.items()}
+    return dict(new_tokens=new, step_ms=med, ledger_cost=round(med["ledger"] / med["plain"] - 1, 4),
+                ledger_cost_no_rehash=round(med["ledger_no_rehash"] / med["plain"] - 1, 4))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="llama-3.2-1b")
+    ap.add_argument("--profile", default="int8")
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=24)
+    ap.add_argument("--ledger", action="store_true")
+    ap.add_argument("--ledger-tokens", type=int, default=128)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_e2e: needs a CUDA device", file=sys.stderr)
+        return 2
+    from fieldprint_fast.synthetic import random_model, shape_config
+
+    gpu = torch.cuda.get_device_name()
+    cfg = shape_config(a.shape, max_position=max(4096, a.prompt + 2 * a.ledger_tokens))
+    model = random_model(cfg, a.profile, device="cuda", seed=0)
+    res = dict(what="where a fast-engine decode round and the ledger spend their time", date=date.today().isoformat(),
+               machine=f"{gpu}, torch {torch.__version__}, Python {platform.python_version()}",
+               command="python benchmarks/profile_e2e.py " + " ".join(sys.argv[1:]), shape=a.shape,
+               profile=a.profile, prompt_tokens=a.prompt, batches=[])
+    path = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"profile-e2e-{gpu.replace(' ', '_')}-{date.today()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for b in (int(x) for x in a.batches.split(",")):
+        r = profile_batch(model, b, a.prompt, a.rounds)
+        res["batches"].append(r)
+        print(f"B={b:<3} round {r['round_ms']:7.3f} ms = load {r['load_ms']:.3f} + replay+sync {r['run_sync_ms']:.3f} "
+              f"+ other host {r['host_other_ms']:.3f}; graph alone {r['replay_ms']:.3f} ms; "
+              f"{r['kernel_launches']} kernels, {r['kernel_us'] / 1e3:.3f} ms of kernel time", flush=True)
+        for k in r["kernels"][:25]:
+            print(f"    {k['us']:9.1f} us  x{k['launches']:<4} {k['kernel']}")
+        path.write_text(json.dumps(res, indent=1) + "\n")
+    if a.ledger:
+        r = res["ledger"] = profile_ledger(model, a.prompt, a.ledger_tokens, 2)
+        print(f"ledger B=1: step ms {r['step_ms']}; cost {r['ledger_cost']:+.1%} "
+              f"(without the re-hash {r['ledger_cost_no_rehash']:+.1%})", flush=True)
+        path.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
