@@ -33,6 +33,7 @@ older than the last validated commit are released.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -69,6 +70,12 @@ from spec.merkle import HASHERS
 MODEL_WINDOW = object()  # VerifyingSession(window=...) default: the model's own sliding window
 
 EVICTED = -1
+# While a session runs, Python's GIL switch interval is lowered to this (seconds; restored after).
+# The engine thread spends most of a GPU decode step waiting for the device with the GIL released,
+# and the hasher, writer and validation threads use those waits. When the step ends while one of
+# them is running Python code, the engine thread waits for the GIL until the switch interval
+# expires: 5 ms by default, more than a whole decode step. 0.1 ms bounds that wait.
+SWITCH_INTERVAL = 1e-4
 DETAIL_MAX = 1000  # characters of a validation detail kept in the ledger
 
 
@@ -163,7 +170,7 @@ class VerifyingSession:
                  stop: Sequence[str] = (), eos_token_ids=None, chunk_size: int | None = None,
                  validators: Sequence = (), faults: FaultPlan | None = None, model_commitment: bytes | None = None,
                  hash_profile: str = "blake3", fsync: str = "checkpoint", max_rollbacks: int = 8,
-                 nonce: bytes | None = None, on_step=None):
+                 nonce: bytes | None = None, on_step=None, switch_interval: float | None = SWITCH_INTERVAL):
         from spec.sampling import SamplingParams
 
         self.engine = engine
@@ -189,6 +196,9 @@ class VerifyingSession:
         self.max_rollbacks = max_rollbacks
         self.nonce = nonce
         self.on_step = on_step
+        if switch_interval is not None and not switch_interval > 0:
+            raise ValueError(f"switch_interval must be > 0 seconds or None, got {switch_interval!r}")
+        self.switch_interval = switch_interval
 
     # ----------------------------------------------------------------------------- records
     def _page(self, kind: str, block: int, used: int, fut: Future) -> None:
@@ -457,20 +467,26 @@ class VerifyingSession:
         self._handle = None
         self.generation = None
         finish, end = None, "error"
+        interval = sys.getswitchinterval()
+        if self.switch_interval is not None:
+            sys.setswitchinterval(min(interval, self.switch_interval))
         try:
-            self._start(prompt)
             try:
-                finish, end = self._generate()
-            except RuntimeFailure as e:  # no good state to go on from: the ledger ends in error
-                finish, end, self.error = None, "error", str(e)
+                self._start(prompt)
+                try:
+                    finish, end = self._generate()
+                except RuntimeFailure as e:  # no good state to go on from: the ledger ends in error
+                    finish, end, self.error = None, "error", str(e)
+            finally:
+                if self.sink is not None:
+                    self._close(end, finish)
+                else:
+                    self.validation.close()
+                    self.hasher.close()
+                    if self._handle is not None:
+                        eng.release(self._handle)
         finally:
-            if self.sink is not None:
-                self._close(end, finish)
-            else:
-                self.validation.close()
-                self.hasher.close()
-                if self._handle is not None:
-                    eng.release(self._handle)
+            sys.setswitchinterval(interval)
         return SessionResult(
             ledger=self.ledger_path, tokens=list(self._generated),
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,

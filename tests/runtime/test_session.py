@@ -268,3 +268,29 @@ def test_max_rollbacks_zero_ends_in_error_at_the_first_fault_and_negative_is_ref
     with pytest.raises(ValueError, match="max_rollbacks"):
         fx.generate(tmp_path / "neg.fpl", max_rollbacks=-5)
     assert not (tmp_path / "neg.fpl").exists()
+
+
+def test_gil_switch_interval_is_lowered_while_running_and_restored(tmp_path):
+    """The session lowers Python's switch interval while it runs (the engine thread must get the
+    GIL back as soon as a device step ends) and restores it afterwards, also when it fails."""
+    import sys
+
+    from fieldprint.runtime.session import SWITCH_INTERVAL
+
+    before = sys.getswitchinterval()
+    seen = []
+    out = fx.generate(tmp_path / "a.fpl", on_step=lambda rec: seen.append(sys.getswitchinterval()))
+    assert seen and all(s <= SWITCH_INTERVAL * 1.01 for s in seen)
+    assert sys.getswitchinterval() == before and out.end_reason == "max_tokens"
+
+    def boom(rec):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        fx.generate(tmp_path / "b.fpl", on_step=boom)
+    assert sys.getswitchinterval() == before
+    seen.clear()
+    fx.generate(tmp_path / "c.fpl", switch_interval=None, on_step=lambda rec: seen.append(sys.getswitchinterval()))
+    assert seen and all(s == before for s in seen)
+    with pytest.raises(ValueError, match="switch_interval"):
+        fx.generate(tmp_path / "d.fpl", switch_interval=0)
