@@ -191,12 +191,7 @@ def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, pr
     bsz, h, d = q.shape
     g = pool.shape[4]
     group = h // g
-    pk = max(1, 16 // triton.next_power_of_2(group))
-    pk = 1 << (pk.bit_length() - 1)
-    while g % pk:
-        pk //= 2
-    block_m = max(16, triton.next_power_of_2(group * pk))
-    gp = g // pk
+    pk, block_m, gp = ad.pack_heads(h, g)
     sp1, sp2 = ad._split_pages(n_max, bsz, gp, 4096, 2), ad._split_pages(n_max, bsz, gp, 1024, 4)
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)
     q_lo, q_hi = limbs[0], limbs[-1]

@@ -42,6 +42,7 @@ def page_digest_cpu(page: torch.Tensor) -> PageDigest:
     return page_digests_of(layer_digests(page_layer_bytes(page)))
 
 
+DIGEST_BYTES = 32  # BLAKE3 output, one per layer slice
 STACK_BYTES = 64 << 20  # pages stacked into one device launch by `page_digests`, at most (64 MiB)
 
 
@@ -55,31 +56,39 @@ def _batch_hash_pages():
     return hash_pages
 
 
-def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
-    """Return the PageDigest of each page (``[layers, ...]`` tensors of one shape, one device).
+def layer_digest_rows(pages, *, device_hashing: bool = True) -> list[bytes]:
+    """Return, per page (``[layers, ...]`` tensors of one shape, one device), its layer digests
+    concatenated (``layers x 32`` bytes: ``b"".join(PageDigest.layers)``).
 
     Pages are stacked, up to `STACK_BYTES` at a time, and every layer slice of a stack is hashed
     in one call of ``fieldprint_fast.hashing.hash_pages``: for CUDA pages one BLAKE3 launch on the
     device, and only the digests (32 bytes a layer) come back, in one copy. A commit's re-hash of
     all its live pages is then a few launches, not a host transfer and a host hash per layer
     slice. CUDA pages without ``device_hashing`` (or without that module) are copied to the host
-    and hashed slice by slice (`page_digest_cpu`). Every path gives ``spec.commits``' digests."""
+    and hashed slice by slice. Every path gives ``spec.commits``' digests."""
     pages = list(pages)
     if not pages:
         return []
     hash_fn = _batch_hash_pages()
     if hash_fn is None or (pages[0].is_cuda and not device_hashing):
-        return [page_digest_cpu(p) for p in pages]
+        return [b"".join(layer_digests(page_layer_bytes(p))) for p in pages]
     layers = pages[0].shape[0]
     per = max(1, STACK_BYTES // max(1, pages[0].numel() * pages[0].element_size()))
-    out: list[PageDigest] = []
+    out: list[bytes] = []
     for i in range(0, len(pages), per):
         group = torch.stack([p.detach() for p in pages[i:i + per]])  # [n, layers, ...], a device copy
         res = hash_fn(group.reshape(group.shape[0] * layers, -1))
         res.event.synchronize()
-        rows = res.digests.cpu().numpy()
-        out += [page_digests_of(r.tobytes() for r in rows[j * layers:(j + 1) * layers]) for j in range(group.shape[0])]
+        flat = res.digests.cpu().numpy().tobytes()
+        step = layers * DIGEST_BYTES
+        out += [flat[j * step:(j + 1) * step] for j in range(group.shape[0])]
     return out
+
+
+def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
+    """Return the PageDigest of each page: `layer_digest_rows` and each page's Merkle root."""
+    return [page_digests_of(r[k:k + DIGEST_BYTES] for k in range(0, len(r), DIGEST_BYTES))
+            for r in layer_digest_rows(pages, device_hashing=device_hashing)]
 
 
 class PageHasher:

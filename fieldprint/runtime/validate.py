@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from fieldprint.runtime.hasher import page_digests
+from fieldprint.runtime.hasher import layer_digest_rows, page_digests
 from spec.commits import REHASH_VALIDATOR, first_layer_difference, rehash_failure_detail
 
 REHASH = REHASH_VALIDATOR  # name of the page re-hash validator in validation records (spec.commits)
@@ -81,11 +81,13 @@ class PageCheck:
 
 def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
     """Re-hash every page and compare with its recorded digests; name the first mismatch and layer."""
-    actual = page_digests([engine.page_tensor(c.page) if c.snapshot is None else c.snapshot for c in checks])
-    bad = [(c, a) for c, a in zip(checks, actual) if a != c.expected.result()]
+    pages = [engine.page_tensor(c.page) if c.snapshot is None else c.snapshot for c in checks]
+    # equal layer digests give equal roots: compare those bytes, make roots only for a mismatch
+    rows = layer_digest_rows(pages)
+    bad = [k for k, (c, r) in enumerate(zip(checks, rows)) if r != b"".join(c.expected.result().layers)]
     if not bad:
         return True, f"{len(checks)} pages match their recorded digests"
-    c, actual = bad[0]
+    c, actual = checks[bad[0]], page_digests([pages[bad[0]]])[0]
     want = c.expected.result()
     layer = first_layer_difference(want.layers, actual.layers)
     # the auditor reads this detail back (spec.commits.parse_rehash_failure): keep its format

@@ -111,7 +111,7 @@ def _scores_kernel(
     a_pages = (n_anchor + PAGE - 1) // PAGE
     rows = tl.arange(0, BLOCK_M)
     heads = g0 * GROUP + rows
-    hmask = rows < PK * GROUP
+    hmask = (rows < PK * GROUP) & (heads < H)  # a last program may hold fewer than PK KV heads
     rkv = g0 + rows // GROUP  # each row's KV head
     # -- the queries as a block-diagonal [BLOCK_M, PK * D] operand: row r holds its query in the
     #    d-block of its KV head and zeros elsewhere, so one dot against the PK heads' stacked keys
@@ -132,6 +132,7 @@ def _scores_kernel(
     base = layer * stride_layer
     koff = (base + slot * stride_slot)[:, None, None] + ((g0 + tl.arange(0, PK)) * ROW)[None, :, None] \
         + tl.arange(0, D)[None, None, :]  # [16, PK, D]: the PK heads' K rows of each slot
+    kv_in = g0 + tl.arange(0, PK) < H // GROUP  # which of the PK heads exist
     soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: each row's K scale word
     sbuf = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len + slot[None, :]
     for p in range(sp * SPLIT_PAGES, tl.minimum(sp * SPLIT_PAGES + SPLIT_PAGES, n_pages)):
@@ -141,7 +142,8 @@ def _scores_kernel(
         pbase = page.to(tl.int64) * stride_page
         # -- exact scores of every head from one read of the keys: [16, PK, D] rows, contiguous
         #    along D, stacked to the [16, PK * D] operand (K-major, as int8 tensor cores want) --
-        k = tl.reshape(tl.load(pool_ptr + pbase + koff, mask=valid[:, None, None], other=0), [PAGE, PK * D])
+        k = tl.reshape(tl.load(pool_ptr + pbase + koff, mask=valid[:, None, None] & kv_in[None, :, None], other=0),
+                       [PAGE, PK * D])
         acc = tl.dot(q_hi, tl.trans(k))
         if Q_LIMBS == 2:
             acc = tl.dot(q_lo, tl.trans(k), acc << 7, out_dtype=tl.int32)  # q = hi * 2**7 + lo; |acc| < 2**28
@@ -180,7 +182,7 @@ def _mix_kernel(
     a_pages = (n_anchor + PAGE - 1) // PAGE
     rows = tl.arange(0, BLOCK_M)
     heads = g0 * GROUP + rows
-    hmask = rows < PK * GROUP
+    hmask = (rows < PK * GROUP) & (heads < H)  # a last program may hold fewer than PK KV heads
     rkv = g0 + rows // GROUP
     # -- the exact maxima m and E [BLOCK_M] of the sequence (`_scores_kernel`) ------------------
     out = acc_ptr + ((b * H + heads) * (D + 4)).to(tl.int64)
@@ -200,6 +202,7 @@ def _mix_kernel(
     base = layer * stride_layer + kv_stride
     voff = (base + slot * stride_slot)[None, :, None] + ((g0 + tl.arange(0, PK)) * ROW)[:, None, None] \
         + cols[None, None, :]  # [PK, 16, D]: the V rows of each KV head, slot
+    kv_in = g0 + tl.arange(0, PK) < H // GROUP  # which of the PK heads exist
     soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: each row's V scale word
     sbuf = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len + slot[None, :]
     for p in range(sp * SPLIT_PAGES, tl.minimum(sp * SPLIT_PAGES + SPLIT_PAGES, n_pages)):
@@ -219,7 +222,8 @@ def _mix_kernel(
         #    stacked along the keys [PK * 16, D] ---------------------------------------------------
         w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, PAGE]), [BLOCK_M, PK * PAGE]), 0)
         w0, w1, w2 = _weight_limbs(w, W_LIMBS)
-        v = tl.reshape(tl.load(pool_ptr + pbase + voff, mask=valid[None, :, None], other=0), [PK * PAGE, D])
+        v = tl.reshape(tl.load(pool_ptr + pbase + voff, mask=valid[None, :, None] & kv_in[:, None, None], other=0),
+                       [PK * PAGE, D])
         a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
         if W_LIMBS > 1:
             a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
@@ -242,6 +246,20 @@ def _divide_kernel(acc_ptr, out_ptr, D: tl.constexpr, PROB_BITS):
     k = tl.load(acc_ptr + row * (D + 4) + D + 2) - BIAS + (WEIGHT_SHIFT - PROB_BITS)
     out = _div_round_pow2(n, z + n * 0, k + n * 0)
     tl.store(out_ptr + row * D + cols, tl.minimum(tl.maximum(out, -ACT_MAX), ACT_MAX))
+
+
+def pack_heads(h: int, g: int, pack: int | None = None) -> tuple[int, int, int]:
+    """Return (PK, BLOCK_M, programs per split and sequence) for H query and G KV heads: PK, a
+    power of two, KV heads per program (``pack``, or as many as fill 16 rows, preferring a
+    divisor of G), and at least 2, since the value dot's reduction is PK x 16 keys and int8 tensor
+    cores need 32. Where PK does not divide G the last program masks the heads past G."""
+    group = h // g
+    pk = pack or max(1, 16 // triton.next_power_of_2(group))
+    pk = 1 << (pk.bit_length() - 1)  # a power of two (tile widths)
+    while pk > 2 and g % pk:
+        pk //= 2
+    pk = max(pk, 2)
+    return pk, max(16, triton.next_power_of_2(group * pk)), -(-g // pk)
 
 
 def _split_pages(n_pages: int, batch: int, kv_groups: int, programs: int, least: int) -> int:
@@ -287,13 +305,8 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     if anchor_tables is None or anchor_tables.numel() == 0:
         anchor_tables = torch.zeros(bsz, 1, dtype=torch.int32, device=dev)
     anchor_tables = anchor_tables.to(device=dev, dtype=torch.int32).contiguous()
+    pk, block_m, gp = pack_heads(h, g, pack)
     group = h // g
-    pk = pack or max(1, 16 // triton.next_power_of_2(group))
-    pk = 1 << (pk.bit_length() - 1)  # a power of two (tile widths) that divides G
-    while g % pk:
-        pk //= 2
-    block_m = max(16, triton.next_power_of_2(group * pk))
-    gp = g // pk  # programs per (split, sequence)
     n_max = max(n_pages)
     if split is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
         sp1, sp2 = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)

@@ -50,9 +50,10 @@ NEG = tl.constexpr(-(2**31))  # "no key": below every score (spec: -SCORE_MAX - 
 @triton.jit
 def _key_block(j, j_end, i_row, n_anchor, lo, window, q_lo, q_hi, mq, eq, pool_ptr, pool32_ptr, table_ptr,
                anchor_ptr, layer, g, stride_page, stride_layer, stride_slot,
-               D: tl.constexpr, Q_LIMBS: tl.constexpr):
+               D: tl.constexpr, DK: tl.constexpr, Q_LIMBS: tl.constexpr):
     """Return (scores [M, N] int32, visibility [M, N], K row offsets [N]) of logical keys j [N]
-    (anchor token j when j < A, else context token lo + j - A) for rows at context index i_row [M]."""
+    (anchor token j when j < A, else context token lo + j - A) for rows at context index i_row [M].
+    q_lo, q_hi: [M, DK] with zeros past D (DK = max(D, 32): int8 tensor cores reduce >= 32)."""
     ROW: tl.constexpr = D + 4
     valid = j < j_end
     is_a = j < n_anchor
@@ -62,7 +63,8 @@ def _key_block(j, j_end, i_row, n_anchor, lo, window, q_lo, q_hi, mq, eq, pool_p
     page = tl.where(is_a, pa, pc).to(tl.int64)
     krow = page * stride_page + layer * stride_layer + (tok % PAGE).to(tl.int64) * stride_slot + g * ROW
     krow = tl.multiple_of(tl.where(valid, krow, 0), 4)  # D + 4 and every stride are multiples of 4
-    k = tl.load(pool_ptr + krow[:, None] + tl.arange(0, D)[None, :], mask=valid[:, None], other=0)
+    kc = tl.arange(0, DK)
+    k = tl.load(pool_ptr + krow[:, None] + kc[None, :], mask=valid[:, None] & (kc < D)[None, :], other=0)
     acc = tl.dot(q_hi, tl.trans(k))
     if Q_LIMBS == 2:
         acc = tl.dot(q_lo, tl.trans(k), acc << 7, out_dtype=tl.int32)  # q = hi * 2**7 + lo; |acc| < 2**28
@@ -84,7 +86,7 @@ def _prefill_kernel(
     # the pool (strides in int8 elements)
     layer, stride_page, stride_layer, kv_stride, stride_slot,
     # meta-parameters
-    H, GROUP, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, GROUP, D: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     Q_LIMBS: tl.constexpr, PROB_BITS, W_LIMBS: tl.constexpr, CHUNK: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     blk, g = tl.program_id(0), tl.program_id(1)
@@ -95,10 +97,13 @@ def _prefill_kernel(
     rmask = (rows < TOKENS * GROUP) & (t < n_tokens)
     i_row = start + t  # context index of each row's token
     qoff = (t * H + head)[:, None] * D + tl.arange(0, D)[None, :]
-    q_lo = tl.load(qlo_ptr + qoff, mask=rmask[:, None], other=0)
+    qc = tl.arange(0, DK)  # the query operand, zero-padded to DK columns
+    qkoff = (t * H + head)[:, None] * D + qc[None, :]
+    qkmask = rmask[:, None] & (qc < D)[None, :]
+    q_lo = tl.load(qlo_ptr + qkoff, mask=qkmask, other=0)
     q_hi = q_lo
     if Q_LIMBS == 2:
-        q_hi = tl.load(qhi_ptr + qoff, mask=rmask[:, None], other=0)
+        q_hi = tl.load(qhi_ptr + qkoff, mask=qkmask, other=0)
     mq = tl.load(mq_ptr + t * H + head, mask=rmask, other=0)
     eq = tl.load(eq_ptr + t * H + head, mask=rmask, other=0)
     # -- the key blocks these rows can see: anchors [0, A), then context [c_lo, c_hi) ----------
@@ -118,7 +123,7 @@ def _prefill_kernel(
         for j0 in range(j_begin, j_end, BLOCK_N):
             j = j0 + tl.arange(0, BLOCK_N)
             s, vis, krow = _key_block(j, j_end, i_row, n_anchor, lo, window, q_lo, q_hi, mq, eq, pool_ptr, pool32_ptr,
-                                      table_ptr, anchor_ptr, layer, g, stride_page, stride_layer, stride_slot, D, Q_LIMBS)
+                                      table_ptr, anchor_ptr, layer, g, stride_page, stride_layer, stride_slot, D, DK, Q_LIMBS)
             m = tl.maximum(m, tl.where(vis, s, NEG))
             _, ev = _unpack_scale(tl.load(pool32_ptr + (krow + kv_stride + D) // 4, mask=j < j_end, other=0))
             big = tl.maximum(big, tl.where(vis, ev[None, :], NEG))
@@ -141,7 +146,7 @@ def _prefill_kernel(
             j = j0 + tl.arange(0, BLOCK_N)
             s, vis, krow = _key_block(j, j_end, i_row, n_anchor, lo, window, q_lo, q_hi, mq, eq, pool_ptr,
                                       pool32_ptr, table_ptr, anchor_ptr, layer, g, stride_page, stride_layer,
-                                      stride_slot, D, Q_LIMBS)
+                                      stride_slot, D, DK, Q_LIMBS)
             e = tl.where(vis, _exp_neg(m, s, exp_ptr), 0)
             z += e.to(tl.int64)
             vrow = krow + kv_stride
@@ -218,6 +223,6 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
         mq, eq, table, anchor_table, out,
         t, start, lo, 0 if window is None else window, anchor_len,
         layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        H=h, GROUP=group, D=d, BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs, PROB_BITS=prob_bits,
+        H=h, GROUP=group, D=d, DK=max(d, 32), BLOCK_M=block_m, BLOCK_N=block_n, Q_LIMBS=q_limbs, PROB_BITS=prob_bits,
         W_LIMBS=weight_limbs(prob_bits), CHUNK=chunk, CHUNKED=anchor_len + start + t - lo > chunk - block_n, num_warps=num_warps, num_stages=1)  # triton 3.6 cannot pipeline this loop nest
     return out
