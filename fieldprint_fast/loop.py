@@ -115,27 +115,30 @@ class _Linear:
                    shift=torch.cat([t[f"{n}.shift"] for n in names]).contiguous(),
                    bias=None if bias[0] is None else torch.cat(bias).contiguous(), act_bits=act_bits)
 
-    def rows(self, x):
-        """Return the linear's output rows of input rows x (Q16)."""
+    def rows(self, x, residual=None):
+        """Return the linear's output rows of input rows x (Q16); with ``residual``,
+        ``residual_add(residual, ...)``. The kernels quantize the rows inside the linear's launch
+        where that pays (`kernels.linear.linear_rows`) and add the residual in its epilogue."""
         if self.limbs is None:
-            from spec.ops import linear
+            from spec.ops import linear, residual_add
 
-            return linear(x, self.act_bits, self.weight, self.mul, self.shift, self.bias)
-        from fieldprint_fast.kernels.linear import linear_quantized, quantize_rows
+            y = linear(x, self.act_bits, self.weight, self.mul, self.shift, self.bias)
+            return y if residual is None else residual_add(residual, y)
+        from fieldprint_fast.kernels.linear import linear_rows
 
-        return linear_quantized(*quantize_rows(x, self.act_bits), self.limbs, self.mul, self.shift, self.bias)
+        return linear_rows(x, self.act_bits, self.limbs, self.mul, self.shift, self.bias, residual=residual)
 
-    def normed(self, x, gamma, eps):
-        """Return ``rows(rms_norm(x, gamma, eps))``; the kernels fuse the norm with the row quantization."""
+    def normed(self, x, gamma, eps, residual=None):
+        """Return ``rows(rms_norm(x, gamma, eps), residual)``; the kernels run the norm and the row
+        quantization in front of the matmul (one launch where that pays, else two)."""
         if self.limbs is None:
-            from spec.ops import linear, rms_norm
+            from spec.ops import rms_norm
 
-            return linear(rms_norm(x, gamma, eps), self.act_bits, self.weight, self.mul, self.shift, self.bias)
-        from fieldprint_fast.kernels.linear import linear_quantized
-        from fieldprint_fast.kernels.rowops import rms_norm_quantize
+            return self.rows(rms_norm(x, gamma, eps), residual)
+        from fieldprint_fast.kernels.linear import linear_rows
 
-        return linear_quantized(*rms_norm_quantize(x, gamma, eps, self.act_bits), self.limbs, self.mul, self.shift,
-                                self.bias)
+        return linear_rows(x, self.act_bits, self.limbs, self.mul, self.shift, self.bias, residual=residual,
+                           norm=(gamma, eps))
 
 
 class DecodeWeights:
@@ -365,11 +368,11 @@ class DecodeStep:
             data[page, n, :, slot] = _pack_rows(kv.reshape(-1, d)).view(-1, 2, g, d + 4)  # one scatter
             o = attention(q, data, n, self.tables, self.anchor_tables, self.meta, q_bits=p.q_bits,
                           prob_bits=p.prob_bits, exp_table=w.exp_table)
-            x = ops.residual_add(x, L["o"].rows(o.reshape(-1, qd)))
+            x = L["o"].rows(o.reshape(-1, qd), residual=x)  # residual_add(x, o(...)), in the epilogue
             # -- MLP: norm + gate/up (one linear), SwiGLU, down ---------------------------------------
             gu = L["gate_up"].normed(x, L["mlp_norm"], eps)
             inter = gu.shape[1] // 2
-            x = ops.residual_add(x, L["down"].rows(ops.swiglu(gu[:, :inter], gu[:, inter:], t["sigmoid.table"])))
+            x = L["down"].rows(ops.swiglu(gu[:, :inter], gu[:, inter:], t["sigmoid.table"]), residual=x)
         self.logits = w.lm_head.normed(x, t["final_norm.gamma"], eps)
         if self.sample:  # every row by its own parameters (greedy rows included)
             self.tokens = sample_rows(self.logits, SamplingRows.from_tensor(self.samp), w.exp_table)

@@ -82,16 +82,20 @@ try:  # host-side tensor descriptors (Triton >= 3.4); without them the GEMM uses
 except ImportError:  # pragma: no cover
     TensorDescriptor = None
 
-from spec.constants import ACT_MAX as _ACT_MAX, SCALE_MANT_BITS as _SCALE_MANT_BITS
+from spec.constants import ACT_MAX as _ACT_MAX, RMS_NORM_BITS as _RMS_NORM_BITS, SCALE_MANT_BITS as _SCALE_MANT_BITS
 
 ACT_MAX = tl.constexpr(_ACT_MAX)  # (= 2**31 - 1) saturation bound of Q16 activations
 SCALE_MANT_BITS = tl.constexpr(_SCALE_MANT_BITS)  # (= 14) row-scale mantissa bits
+RMS_NORM_BITS = tl.constexpr(_RMS_NORM_BITS)  # (= 23) bits of the largest rescaled magnitude in rms_norm
 LIMB_BITS = tl.constexpr(7)  # v = sum_i l_i * 2**(7 i): l_i in [0, 127] below the top limb
 MAX_LIMBS = 3  # operands of up to 21 magnitude bits (|v| < 2**21); the spec's widths stop at 16
 MAX_K = (2**31 - 1) // 2**14  # (= 131,071) longest limb dot an int32 accumulator holds exactly
 QUANT_BLOCK = 16384  # rows up to this long are quantized from registers, in one read
 CHUNK_BLOCK = 1024  # values per block when a few long rows are quantized by many programs
 CHUNK_MIN_K = 2048  # rows at least this long, too few to fill the GPU, are quantized in chunks
+ROWS_MAX_M = 16  # rows a fused decode launch (`linear_rows`) quantizes in front of its matmul
+FUSE_ROW_BYTES = 64 << 10  # ... when its rows (next_pow2(M) x K values) are at most this many bytes
+FUSE_NORM_WORK = 1 << 21  # ... and, with the RMSNorm in front, programs x rows x K at most this
 
 
 # %%
@@ -105,24 +109,64 @@ def _bit_length(v):
 
 
 @triton.jit
-def _quantize_block(x, mask, q_out, stride_ql, left, d, LIMBS: tl.constexpr):
-    """Store div_round(x << left, d) as int8 limbs: a float64 quotient, one integer correction."""
-    two_d = 2 * d
-    num = 2 * (tl.abs(x) << left) + d
-    t = (num.to(tl.float64) / two_d.to(tl.float64)).to(tl.int64)
-    r = num - t * two_d
+def _floor_div(num, den, rcp, CAP: tl.constexpr):
+    """Return floor(num / den) where it is below CAP, a value >= CAP elsewhere, for integers
+    num >= 0, 1 <= den < 2**53 with num + den < 2**62, CAP <= 2**51, and rcp the float64 1 / den.
+
+    The float64 product num * rcp is within a relative 3 * 2**-53 of num / den, so below CAP its
+    truncation is within one of the floor, and the step ``r = num - t den; t -= r < 0;
+    t += r >= den`` makes it exact (t <= floor + 1, so t den <= num + den: no overflow); a
+    quotient at or past CAP truncates to >= CAP - 1, clamped to CAP, and comes out >= CAP
+    (callers saturate below it). One multiply instead of a float64 division per element."""
+    t = tl.minimum((num.to(tl.float64) * rcp).to(tl.int64), CAP)
+    r = num - t * den
     t = tl.where(r < 0, t - 1, t)
-    t = tl.where(r >= two_d, t + 1, t)
-    q = tl.where(x < 0, -t, t)
+    return tl.where(r >= den, t + 1, t)
+
+
+@triton.jit
+def _row_scale(amax, QMAX: tl.constexpr):
+    """spec.quant.row_scale of amax >= 1 (int64; any shape): return (m, e) and the quantizer's
+    operands (left, d, rcp): q = div_round(x << left, d), d = m << max(e, 0), rcp = 1 / (2 d)."""
+    qmax = tl.full([], QMAX, tl.int64)
+    e = _bit_length(amax) - _bit_length(qmax) + 1 - SCALE_MANT_BITS
+    left = tl.maximum(-e, 0)
+    right = tl.maximum(e, 0)
+    den = qmax << right
+    m = ((amax << left) + den - 1) // den  # ceil_div of non-negative integers
+    d = m << right
+    return m, e, left, d, 1.0 / (2 * d).to(tl.float64)
+
+
+@triton.jit
+def _quantize_values(x, left, d, rcp):
+    """Return div_round(x << left, d) (int64) of Q16 values x with their row's quantizer
+    (`_row_scale`): |q| <= qmax < 2**16, so the quotient never reaches `_floor_div`'s cap."""
+    q = _floor_div(2 * (tl.abs(x) << left) + d, 2 * d, rcp, 1 << 20)
+    return tl.where(x < 0, -q, q)
+
+
+@triton.jit
+def _limb(q, I: tl.constexpr, LIMBS: tl.constexpr):
+    """Return limb I of q as int8: q itself for one limb, else (q >> 7 I) & 127, the top one signed."""
     if LIMBS == 1:
-        tl.store(q_out, q.to(tl.int8), mask=mask)
-    elif LIMBS == 2:
-        tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
-        tl.store(q_out + stride_ql, (q >> LIMB_BITS).to(tl.int8), mask=mask)
+        out = q.to(tl.int8)
+    elif I == LIMBS - 1:
+        out = (q >> (LIMB_BITS * I)).to(tl.int8)
     else:
-        tl.store(q_out, (q & 127).to(tl.int8), mask=mask)
-        tl.store(q_out + stride_ql, ((q >> LIMB_BITS) & 127).to(tl.int8), mask=mask)
-        tl.store(q_out + 2 * stride_ql, (q >> (2 * LIMB_BITS)).to(tl.int8), mask=mask)
+        out = ((q >> (LIMB_BITS * I)) & 127).to(tl.int8)
+    return out
+
+
+@triton.jit
+def _quantize_block(x, mask, q_out, stride_ql, left, d, rcp, LIMBS: tl.constexpr):
+    """Store div_round(x << left, d) as int8 limbs (`_quantize_values`, `_limb`)."""
+    q = _quantize_values(x, left, d, rcp)
+    tl.store(q_out, _limb(q, 0, LIMBS), mask=mask)
+    if LIMBS >= 2:
+        tl.store(q_out + stride_ql, _limb(q, 1, LIMBS), mask=mask)
+    if LIMBS == 3:
+        tl.store(q_out + 2 * stride_ql, _limb(q, 2, LIMBS), mask=mask)
 
 
 @triton.jit
@@ -157,24 +201,61 @@ def _quantize_rows_kernel(
             x = tl.load(x_row + k0 + offs, mask=k0 + offs < K, other=0).to(tl.int64)
             amax = tl.maximum(amax, tl.abs(x))
     amax = tl.maximum(tl.max(amax, axis=0), 1)  # a zero row is treated as amax = 1
-    # -- row scale: spec.quant.row_scale -------------------------------------------------
-    e = _bit_length(amax) - _bit_length(tl.full([], QMAX, tl.int64)) + 1 - SCALE_MANT_BITS
-    left = tl.maximum(-e, 0)
-    right = tl.maximum(e, 0)
-    den = tl.full([], QMAX, tl.int64) << right
-    m = ((amax << left) + den - 1) // den  # ceil_div of non-negative integers
-    d = m << right
+    m, e, left, d, rcp = _row_scale(amax, QMAX)  # spec.quant.row_scale
     # -- q = div_round(x << left, d) -----------------------------------------------------
     if ONE_PASS:
-        _quantize_block(x_all, offs < K, q_ptr + row * stride_qn + offs, stride_ql, left, d, LIMBS)
+        _quantize_block(x_all, offs < K, q_ptr + row * stride_qn + offs, stride_ql, left, d, rcp, LIMBS)
     else:
         first = c * CHUNK_BLOCKS * BLOCK
         for k0 in range(first, tl.minimum(first + CHUNK_BLOCKS * BLOCK, K), BLOCK):
             mask = k0 + offs < K
             x = tl.load(x_row + k0 + offs, mask=mask, other=0).to(tl.int64)
-            _quantize_block(x, mask, q_ptr + row * stride_qn + k0 + offs, stride_ql, left, d, LIMBS)
+            _quantize_block(x, mask, q_ptr + row * stride_qn + k0 + offs, stride_ql, left, d, rcp, LIMBS)
     tl.store(m_ptr + row, m.to(tl.int32), mask=c == 0)
     tl.store(e_ptr + row, e.to(tl.int32), mask=c == 0)
+
+
+# %%
+# RMSNorm (spec.ops.rms_norm), written as the steps a row kernel and a fused linear share
+# ---------------------------------------------------------------------------------------
+
+@triton.jit
+def _isqrt(v):
+    """Return floor(sqrt(v)) for 0 <= v < 2**63 (int64, any shape): spec.quant.isqrt, 32 steps."""
+    res = tl.zeros_like(v)
+    one = tl.full([], 1 << 62, tl.int64)
+    for _ in tl.static_range(32):
+        t = res + one
+        ge = v >= t
+        v = tl.where(ge, v - t, v)
+        res = tl.where(ge, (res >> 1) + one, res >> 1)
+        one = one >> 2
+    return res
+
+
+@triton.jit
+def _rms_shift(amax):
+    """Step 1: s = bitlen(max|x|) - RMS_NORM_BITS, clamped to >= -16 (a zero row has bitlen 0)."""
+    bits = tl.where(amax > 0, _bit_length(tl.maximum(amax, 1)), 0)
+    return tl.maximum(bits - RMS_NORM_BITS, -16)
+
+
+@triton.jit
+def _rms_root(sum_sq, H, eps_q48, s):
+    """Steps 2-3: r = max(isqrt(floor(sum_sq / H) + shift_round(eps_q48, 16 + 2 s)), 1), the
+    exact int64 sum of squares of the rescaled row given (any order of addition gives it)."""
+    eps = _shift_round(eps_q48 + tl.zeros_like(s).to(tl.int64), 16 + 2 * s)
+    return tl.maximum(_isqrt(sum_sq // H + eps), 1)
+
+
+@triton.jit
+def _rms_scale(xs, g, r, rcp):
+    """Step 3: saturate(div_round(xs * g, r)) with rcp = 1 / (2 r) (float64): |xs * g| < 2**54
+    and r <= 2**31, so `_floor_div` (cap 2**36 > ACT_MAX) is exact wherever y is unsaturated."""
+    n = xs * g
+    mag = _floor_div(2 * tl.abs(n) + r, 2 * r, rcp, 1 << 36)
+    y = tl.where(n < 0, -mag, mag)
+    return tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
 
 
 # %%
@@ -201,11 +282,14 @@ def _shift_round(p, s):
 # ----------------------------------
 
 @triton.jit
-def _epilogue(acc00, acc01, acc10, acc11, pid_m, col0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-              M, N, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BN: tl.constexpr, LA: tl.constexpr,
-              LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr):
+def _epilogue(acc00, acc01, acc10, acc11, pid_m, col0, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+              M, N, stride_rm, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BN: tl.constexpr, LA: tl.constexpr,
+              LW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NARROW_MUL: tl.constexpr,
+              RAW: tl.constexpr):
     """Columns col0 .. col0 + BN of the tile: combine the limb dots exactly (int64), requantize
-    (spec.quant.requantize), add the bias, store; RAW stores the combined accumulator instead."""
+    (spec.quant.requantize) with the rows' scales m, e (int32 [BLOCK_M, 1]), add the bias
+    (spec.ops.linear) and the residual rows (spec.ops.residual_add: saturate(res + y)), store;
+    RAW stores the combined accumulator instead."""
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = col0 + tl.arange(0, BN)
     offs_m = rm % M  # rows and columns past the edge wrap around: loads need no mask
@@ -222,21 +306,22 @@ def _epilogue(acc00, acc01, acc10, acc11, pid_m, col0, m_ptr, e_ptr, mul_ptr, sh
     if RAW:
         tl.store(y_ptrs, acc, mask=inside)
     else:
-        m = tl.load(m_ptr + offs_m)
-        e = tl.load(e_ptr + offs_m).to(tl.int64)
         mul = tl.load(mul_ptr + offs_n)
         shift = tl.load(shift_ptr + offs_n).to(tl.int64)
         if NARROW_MUL:
             # |m * mul| < 2**14 * 2**17: one int32 product, then one multiply by it (32 x 32 -> 64
             # for a single limb pair); modulo 2**64 this is acc * m * mul, the spec's value.
-            prod = acc * (m[:, None] * mul[None, :]).to(tl.int64)
+            prod = acc * (m * mul[None, :]).to(tl.int64)
         else:  # the spec's two int64 products
-            prod = acc * m.to(tl.int64)[:, None] * mul.to(tl.int64)[None, :]
-        y = _shift_round(prod, shift[None, :] - e[:, None])
+            prod = acc * m.to(tl.int64) * mul.to(tl.int64)[None, :]
+        y = _shift_round(prod, shift[None, :] - e.to(tl.int64))
         y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + offs_n).to(tl.int64)
             y = tl.minimum(tl.maximum(y + bias[None, :], -ACT_MAX), ACT_MAX)
+        if HAS_RES:  # |res + y| <= 2 ACT_MAX: no overflow in int64
+            res = tl.load(res_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :]).to(tl.int64)
+            y = tl.minimum(tl.maximum(res + y, -ACT_MAX), ACT_MAX)
         if LA * LW == 1:
             # |y| <= ACT_MAX: narrowing to int32 first is exact and keeps 32-bit values in
             # registers until the store (the int64 tile held whole spilled).
@@ -266,57 +351,133 @@ def _split_accs(acc00, acc01, acc10, acc11, BM: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-            M, N, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LA: tl.constexpr,
-            LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr,
-            EPI_SPLIT: tl.constexpr):
+def _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+            M, N, stride_rm, stride_ym, stride_yn, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LA: tl.constexpr,
+            LW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NARROW_MUL: tl.constexpr,
+            RAW: tl.constexpr, EPI_SPLIT: tl.constexpr):
     """Run the epilogue on the whole tile, or on EPI_SPLIT column slices one after another: the
     int64 temporaries of a whole 128 x 256 tile would not fit the registers (they spill)."""
     c0 = pid_n * BLOCK_N
     if EPI_SPLIT == 1:
-        _epilogue(acc00, acc01, acc10, acc11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(acc00, acc01, acc10, acc11, pid_m, c0, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, HAS_RES, NARROW_MUL, RAW)
     elif EPI_SPLIT == 2:
         l00, l01, l10, l11, r00, r01, r10, r11 = _split_accs(acc00, acc01, acc10, acc11, BLOCK_M, BLOCK_N, LA, LW)
-        _epilogue(l00, l01, l10, l11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
-        _epilogue(r00, r01, r10, r11, pid_m, c0 + BLOCK_N // 2, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(l00, l01, l10, l11, pid_m, c0, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
+        _epilogue(r00, r01, r10, r11, pid_m, c0 + BLOCK_N // 2, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 2, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
     else:  # EPI_SPLIT == 4
         l00, l01, l10, l11, r00, r01, r10, r11 = _split_accs(acc00, acc01, acc10, acc11, BLOCK_M, BLOCK_N, LA, LW)
         a00, a01, a10, a11, b00, b01, b10, b11 = _split_accs(l00, l01, l10, l11, BLOCK_M, BLOCK_N // 2, LA, LW)
-        _epilogue(a00, a01, a10, a11, pid_m, c0, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
-        _epilogue(b00, b01, b10, b11, pid_m, c0 + BLOCK_N // 4, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(a00, a01, a10, a11, pid_m, c0, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
+        _epilogue(b00, b01, b10, b11, pid_m, c0 + BLOCK_N // 4, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
         a00, a01, a10, a11, b00, b01, b10, b11 = _split_accs(r00, r01, r10, r11, BLOCK_M, BLOCK_N // 2, LA, LW)
-        _epilogue(a00, a01, a10, a11, pid_m, c0 + BLOCK_N // 2, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
-        _epilogue(b00, b01, b10, b11, pid_m, c0 + 3 * BLOCK_N // 4, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                  M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, NARROW_MUL, RAW)
+        _epilogue(a00, a01, a10, a11, pid_m, c0 + BLOCK_N // 2, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                  M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
+        _epilogue(b00, b01, b10, b11, pid_m, c0 + 3 * BLOCK_N // 4, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr,
+                  y_ptr, M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N // 4, LA, LW, HAS_BIAS, HAS_RES,
+                  NARROW_MUL, RAW)
+
+
+@triton.jit
+def _row_scales(m_ptr, e_ptr, pid_m, M, BLOCK_M: tl.constexpr):
+    """Return the tile's row scales (m, e) as int32 [BLOCK_M, 1] columns (rows past M wrap around)."""
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    return tl.load(m_ptr + offs_m)[:, None], tl.load(e_ptr + offs_m)[:, None]
+
+
+@triton.jit
+def _limb_dots(a0, a1, w_ptrs, stride_wl, k_left, offs_k, acc00, acc01, acc10, acc11, LA: tl.constexpr,
+               LW: tl.constexpr, EVEN_K: tl.constexpr):
+    """One K block: load the weight limbs [BLOCK_K, BLOCK_N] (zero past k_left unless EVEN_K) and
+    add every limb pair's exact int32 dot to its accumulator (a1 is read only when LA == 2)."""
+    if EVEN_K:
+        w0 = tl.load(w_ptrs)
+    else:
+        w0 = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+    acc00 = tl.dot(a0, w0, acc00, out_dtype=tl.int32)
+    if LA == 2:
+        acc10 = tl.dot(a1, w0, acc10, out_dtype=tl.int32)
+    if LW == 2:
+        if EVEN_K:
+            w1 = tl.load(w_ptrs + stride_wl)
+        else:
+            w1 = tl.load(w_ptrs + stride_wl, mask=offs_k[:, None] < k_left, other=0)
+        acc01 = tl.dot(a0, w1, acc01, out_dtype=tl.int32)
+        if LA == 2:
+            acc11 = tl.dot(a1, w1, acc11, out_dtype=tl.int32)
+    return acc00, acc01, acc10, acc11
+
+
+@triton.jit
+def _split_k_sums(acc00, acc01, acc10, acc11, ws_ptr, count_ptr, tile, pid_m, pid_n, M, N, PLANE, SPLIT_K,
+                  LA: tl.constexpr, LW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PARTIAL_SEM: tl.constexpr):
+    """Exact split K: add this program's int32 partial dots into ``ws`` atomically (integer
+    addition: exact in any order; every partial sum is bounded by the full one, < 2**31) and
+    arrive at the tile's counter. Return (last, sums): the last program of the tile to arrive
+    gets the full sums and leaves ``ws`` and ``count`` zero for the next launch."""
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    ws = ws_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
+    plane = PLANE
+    # The partial sums are relaxed reductions: a release on every element put a fence before
+    # each (M = 64 tiles ran 5x slower, measured); one release, by the arrival below after
+    # the CTA barrier, orders them all (the pattern of CUDA's "last block" reductions).
+    tl.atomic_add(ws, acc00, mask=inside, sem=PARTIAL_SEM)
+    if LW == 2:
+        tl.atomic_add(ws + plane, acc01, mask=inside, sem=PARTIAL_SEM)
+    if LA == 2:
+        tl.atomic_add(ws + 2 * plane, acc10, mask=inside, sem=PARTIAL_SEM)
+        if LW == 2:
+            tl.atomic_add(ws + 3 * plane, acc11, mask=inside, sem=PARTIAL_SEM)
+    tl.debug_barrier()  # every thread's partial sums precede the arrival below
+    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+    tl.debug_barrier()  # the acquire precedes every thread's reads below
+    last = arrived == SPLIT_K - 1
+    if last:
+        zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        acc00 = tl.atomic_xchg(ws, zero, mask=inside, sem=PARTIAL_SEM)
+        if LW == 2:
+            acc01 = tl.atomic_xchg(ws + plane, zero, mask=inside, sem=PARTIAL_SEM)
+        if LA == 2:
+            acc10 = tl.atomic_xchg(ws + 2 * plane, zero, mask=inside, sem=PARTIAL_SEM)
+            if LW == 2:
+                acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem=PARTIAL_SEM)
+        tl.atomic_xchg(count_ptr + tile, 0)
+    return last, acc00, acc01, acc10, acc11
 
 
 @triton.jit
 def _linear_kernel(
     # pointers
-    a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
-    # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, y [M, N]; ws [4, M, N] int32
+    a_ptr, w_ptr, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr, ws_ptr, count_ptr,
+    # dimensions: a [LA, M, K] int8 limbs, w [LW, N, K] int8 limbs, res and y [M, N]; ws [4, M, N] int32
     M, N, K, PLANE, SPLIT_K,  # PLANE = M * N (elements of one ws plane); SPLIT_K: programs per tile
     # strides
-    stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_ym, stride_yn,
+    stride_al, stride_am, stride_ak, stride_wl, stride_wn, stride_wk, stride_rm, stride_ym, stride_yn,
     # meta-parameters
-    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr,
-    RAW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    USE_SPLIT: tl.constexpr, EPI_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
+    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, EVEN_K: tl.constexpr,
+    NARROW_MUL: tl.constexpr, RAW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, USE_SPLIT: tl.constexpr, EPI_SPLIT: tl.constexpr,
+    PARTIAL_SEM: tl.constexpr,
 ):
-    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias), saturated
+    """y = requantize(sum_ij dot(a_i, w_j) << 7(i+j), m, e, mul, shift) (+ bias) (+ res), saturated
     (RAW: y = the int64 sum itself, no requantization).
 
     With USE_SPLIT (SPLIT_K > 1, a run-time number so that every split shares one compiled
     kernel), program (tile, s) sums the s-th share of the K blocks and adds its int32
-    partial dots into ``ws`` atomically (integer addition: exact in any order; every partial sum
-    is bounded by the full one, < 2**31); the last program of a tile to arrive (``count``) takes
-    the sums, leaves ``ws`` and ``count`` zero for the next launch, and runs the epilogue.
+    partial dots into ``ws`` atomically; the last program of a tile to arrive runs the
+    epilogue (`_split_k_sums`).
     """
     # -- grouped program order (Triton matmul tutorial, "L2 Cache Optimizations") ----------
     pid = tl.program_id(0)
@@ -347,73 +508,40 @@ def _linear_kernel(
     acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k in range(k_first, k_stop):
+        k_left = K - k * BLOCK_K
         if EVEN_K:
             a0 = tl.load(a_ptrs)
-            w0 = tl.load(w_ptrs)
         else:
-            k_left = K - k * BLOCK_K
             a0 = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
-            w0 = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
-        acc00 = tl.dot(a0, w0, acc00, out_dtype=tl.int32)
+        a1 = a0
         if LA == 2:
             if EVEN_K:
                 a1 = tl.load(a_ptrs + stride_al)
             else:
                 a1 = tl.load(a_ptrs + stride_al, mask=offs_k[None, :] < k_left, other=0)
-            acc10 = tl.dot(a1, w0, acc10, out_dtype=tl.int32)
-        if LW == 2:
-            if EVEN_K:
-                w1 = tl.load(w_ptrs + stride_wl)
-            else:
-                w1 = tl.load(w_ptrs + stride_wl, mask=offs_k[:, None] < k_left, other=0)
-            acc01 = tl.dot(a0, w1, acc01, out_dtype=tl.int32)
-            if LA == 2:
-                acc11 = tl.dot(a1, w1, acc11, out_dtype=tl.int32)
+        acc00, acc01, acc10, acc11 = _limb_dots(a0, a1, w_ptrs, stride_wl, k_left, offs_k, acc00, acc01, acc10, acc11,
+                                                LA, LW, EVEN_K)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
-    if not USE_SPLIT:
-        _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
-    else:
-        # -- split K: exact integer sums in ws, the last program of the tile finishes -------
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        inside = (rm[:, None] < M) & (rn[None, :] < N)
-        ws = ws_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
-        plane = PLANE
-        # The partial sums are relaxed reductions: a release on every element put a fence before
-        # each (M = 64 tiles ran 5x slower, measured); one release, by the arrival below after
-        # the CTA barrier, orders them all (the pattern of CUDA's "last block" reductions).
-        tl.atomic_add(ws, acc00, mask=inside, sem=PARTIAL_SEM)
-        if LW == 2:
-            tl.atomic_add(ws + plane, acc01, mask=inside, sem=PARTIAL_SEM)
-        if LA == 2:
-            tl.atomic_add(ws + 2 * plane, acc10, mask=inside, sem=PARTIAL_SEM)
-            if LW == 2:
-                tl.atomic_add(ws + 3 * plane, acc11, mask=inside, sem=PARTIAL_SEM)
-        tl.debug_barrier()  # every thread's partial sums precede the arrival below
-        arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
-        tl.debug_barrier()  # the acquire precedes every thread's reads below
-        if arrived == SPLIT_K - 1:
-            zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-            acc00 = tl.atomic_xchg(ws, zero, mask=inside, sem=PARTIAL_SEM)
-            if LW == 2:
-                acc01 = tl.atomic_xchg(ws + plane, zero, mask=inside, sem=PARTIAL_SEM)
-            if LA == 2:
-                acc10 = tl.atomic_xchg(ws + 2 * plane, zero, mask=inside, sem=PARTIAL_SEM)
-                if LW == 2:
-                    acc11 = tl.atomic_xchg(ws + 3 * plane, zero, mask=inside, sem=PARTIAL_SEM)
-            tl.atomic_xchg(count_ptr + pid, 0)
-            _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-                    M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
+    last = True
+    if USE_SPLIT:
+        last, acc00, acc01, acc10, acc11 = _split_k_sums(acc00, acc01, acc10, acc11, ws_ptr, count_ptr, pid, pid_m,
+                                                         pid_n, M, N, PLANE, SPLIT_K, LA, LW, BLOCK_M, BLOCK_N,
+                                                         PARTIAL_SEM)
+    if last:
+        m, e = _row_scales(m_ptr, e_ptr, pid_m, M, BLOCK_M)
+        _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, HAS_RES, NARROW_MUL, RAW,
+                EPI_SPLIT)
 
 
 @triton.jit
 def _linear_tma_kernel(
     a_desc, w_desc,  # tensor descriptors of a [LA * M, K] and w [LW * N, K] int8 (limb planes stacked)
-    m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-    M, N, K, stride_ym, stride_yn,
-    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, NARROW_MUL: tl.constexpr, RAW: tl.constexpr,
+    m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+    M, N, K, stride_rm, stride_ym, stride_yn,
+    LA: tl.constexpr, LW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, NARROW_MUL: tl.constexpr,
+    RAW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EPI_SPLIT: tl.constexpr,
 ):
@@ -449,8 +577,129 @@ def _linear_tma_kernel(
             acc01 = tl.dot(a0, w1.T, acc01, out_dtype=tl.int32)
             if LA == 2:
                 acc11 = tl.dot(a1, w1.T, acc11, out_dtype=tl.int32)
-    _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m_ptr, e_ptr, mul_ptr, shift_ptr, bias_ptr, y_ptr,
-            M, N, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, NARROW_MUL, RAW, EPI_SPLIT)
+    m, e = _row_scales(m_ptr, e_ptr, pid_m, M, BLOCK_M)
+    _finish(acc00, acc01, acc10, acc11, pid_m, pid_n, m, e, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+            M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, HAS_RES, NARROW_MUL, RAW,
+            EPI_SPLIT)
+
+
+# %%
+# The decode linear: row quantization (and RMSNorm) in front, one launch
+# ----------------------------------------------------------------------
+# At decode (M <= 16) the rows are a few KB to a few hundred KB, far less than the weights, and
+# stay in L2: every program reads them for its rows' statistics instead of waiting for a
+# separate quantization launch, then quantizes each K block of its share in registers. The
+# redundancy (every column tile repeats the statistics) is what `fuse_rows_hint` weighs.
+
+@triton.jit
+def _repeat_rows(t, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Return t [ROWS, C] as [BLOCK_M, C], row i = t[i % ROWS]: an int8 dot operand needs >= 16
+    rows, and rows past M only reach outputs that are never stored."""
+    if ROWS == BLOCK_M:
+        out = t
+    else:
+        out = tl.reshape(tl.broadcast_to(t[None, :, :], (BLOCK_M // ROWS, ROWS, t.shape[1])), (BLOCK_M, t.shape[1]))
+    return out
+
+
+@triton.jit
+def _linear_rows_kernel(
+    # pointers
+    x_ptr, gamma_ptr, eps_ptr, w_ptr, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr, ws_ptr, count_ptr,
+    # dimensions: x [M, K] Q16 (int32/int64), w [LW, N, K] int8 limbs, res and y [M, N]; ws [4, M, N]
+    M, N, K, PLANE, SPLIT_K,
+    # strides
+    stride_xm, stride_wl, stride_wn, stride_wk, stride_rm, stride_ym, stride_yn,
+    # meta-parameters
+    QMAX: tl.constexpr, LA: tl.constexpr, LW: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr, ROWS: tl.constexpr,
+    ROW_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
+):
+    """y = linear(h, QMAX, W, mul, shift) (+ bias) (+ res), saturated as ``spec.ops.linear`` and
+    ``spec.ops.residual_add``, where h = x, or ``spec.ops.rms_norm(x, gamma, eps)`` with NORM.
+    Program (column tile, s) of one row tile (M <= BLOCK_M; ROWS = next_pow2(M) rows computed):
+
+    1. absmax of every row over all K (ROW_BLOCK values a step; rows past M wrap around);
+    2. NORM: s = `_rms_shift`, then in one more pass the exact int64 sum of squares of
+       xs = shift_round(x, s) and max |xs * gamma|, so r = `_rms_root`; the absmax of the
+       normed row is ``saturate(div_round(max |xs * gamma|, r))`` because div_round and
+       saturation are monotone in |n|, one division per row instead of one per element;
+    3. (m, e) = `_row_scale` of the absmax, then for each K block of this program's share:
+       load x (and gamma), norm it (`_rms_scale`), quantize it (`_quantize_values`) into
+       int8 limbs in registers, and add the exact limb dots (`_limb_dots`), as `_linear_kernel`;
+    4. split K (`_split_k_sums`) and the epilogue (`_finish`) as in `_linear_kernel`, the
+       residual added last.
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, ROWS) % M
+    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm  # [ROWS, 1]
+    offs_r = tl.arange(0, ROW_BLOCK)[None, :]
+    # -- 1. absmax of the rows ------------------------------------------------------------
+    amax = tl.zeros([ROWS], dtype=tl.int64)
+    for k0 in range(0, K, ROW_BLOCK):
+        v = tl.load(x_rows + k0 + offs_r, mask=k0 + offs_r < K, other=0).to(tl.int64)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+    amax = amax[:, None]  # [ROWS, 1]
+    # -- 2. RMSNorm statistics: s, r, and the normed row's absmax ---------------------------
+    s = tl.zeros([ROWS, 1], dtype=tl.int64)
+    r = tl.full([ROWS, 1], 1, tl.int64)
+    if NORM:
+        s = _rms_shift(amax)
+        sum_sq = tl.zeros([ROWS], dtype=tl.int64)
+        n_max = tl.zeros([ROWS], dtype=tl.int64)
+        for k0 in range(0, K, ROW_BLOCK):
+            inside = k0 + offs_r < K
+            xs = _shift_round(tl.load(x_rows + k0 + offs_r, mask=inside, other=0).to(tl.int64), s)
+            g = tl.load(gamma_ptr + k0 + offs_r, mask=inside, other=0).to(tl.int64)
+            sum_sq += tl.sum(xs * xs, axis=1)
+            n_max = tl.maximum(n_max, tl.max(tl.abs(xs * g), axis=1))
+        r = _rms_root(sum_sq[:, None], K, tl.load(eps_ptr).to(tl.int64), s)
+        amax = _rms_scale(n_max[:, None], 1, r, 1.0 / (2 * r).to(tl.float64))
+    rcp_r = 1.0 / (2 * r).to(tl.float64)
+    amax = tl.maximum(amax, 1)  # a zero row is treated as amax = 1
+    m, e, left, d, rcp = _row_scale(amax, QMAX)  # spec.quant.row_scale, [ROWS, 1]
+    # -- 3. this program's share of the K blocks: quantize in registers, exact limb dots ----
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(k_blocks, SPLIT_K)
+    k_first = pid_k * share
+    k_stop = tl.minimum(k_first + share, k_blocks)
+    w_ptrs = w_ptr + (k_first * BLOCK_K + offs_k[:, None]) * stride_wk + offs_n[None, :] * stride_wn
+    acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(k_first, k_stop):
+        kk = k * BLOCK_K + offs_k[None, :]
+        inside = kk < K
+        v = tl.load(x_rows + kk, mask=inside, other=0).to(tl.int64)  # past K: 0, so q = 0
+        if NORM:
+            g = tl.load(gamma_ptr + kk, mask=inside, other=0).to(tl.int64)
+            v = _rms_scale(_shift_round(v, s), g, r, rcp_r)
+        q = _quantize_values(v, left, d, rcp)
+        a0 = _repeat_rows(_limb(q, 0, LA), ROWS, BLOCK_M)
+        a1 = a0
+        if LA == 2:
+            a1 = _repeat_rows(_limb(q, 1, LA), ROWS, BLOCK_M)
+        acc00, acc01, acc10, acc11 = _limb_dots(a0, a1, w_ptrs, stride_wl, K - k * BLOCK_K, offs_k, acc00, acc01,
+                                                acc10, acc11, LA, LW, EVEN_K)
+        w_ptrs += BLOCK_K * stride_wk
+    # -- 4. split K, epilogue -------------------------------------------------------------
+    last = True
+    if USE_SPLIT:
+        last, acc00, acc01, acc10, acc11 = _split_k_sums(acc00, acc01, acc10, acc11, ws_ptr, count_ptr, pid_n, 0,
+                                                         pid_n, M, N, PLANE, SPLIT_K, LA, LW, BLOCK_M, BLOCK_N,
+                                                         PARTIAL_SEM)
+    if last:
+        m_col = _repeat_rows(m.to(tl.int32), ROWS, BLOCK_M)
+        e_col = _repeat_rows(e.to(tl.int32), ROWS, BLOCK_M)
+        _finish(acc00, acc01, acc10, acc11, 0, pid_n, m_col, e_col, mul_ptr, shift_ptr, bias_ptr, res_ptr, y_ptr,
+                M, N, stride_rm, stride_ym, stride_yn, BLOCK_M, BLOCK_N, LA, LW, HAS_BIAS, HAS_RES, NARROW_MUL, False,
+                1)
 
 
 # %%
@@ -623,8 +872,10 @@ def _tma_ok(q: torch.Tensor, w: torch.Tensor) -> bool:
     return all(t.is_contiguous() and t.shape[-1] % 16 == 0 and t.data_ptr() % 16 == 0 for t in (q, w))
 
 
-def _launch(q, m, e, w, mul, shift, bias, y, config, raw):
-    """One _linear_kernel launch: q [LA <= 2, M, K], w [LW <= 2, N, K] limbs into y [M, N]."""
+def _launch(q, m, e, w, mul, shift, bias, y, config, raw, residual=None):
+    """One _linear_kernel launch: q [LA <= 2, M, K], w [LW <= 2, N, K] limbs into y [M, N]
+    (+ residual [M, N], unit column stride)."""
+    res = residual if residual is not None else y
     la, mm, k = q.shape
     lw, n, _ = w.shape
     cfg = dict(SPLIT_K=1, EPI_SPLIT=1, TMA=False, PARTIAL_SEM="relaxed") | dict(
@@ -636,8 +887,9 @@ def _launch(q, m, e, w, mul, shift, bias, y, config, raw):
         w_desc = TensorDescriptor.from_tensor(w.view(lw * n, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
         tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
         _linear_tma_kernel[(tiles,)](
-            a_desc, w_desc, m, e, mul, shift, bias if bias is not None else mul, y, mm, n, k, y.stride(0), y.stride(1),
-            LA=la, LW=lw, HAS_BIAS=bias is not None, NARROW_MUL=_narrow(mul), RAW=raw, **cfg)
+            a_desc, w_desc, m, e, mul, shift, bias if bias is not None else mul, res, y, mm, n, k, res.stride(0),
+            y.stride(0), y.stride(1), LA=la, LW=lw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+            NARROW_MUL=_narrow(mul), RAW=raw, **cfg)
         return
     tiles = triton.cdiv(mm, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
@@ -646,11 +898,11 @@ def _launch(q, m, e, w, mul, shift, bias, y, config, raw):
     split = cfg.pop("SPLIT_K")
     ws, count = _split_k_buffers(q.device, 4 * mm * n, tiles) if split > 1 else (y, y)
     _linear_kernel[(tiles, split)](
-        q, w, m, e, mul, shift, bias if bias is not None else mul, y, ws, count,
+        q, w, m, e, mul, shift, bias if bias is not None else mul, res, y, ws, count,
         mm, n, k, mm * n, split,
-        q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
-        LA=la, LW=lw, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), RAW=raw,
-        USE_SPLIT=split > 1, **cfg,
+        q.stride(0), q.stride(1), q.stride(2), w.stride(0), w.stride(1), w.stride(2), res.stride(0), y.stride(0),
+        y.stride(1), LA=la, LW=lw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), RAW=raw, USE_SPLIT=split > 1, **cfg,
     )
 
 
@@ -661,8 +913,9 @@ def _limb_groups(limbs: int) -> list[tuple[int, int]]:
 
 def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch.Tensor, mul: torch.Tensor,
                      shift: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.int64,
-                     config: dict | None = None) -> torch.Tensor:
-    """Return ``requantize(q @ W.T, m, e, mul, shift)`` (+ bias, saturated) from quantized rows.
+                     config: dict | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``requantize(q @ W.T, m, e, mul, shift)`` (+ bias, saturated) from quantized rows;
+    with ``residual`` [M, O] (Q16), ``spec.ops.residual_add(residual, that)`` in the same epilogue.
 
     q: int8 limbs ``[LA, M, K]`` with (m, e) int32 ``[M]`` (``quantize_rows``); w: int8 limbs
     ``[LW, O, K]`` (``split_limbs``); mul, shift ``[O]``; bias ``[O]`` or None. LA, LW <= 3 and
@@ -678,6 +931,8 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
         raise ValueError(f"linear: limbs {la}x{lw} (<= {MAX_LIMBS} each), K {k} vs {kw} (<= {MAX_K})")
     if q.dtype != torch.int8 or w.dtype != torch.int8:
         raise ValueError("linear: limbs must be int8")
+    if residual is not None and (residual.shape != (mm, n) or residual.stride(-1) != 1):
+        residual = residual.expand(mm, n).contiguous()
     if mm == 0 or n == 0:
         return torch.empty((mm, n), dtype=out_dtype, device=q.device)
     if k == 0:  # an empty sum: acc = 0
@@ -685,7 +940,7 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
         w = torch.zeros((lw, n, 1), dtype=torch.int8, device=q.device)
     if la <= 2 and lw <= 2:
         y = torch.empty((mm, n), dtype=out_dtype, device=q.device)
-        _launch(q, m, e, w, mul, shift, bias, y, config, raw=False)
+        _launch(q, m, e, w, mul, shift, bias, y, config, raw=False, residual=residual)
         return y
     from spec.quant import requantize, saturate
 
@@ -697,7 +952,85 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
             acc += part << (7 * (a0 + w0))
     y = requantize(acc, m.to(torch.int64), e.to(torch.int64), mul, shift)
     y = y if bias is None else saturate(y + bias.to(torch.int64))
+    y = y if residual is None else saturate(residual.to(torch.int64) + y)  # spec.ops.residual_add
     return y.to(out_dtype)
+
+
+def fuse_rows_hint(m: int, n: int, k: int, la: int, lw: int, norm: bool, row_bytes: int, device: torch.device) -> bool:
+    """Return whether `linear_rows` quantizes (and norms) the rows inside the linear's launch:
+    M <= ROWS_MAX_M, at most two limbs each, every program's read of the rows (next_pow2(M) x K
+    values of ``row_bytes``) at most FUSE_ROW_BYTES, and with the norm, programs x rows x K
+    (the redundant statistics passes) at most FUSE_NORM_WORK. The two constants are first
+    estimates (L2 ~5.5 TB/s shared by every program's statistics pass, ~25 integer operations
+    per normed value): ``benchmarks/bench_linear.py --decode`` times both paths per shape."""
+    if not (1 <= m <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
+        return False
+    rows = triton.next_power_of_2(m)
+    if rows * k * row_bytes > FUSE_ROW_BYTES:
+        return False
+    if norm:
+        cfg = _config(m, n, k, la, lw, device)
+        programs = triton.cdiv(n, cfg["BLOCK_N"]) * cfg["SPLIT_K"]
+        return programs * rows * k <= FUSE_NORM_WORK and k <= QUANT_BLOCK
+    return True
+
+
+def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,
+                bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                norm: tuple[torch.Tensor, torch.Tensor] | None = None, fuse: bool | None = None,
+                out_dtype: torch.dtype = torch.int64, config: dict | None = None) -> torch.Tensor:
+    """Return ``spec.ops.linear(h, act_bits, W, mul, shift, bias)``, h = x or, with ``norm`` =
+    (gamma, eps_q48), ``spec.ops.rms_norm(x, gamma, eps_q48)``; with ``residual`` [M, O],
+    ``spec.ops.residual_add(residual, that)``. The decode step's linear (no value is read back:
+    CUDA-graph capturable).
+
+    x: Q16 int32/int64 ``[M, K]``; w: int8 limbs ``[LW, O, K]`` (``weight_limbs``). When
+    ``fuse`` (default: `fuse_rows_hint`) it is one `_linear_rows_kernel` launch; otherwise the
+    rows are quantized first (`quantize_rows`, or ``rowops.rms_norm_quantize`` with the norm)
+    and `linear_quantized` adds the residual in its epilogue: two launches either way.
+    ``config`` (tests, sweeps): BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages and ROW_BLOCK
+    (values per statistics step) of the one launch, else `_config`'s decode tile.
+    """
+    mm, k = x.shape
+    lw, n, kw = w.shape
+    la = _num_limbs(act_bits)
+    if kw != k or not la or act_bits < 2:
+        raise ValueError(f"linear_rows: K {k} vs {kw}, act_bits {act_bits} (2..16)")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    if fuse is None:
+        fuse = fuse_rows_hint(mm, n, k, la, lw, norm is not None, x.element_size(), x.device)
+    if not fuse or mm == 0 or n == 0:
+        if norm is None:
+            rows = quantize_rows(x, act_bits)
+        else:
+            from fieldprint_fast.kernels.rowops import rms_norm_quantize
+
+            rows = rms_norm_quantize(x, norm[0], norm[1], act_bits)
+        return linear_quantized(*rows, w, mul, shift, bias, out_dtype=out_dtype, residual=residual)
+    if not (mm <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
+        raise ValueError(f"linear_rows: one launch needs M <= {ROWS_MAX_M}, <= 2 limbs each, 1 <= K <= {MAX_K}")
+    if residual is not None and (residual.shape != (mm, n) or residual.stride(-1) != 1):
+        residual = residual.expand(mm, n).contiguous()
+    y = torch.empty((mm, n), dtype=out_dtype, device=x.device)
+    res = residual if residual is not None else y
+    gamma, eps = norm if norm is not None else (mul, mul)
+    rows = triton.next_power_of_2(mm)
+    cfg = dict(ROW_BLOCK=min(triton.next_power_of_2(k), max(16, 2048 // rows))) | dict(
+        config or _config(mm, n, k, la, lw, x.device))
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
+    split = triton.cdiv(k_blocks, triton.cdiv(k_blocks, max(1, min(cfg.get("SPLIT_K", 1), k_blocks))))  # every split works
+    ws, count = _split_k_buffers(x.device, 4 * mm * n, tiles) if split > 1 else (y, y)
+    _linear_rows_kernel[(tiles, split)](
+        x, gamma, eps, w, mul, shift, bias if bias is not None else mul, res, y, ws, count,
+        mm, n, k, mm * n, split,
+        x.stride(0), w.stride(0), w.stride(1), w.stride(2), res.stride(0), y.stride(0), y.stride(1),
+        QMAX=(1 << (act_bits - 1)) - 1, LA=la, LW=lw, NORM=norm is not None, HAS_BIAS=bias is not None,
+        HAS_RES=residual is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), ROWS=rows,
+        ROW_BLOCK=cfg["ROW_BLOCK"], BLOCK_M=ROWS_MAX_M, BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], USE_SPLIT=split > 1, PARTIAL_SEM="relaxed", num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
+    return y
 
 
 def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,

@@ -23,16 +23,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fieldprint_fast.kernels.linear import (
-    _bit_length, _num_limbs, _quantize_block, _shift_round, ACT_MAX, LIMB_BITS, SCALE_MANT_BITS,  # noqa: F401
+from fieldprint_fast.kernels.linear import (  # noqa: F401
+    _num_limbs, _quantize_block, _rms_root, _rms_scale, _rms_shift, _row_scale, _shift_round, ACT_MAX, LIMB_BITS,
+    RMS_NORM_BITS,
 )
 from spec.constants import (
-    ACT_FRAC_BITS as _ACT_FRAC_BITS, RMS_NORM_BITS as _RMS_NORM_BITS, ROPE_FRAC_BITS as _ROPE_FRAC_BITS, SIGMOID_DOMAIN as _SIGMOID_DOMAIN,
+    ACT_FRAC_BITS as _ACT_FRAC_BITS, ROPE_FRAC_BITS as _ROPE_FRAC_BITS, SIGMOID_DOMAIN as _SIGMOID_DOMAIN,
     SIGMOID_FRAC_BITS as _SIGMOID_FRAC_BITS, SIGMOID_STEP_BITS as _SIGMOID_STEP_BITS,
 )
 
 ROPE_FRAC_BITS = tl.constexpr(_ROPE_FRAC_BITS)  # (= 30) cos/sin table fraction bits
-RMS_NORM_BITS = tl.constexpr(_RMS_NORM_BITS)  # (= 23) bits of the largest rescaled magnitude
 ACT_FRAC_BITS = tl.constexpr(_ACT_FRAC_BITS)  # (= 16)
 SIGMOID_FRAC_BITS = tl.constexpr(_SIGMOID_FRAC_BITS)  # (= 16)
 SIG_LIM = tl.constexpr(_SIGMOID_DOMAIN << _ACT_FRAC_BITS)  # (= 2**20) sigmoid input clamp, Q16
@@ -47,52 +47,25 @@ BLOCK = 1024  # elements per program of the elementwise kernels
 # --------------------
 
 @triton.jit
-def _isqrt(v):
-    """Return floor(sqrt(v)) for 0 <= v < 2**63 (int64 scalar): spec.quant.isqrt, 32 steps."""
-    res = tl.zeros_like(v)
-    one = tl.full([], 1 << 62, tl.int64)
-    for _ in tl.static_range(32):
-        t = res + one
-        ge = v >= t
-        v = tl.where(ge, v - t, v)
-        res = tl.where(ge, (res >> 1) + one, res >> 1)
-        one = one >> 2
-    return res
-
-
-@triton.jit
 def _rms_norm_kernel(x_ptr, gamma_ptr, eps_ptr, y_ptr, q_ptr, m_ptr, e_ptr,
                      H, stride_xn, stride_yn, stride_ql, stride_qn,
                      QUANTIZE: tl.constexpr, QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK_H: tl.constexpr):
-    """One row: y = spec.ops.rms_norm(x)[row]; with QUANTIZE, its quantize_rows limbs instead."""
+    """One row: y = spec.ops.rms_norm(x)[row] (the steps of ``linear._rms_shift``, ``_rms_root``,
+    ``_rms_scale``, shared with the fused decode linear); with QUANTIZE, its quantize_rows limbs."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
     inside = offs < H
     x = tl.load(x_ptr + row * stride_xn + offs, mask=inside, other=0).to(tl.int64)
     # -- 1. rescale so the largest magnitude has RMS_NORM_BITS bits ------------------------
-    amax = tl.max(tl.abs(x), axis=0)
-    bits = tl.where(amax > 0, _bit_length(tl.maximum(amax, 1)), 0)
-    s = tl.maximum(bits - RMS_NORM_BITS, -16)
+    s = _rms_shift(tl.max(tl.abs(x), axis=0))
     xs = _shift_round(x, tl.zeros_like(x) + s)
-    # -- 2. mean of squares and epsilon in xs**2 units -------------------------------------
-    msq = tl.sum(xs * xs, axis=0) // H
-    eps_q48 = tl.load(eps_ptr).to(tl.int64)
-    eps = _shift_round(eps_q48, 16 + 2 * s)
-    # -- 3. r = isqrt(msq + eps), y = div_round(xs * gamma, r) -----------------------------
-    r = tl.maximum(_isqrt(msq + eps), 1)
+    # -- 2. mean of squares and epsilon in xs**2 units; 3. r, y = div_round(xs * gamma, r) --
+    r = _rms_root(tl.sum(xs * xs, axis=0), H, tl.load(eps_ptr).to(tl.int64), s)
     g = tl.load(gamma_ptr + offs, mask=inside, other=0).to(tl.int64)
-    n = xs * g
-    mag = (2 * tl.abs(n) + r) // (2 * r)
-    y = tl.where(n < 0, -mag, mag)
-    y = tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
+    y = _rms_scale(xs, g, r, 1.0 / (2 * r).to(tl.float64))
     if QUANTIZE:  # spec.quant.quantize_rows of this row, as linear._quantize_rows_kernel does
-        ymax = tl.maximum(tl.max(tl.abs(y), axis=0), 1)
-        e = _bit_length(ymax) - _bit_length(tl.full([], QMAX, tl.int64)) + 1 - SCALE_MANT_BITS
-        left = tl.maximum(-e, 0)
-        right = tl.maximum(e, 0)
-        den = tl.full([], QMAX, tl.int64) << right
-        m = ((ymax << left) + den - 1) // den
-        _quantize_block(y, inside, q_ptr + row * stride_qn + offs, stride_ql, left, m << right, LIMBS)
+        m, e, left, d, rcp = _row_scale(tl.maximum(tl.max(tl.abs(y), axis=0), 1), QMAX)
+        _quantize_block(y, inside, q_ptr + row * stride_qn + offs, stride_ql, left, d, rcp, LIMBS)
         tl.store(m_ptr + row, m.to(tl.int32))
         tl.store(e_ptr + row, e.to(tl.int32))
     else:

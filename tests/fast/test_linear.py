@@ -61,6 +61,16 @@ def multipliers(gen: torch.Generator, o: int, shift_lo: int, shift_hi: int):
     return mul, shift
 
 
+def residual_rows(gen: torch.Generator, n: int, o: int, kind: str) -> torch.Tensor:
+    """Return int64 [n, o] Q16 residual rows: random over the whole range ("sat": half of them at
+    +-ACT_MAX, so that most sums with a linear's output saturate), else small."""
+    if kind != "sat":
+        return torch.randint(-(1 << 20), 1 << 20, (n, o), generator=gen, dtype=torch.int64)
+    r = torch.randint(-ACT_MAX, ACT_MAX + 1, (n, o), generator=gen, dtype=torch.int64)
+    edge = torch.rand(n, o, generator=gen) < 0.5
+    return torch.where(edge, torch.where(r < 0, -ACT_MAX, ACT_MAX), r)
+
+
 def recombine(limbs: torch.Tensor) -> torch.Tensor:
     """Return sum_i limbs[i] * 2**(7 i) as int64 (the value a limb stack stands for)."""
     return sum(limbs[i].long() << (7 * i) for i in range(limbs.shape[0]))
@@ -165,12 +175,12 @@ TILES = [dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=1, num_st
 @settings(max_examples=max(EXAMPLES * 2 // 3, 1))
 @given(n=st.integers(1, 40), k=st.integers(1, 120), o=st.integers(1, 70), tile=st.sampled_from(TILES),
        la=st.integers(1, 3), lw=st.integers(1, 3), int32_out=st.booleans(), wide_mul=st.booleans(),
-       bias=st.booleans(), seed=st.integers(0, 2**31))
-def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, bias, seed):
+       bias=st.booleans(), residual=st.booleans(), seed=st.integers(0, 2**31))
+def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, bias, residual, seed):
     """Many programs per launch (grouped order, edge tiles wrapping around, K tails, split K, the
     epilogue in column slices) for every limb combination (three limbs: the grouped RAW launches),
-    against the spec's requantize(int_matmul(q, W)). Split-K launches must leave their workspace
-    zero: each example reuses it."""
+    against the spec's requantize(int_matmul(q, W)), with and without a residual added in the
+    epilogue. Split-K launches must leave their workspace zero: each example reuses it."""
     gen = torch.Generator().manual_seed(seed)
     a_bits, w_bits = (8, 12, 16)[la - 1], (8, 10, 16)[lw - 1]
     x = q16_rows(gen, n, k, "both")
@@ -180,11 +190,14 @@ def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, bias
         mul = mul << 6  # [2**18, 2**19): the general int64 epilogue
     b = torch.randint(-(1 << 31) + 1, 1 << 31, (o,), generator=gen, dtype=torch.int64).to(torch.int32) if bias else None
     want = spec_ops.linear(x, a_bits, w, mul, shift, b)
+    res = residual_rows(gen, n, o, "sat") if residual else None
+    want = want if res is None else spec_ops.residual_add(res, want)
     q, m, e = K.quantize_rows(*to_dev(x), a_bits)
     limbs = K.split_limbs(w.to(DEVICE))
     assert (q.shape[0], limbs.shape[0]) == (la, lw)
     out_dtype = torch.int32 if int32_out else torch.int64
-    got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift, b), out_dtype=out_dtype, config=tile)
+    got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift, b), out_dtype=out_dtype, config=tile,
+                             residual=to_dev(res)[0])
     assert_equal(got.long(), want, f"tile {tile}")
     for ws, count in K._SPLIT_K_BUFFERS.values():
         assert not ws.any() and not count.any()
@@ -210,12 +223,14 @@ def test_linear_tma_tiles(n, k16, o, la, lw, epi, seed):
     x = q16_rows(gen, n, k, "both")
     w = weights(gen, o, k, w_bits, lw > 1)
     mul, shift = multipliers(gen, o, 8, 30)
-    want = spec_ops.linear(x, a_bits, w, mul, shift)
+    res = residual_rows(gen, n, o, "sat")
+    want = spec_ops.residual_add(res, spec_ops.linear(x, a_bits, w, mul, shift))
     tile = dict(BLOCK_M=16, BLOCK_N=16 * epi, BLOCK_K=32, GROUP_M=2, num_warps=1, num_stages=2, EPI_SPLIT=epi, TMA=True)
     q, m, e = K.quantize_rows(*to_dev(x), a_bits)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "_linear_tma_kernel", Spy())
-        got = K.linear_quantized(q, m, e, K.split_limbs(w.to(DEVICE)), *to_dev(mul, shift), config=tile)
+        got = K.linear_quantized(q, m, e, K.split_limbs(w.to(DEVICE)), *to_dev(mul, shift), config=tile,
+                                 residual=to_dev(res)[0])
     assert_equal(got, want, f"tma {n}x{k}x{o} L{la}x{lw}")
     assert launches
 
@@ -287,6 +302,82 @@ def test_fast_ops_linear_and_lm_head():
 
 
 # %%
+# The decode linear: quantization (and RMSNorm) in front, residual in the epilogue
+# --------------------------------------------------------------------------------
+
+ROWS_TILES = [None,  # the committed decode tile (16 x 64 x 256 or 128): one program, one K block here
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, num_warps=1, num_stages=1, ROW_BLOCK=16),
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=3, num_warps=1, num_stages=1, ROW_BLOCK=32),
+              dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=2, num_stages=2, ROW_BLOCK=64)]
+ROWS_WIDTHS = sorted({wa for wa in PROFILE_WIDTHS if max(wa) <= 15} | {(8, 8), (10, 12), (15, 15), (2, 2)})
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 16), k=st.integers(1, 200), o=st.integers(1, 50), widths=st.sampled_from(ROWS_WIDTHS),
+       wide=st.booleans(), kind=st.sampled_from(["plain", "zero", "sat", "both"]), norm=st.booleans(),
+       gain_bits=st.sampled_from([16, 20, 31]), residual=st.sampled_from([None, "small", "sat"]),
+       bias=st.booleans(), tile=st.sampled_from(ROWS_TILES), int32_in=st.booleans(), seed=st.integers(0, 2**31))
+def test_linear_rows_equals_spec(n, k, o, widths, wide, kind, norm, gain_bits, residual, bias, tile, int32_in, seed):
+    """One launch: the rows' absmax and scale (and RMSNorm) in every program, the limbs quantized
+    in registers, exact split K, bias and residual in the epilogue, against spec.ops.linear /
+    rms_norm / residual_add. Gains of 31 bits saturate the norm; "sat" residuals saturate the
+    sum; K tails, statistics in several steps (ROW_BLOCK), zero rows and rows at +-ACT_MAX."""
+    w_bits, a_bits = widths
+    gen = torch.Generator().manual_seed(seed)
+    x = q16_rows(gen, n, k, kind)
+    w = weights(gen, o, k, w_bits, wide)
+    mul, shift = multipliers(gen, o, 14, 34)
+    b = torch.randint(-(1 << 24), 1 << 24, (o,), generator=gen, dtype=torch.int64).to(torch.int32) if bias else None
+    gamma = torch.randint(-(1 << gain_bits) + 1, 1 << gain_bits, (k,), generator=gen, dtype=torch.int64)
+    gamma, eps = gamma.to(torch.int32), torch.tensor([1 << int(torch.randint(0, 46, (1,), generator=gen))])
+    res = None if residual is None else residual_rows(gen, n, o, residual)
+    h = spec_ops.rms_norm(x, gamma, eps) if norm else x
+    want = spec_ops.linear(h, a_bits, w, mul, shift, b)
+    want = want if res is None else spec_ops.residual_add(res, want)
+    xd, gd, ed, rd = to_dev(x.to(torch.int32) if int32_in else x, gamma, eps, res)
+    limbs = K.weight_limbs(w.to(DEVICE))
+    got = K.linear_rows(xd, a_bits, limbs, *to_dev(mul, shift, b), residual=rd, norm=(gd, ed) if norm else None,
+                        fuse=True, config=tile)
+    assert got.dtype == torch.int64 and got.shape == (n, o)
+    assert_equal(got, want, f"rows {n}x{k}x{o} w{w_bits} a{a_bits} norm={norm} res={residual} tile={tile}")
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+
+
+@pytest.mark.parametrize("fuse", [None, False])
+def test_linear_rows_two_launch_paths(fuse):
+    """The hint's choice and the two-launch path (quantize_rows or rms_norm_quantize, then the
+    matmul with the residual in its epilogue), three-limb activations and M > 16 included."""
+    gen = torch.Generator().manual_seed(21)
+    for n, k, o, w_bits, a_bits, norm in ((1, 90, 30, 8, 8, True), (17, 40, 20, 8, 12, False), (3, 50, 9, 10, 16, True),
+                                          (16, 64, 33, 16, 12, False)):
+        x = q16_rows(gen, n, k, "both")
+        w = weights(gen, o, k, w_bits, w_bits > 8)
+        mul, shift = multipliers(gen, o, 14, 34)
+        gamma = torch.randint(-(1 << 20), 1 << 20, (k,), generator=gen, dtype=torch.int32)
+        eps = torch.tensor([1 << 30])
+        res = residual_rows(gen, n, o, "sat")
+        want = spec_ops.residual_add(res, spec_ops.linear(spec_ops.rms_norm(x, gamma, eps) if norm else x, a_bits, w,
+                                                          mul, shift))
+        got = K.linear_rows(*to_dev(x), a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0],
+                            norm=tuple(to_dev(gamma, eps)) if norm else None, fuse=fuse)
+        assert_equal(got, want, f"rows {n}x{k}x{o} a{a_bits} w{w_bits} fuse={fuse}")
+
+
+def test_fuse_rows_hint():
+    """The hint only picks shapes the one-launch kernel covers, and keeps long rows out."""
+    dev = torch.device(DEVICE)
+    assert K.fuse_rows_hint(1, 4096, 4096, 1, 1, False, 8, dev)
+    assert not K.fuse_rows_hint(17, 4096, 4096, 1, 1, False, 8, dev)  # M > ROWS_MAX_M
+    assert not K.fuse_rows_hint(1, 4096, 4096, 3, 1, False, 8, dev)  # three limbs
+    assert not K.fuse_rows_hint(8, 4096, 14336, 1, 1, False, 8, dev)  # 8 x 14336 x 8 bytes per program
+    with pytest.raises(ValueError, match="one launch"):
+        x = torch.zeros((17, 8), dtype=torch.int64, device=DEVICE)
+        w = torch.zeros((1, 4, 8), dtype=torch.int8, device=DEVICE)
+        K.linear_rows(x, 8, w, *to_dev(torch.ones(4, dtype=torch.int32), torch.ones(4, dtype=torch.int32)), fuse=True)
+
+
+# %%
 # Real sizes (GPU)
 # ----------------
 
@@ -350,3 +441,43 @@ def test_split_k_real_sizes(split):
         for _ in range(3):
             assert_equal(K.linear_quantized(q, qm, qe, w.unsqueeze(0), mul, shift, config=cfg), want,
                          f"split {split} M={m}")
+
+
+DECODE_SHAPES = {  # name -> (O, K): the decode step's linears (q/k/v and gate/up fused)
+    "1B.qkv": (3072, 2048), "1B.o": (2048, 2048), "1B.gate_up": (16384, 2048), "1B.down": (2048, 8192),
+    "8B.qkv": (6144, 4096), "8B.o": (4096, 4096), "8B.gate_up": (28672, 4096), "8B.down": (4096, 14336),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8, 16])
+def test_linear_rows_real_sizes(m):
+    """The one-launch decode linear at Llama-3.2-1B and Llama-3-8B shapes (forced, whatever the
+    hint says), both profiles' widths and the 15-bit edge, normed (q/k/v, gate/up) or with the
+    residual (o, down), saturating residuals, split K as committed; repeated launches on one
+    workspace."""
+    if INTERPRET:
+        pytest.skip("real sizes run on the GPU without the interpreter")
+    gen = torch.Generator(device="cuda").manual_seed(100 + m)
+    outputs = 0
+    for name, (o, k) in DECODE_SHAPES.items():
+        normed = name.split(".")[1] in ("qkv", "gate_up")
+        for w_bits, a_bits in sorted({wa for wa in GPU_WIDTHS if max(wa) <= 15} | {(10, 12)}):
+            x, w, mul, shift = cuda_case(gen, m, o, k, w_bits)
+            gamma = torch.randint(-(1 << 18), 1 << 18, (k,), generator=gen, device="cuda", dtype=torch.int32)
+            eps = torch.tensor([1 << 28], device="cuda")
+            res = torch.randint(-ACT_MAX, ACT_MAX + 1, (m, o), generator=gen, device="cuda", dtype=torch.int64)
+            bias = torch.randint(-(1 << 24), 1 << 24, (o,), generator=gen, device="cuda", dtype=torch.int32)
+            h = spec_ops.rms_norm(x, gamma, eps) if normed else x
+            want = spec_ops.linear(h, a_bits, w, mul, shift, bias)
+            want = want if normed else spec_ops.residual_add(res, want)
+            limbs = K.weight_limbs(w)
+            for fuse in (True, None):
+                for _ in range(2):
+                    got = K.linear_rows(x, a_bits, limbs, mul, shift, bias, residual=None if normed else res,
+                                        norm=(gamma, eps) if normed else None, fuse=fuse)
+                    assert_equal(got, want, f"rows {name} M={m} w{w_bits} a{a_bits} fuse={fuse}")
+            outputs += want.numel()
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+    print(f"M={m}: {outputs} outputs equal")
