@@ -15,6 +15,16 @@ Per case, in one run on one device:
 * ``bf16``   : ``x @ W.T`` in bf16 (cuBLAS), bf16 output;
 * ``int_mm`` : ``torch._int_mm`` (int8 in, int32 out; it refuses M <= 16).
 
+Decode fusion (``fuse`` rows, M = 1 and 8, the decode step's linears: q/k/v, gate/up and lm_head
+with the RMSNorm in front, o and down with the residual add after), each checked equal to the spec:
+
+* ``before_ms`` : the decode step before issue #9: ``quantize_rows`` (or ``rowops.rms_norm_quantize``),
+  ``linear_quantized``, and for o / down ``rowops.residual_add``: 2 or 3 launches;
+* ``two_ms``    : ``linear_rows(fuse=False)``: the quantization launch, then the matmul with the
+  residual in its epilogue (2 launches);
+* ``fused_ms``  : ``linear_rows(fuse=True)``: one launch (``_linear_rows_kernel``);
+* ``hint``      : what ``linear.fuse_rows_hint`` picks for the shape (``True``: the one launch).
+
 M <= 64 is timed as a decode step runs: CUDA-graph replays over enough weight copies (>= 256 MB,
 4x the L2) that every call reads its weights from HBM. Larger M: medians of
 ``triton.testing.do_bench`` (L2 cleared before every call). TOP/s = 2 M N K / t; weight GB/s =
@@ -23,7 +33,7 @@ written) measured in the same run. ``--sweep`` also times tile candidates of the
 (8192^3, and the decode shapes at M = 1), each checked against the spec. Writes
 benchmarks/results/linear-<GPU>-<date>.json (or --out) and prints a table.
 
-    python benchmarks/bench_linear.py [--quick] [--sweep] [--warm 8] [--budget 120] [--out FILE]
+    python benchmarks/bench_linear.py [--quick] [--sweep] [--decode] [--warm 8] [--budget 120] [--out FILE]
     python benchmarks/bench_linear.py --resources   # no GPU needed
     TRITON_INTERPRET=1 python benchmarks/bench_linear.py --smoke   # the script's logic on a CPU
 
@@ -73,6 +83,8 @@ SKINNY_CANDIDATES = [(64, 256, 4, 4, 1), (32, 256, 4, 4, 1), (16, 256, 4, 4, 1),
                      (64, 256, 8, 4, 1), (64, 256, 4, 4, 2), (64, 256, 4, 4, 4), (32, 256, 4, 4, 2),
                      (64, 256, 4, 4, 6)]
 SKINNY_SHAPES = ("8B.o", "8B.down", "8B.qkv", "1B.o", "1B.down")
+FUSE_SHAPES = ("8B.qkv", "8B.o", "8B.gate_up", "8B.down", "8B.lm_head", "1B.qkv", "1B.o", "1B.gate_up", "1B.down")
+FUSE_M = (1, 8)
 
 
 def tile(bm, bn, bk, warps, stages, epi=1, tma=False, group=8, split=1):
@@ -229,6 +241,52 @@ def run_case(name: str, m: int, profile: str, gen: torch.Generator, check: bool,
     return row
 
 
+def fuse_case(name: str, m: int, profile: str, gen: torch.Generator, timed: bool = True) -> dict:
+    """Time one decode linear three ways (module docstring, "Decode fusion"), each checked."""
+    from fieldprint_fast.kernels import rowops
+
+    o, k = shape_of(name)
+    stage = stage_of(name)
+    normed = stage in ("qkv", "gate_up", "lm_head")
+    w_bits, a_bits = PROFILES[profile].linear_bits(stage)
+    x = q16_rows(m, k, gen)
+    w = rand_weights(o, k, w_bits, gen)
+    limbs = K.weight_limbs(w)
+    mul = torch.randint(1 << 12, 1 << 13, (o,), generator=gen, device=DEVICE[0], dtype=torch.int32)
+    shift = torch.randint(18, 26, (o,), generator=gen, device=DEVICE[0], dtype=torch.int32)
+    gamma = torch.randint(-(1 << 17), 1 << 17, (k,), generator=gen, device=DEVICE[0], dtype=torch.int32)
+    eps = torch.tensor([1 << 30], device=DEVICE[0])
+    norm = (gamma, eps) if normed else None
+    res = None if normed else q16_rows(m, o, gen)
+
+    def before(v):
+        rows = rowops.rms_norm_quantize(x, gamma, eps, a_bits) if normed else K.quantize_rows(x, a_bits)
+        y = K.linear_quantized(*rows, v, mul, shift)
+        return y if normed else rowops.residual_add(res, y)
+
+    peers = {"before": before,
+             "two": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=False),
+             "fused": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True)}
+    row = dict(kind="fuse", shape=name, profile=profile, M=m, N=o, K=k, w_bits=w_bits, a_bits=a_bits, normed=normed,
+               limbs=[K._num_limbs(a_bits), limbs.shape[0]],
+               hint=K.fuse_rows_hint(m, o, k, K._num_limbs(a_bits), limbs.shape[0], normed, 8, x.device),
+               launches_before=2 if normed else 3, launches_two=2, launches_fused=1)
+    if not timed:
+        for fn in peers.values():
+            fn(limbs)
+        return row
+    want = spec_ops.linear(spec_ops.rms_norm(x, gamma, eps) if normed else x, a_bits, w, mul, shift)
+    want = want if normed else spec_ops.residual_add(res, want)
+    row["parity_outputs"] = want.numel()
+    row["parity_mismatches"] = sum(int((fn(limbs) != want).sum()) for fn in peers.values())
+    del want
+    for key, fn in peers.items():
+        row[f"{key}_ms"] = weight_ms(fn, limbs, m)
+    row["saved_us"] = (row["before_ms"] - row["fused_ms"]) * 1e3
+    row["saved_us_two"] = (row["before_ms"] - row["two_ms"]) * 1e3
+    return row
+
+
 def sweep_one(name: str, m: int, cfg: dict, la: int, gen: torch.Generator, timed: bool = True) -> dict:
     """Time the matmul kernel alone (one-limb weights, `la` activation limbs) for one tile."""
     o, k = shape_of(name)
@@ -273,11 +331,17 @@ def jobs(args) -> list[tuple]:
         for name in SKINNY_SHAPES if DEVICE[0] == "cuda" else ("8B.o", "8B.down"):
             out += [("sweep", name, 1, skinny_tile(1, *c), 1) for c in SKINNY_CANDIDATES]
     profiles = list(PROFILES)
+    fuse = [("fuse", n, m, p) for n in FUSE_SHAPES for m in FUSE_M for p in ("int8", "default")]
+    if DEVICE[0] == "cpu":  # --smoke
+        fuse = [j for j in fuse if j[1] in TINY or j[1] == "8B.qkv"][::3]
+    if args.decode:
+        return fuse
+    out += fuse[: len(fuse) // 2] if args.quick else fuse
     decode8 = ["8B.qkv", "8B.o", "8B.down", "8B.gate_up", "8B.lm_head"]
     out += [("case", n, 1, p) for n in decode8 for p in profiles]
     out += [("case", "8192^3", 8192, p) for p in profiles]
     if DEVICE[0] == "cpu":  # --smoke: one of each kind
-        return [j for j in out if j[0] == "sweep"][::7] + out[-2 * len(profiles):]
+        return [j for j in out if j[0] == "sweep"][::7] + fuse + out[-2 * len(profiles):]
     if not args.quick:
         out += [("case", n, 1, p) for n in ("1B.qkv", "1B.o", "1B.down") for p in profiles]
     out += [("case", n, 16, p) for n in decode8 for p in profiles]
@@ -293,6 +357,8 @@ def jobs(args) -> list[tuple]:
 def execute(job: tuple, gen: torch.Generator, timed: bool) -> dict:
     if job[0] == "sweep":
         return sweep_one(job[1], job[2], job[3], job[4], gen, timed)
+    if job[0] == "fuse":
+        return fuse_case(job[1], job[2], job[3], gen, timed)
     return run_case(job[1], job[2], job[3], gen, check=timed, timed=timed)
 
 
@@ -321,8 +387,9 @@ def resources() -> int:
 
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     ptr = {"a_ptr": "*i8", "w_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mul_ptr": "*i32", "shift_ptr": "*i32",
-           "bias_ptr": "*i32", "y_ptr": "*i64", "ws_ptr": "*i32", "count_ptr": "*i32"}
-    ints = ["M", "N", "K", "PLANE", "SPLIT_K", "stride_al", "stride_am", "stride_wl", "stride_wn", "stride_ym"]
+           "bias_ptr": "*i32", "res_ptr": "*i64", "y_ptr": "*i64", "ws_ptr": "*i32", "count_ptr": "*i32"}
+    ints = ["M", "N", "K", "PLANE", "SPLIT_K", "stride_al", "stride_am", "stride_wl", "stride_wn", "stride_rm",
+            "stride_ym"]
     variants = [(pairs, tile(*c)) for pairs in GEMM_CANDIDATES for c in GEMM_CANDIDATES[pairs]]
     variants = [v for v in variants if not v[1]["TMA"]]  # (the TMA kernel has another signature)
     variants += [(la, tile(16, 64, 256 if la == 1 else 128, 4, 4, 1, False, 1, 2)) for la in (1, 2)]
@@ -333,7 +400,8 @@ def resources() -> int:
             continue
         warps, stages, split = cfg.pop("num_warps"), cfg.pop("num_stages"), cfg.pop("SPLIT_K")
         cfg.pop("TMA")
-        const = dict(stride_ak=1, stride_wk=1, stride_yn=1, LA=la, LW=1, HAS_BIAS=False, EVEN_K=True, NARROW_MUL=True,
+        const = dict(stride_ak=1, stride_wk=1, stride_yn=1, LA=la, LW=1, HAS_BIAS=False, HAS_RES=False, EVEN_K=True,
+                     NARROW_MUL=True,
                      RAW=False, USE_SPLIT=split > 1, PARTIAL_SEM="relaxed", **cfg)
         kinds = ptr | {n: "i32" for n in ints} | {n: "constexpr" for n in const}
         names = K._linear_kernel.arg_names  # the signature in parameter order (attrs index it)
@@ -356,6 +424,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="8B shapes and 8192^3 only")
     ap.add_argument("--sweep", action="store_true", help="also time tile candidates")
+    ap.add_argument("--decode", action="store_true", help="only the decode-fusion rows (M = 1, 8)")
     ap.add_argument("--warm", type=int, default=0, help="compile in this many processes first")
     ap.add_argument("--budget", type=float, default=240.0, help="stop starting cases after this many seconds")
     ap.add_argument("--resources", nargs="*", default=None, help="compile for sm_90, print register use; no GPU")
@@ -384,14 +453,14 @@ def main(argv=None) -> int:
     res = dict(device=dev, date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
                copy_bandwidth_gbs=COPY_BW[0] / 1e9, gemm_tiles={str(k): v for k, v in K.GEMM_TILES.items()},
                gemm_tile_int32=K.GEMM_TILE_INT32,
-               cases=[], sweeps=[])
+               fuse_row_bytes=K.FUSE_ROW_BYTES, fuse_norm_work=K.FUSE_NORM_WORK, cases=[], sweeps=[], fuse=[])
     print(f"{dev}: copy {res['copy_bandwidth_gbs']:.0f} GB/s", flush=True)
     for job in todo:
         if time.time() - t0 > args.budget:
             res["stopped_early"] = True
             break
         row = execute(job, gen, timed=True)
-        res["sweeps" if job[0] == "sweep" else "cases"].append(row)
+        res[{"sweep": "sweeps", "fuse": "fuse"}.get(job[0], "cases")].append(row)
         print(json.dumps(row), flush=True)
         if DEVICE[0] == "cuda":
             torch.cuda.empty_cache()
@@ -415,6 +484,12 @@ def print_table(res: dict) -> None:
               f"{' tma' if c.get('TMA') else ''}: "
               f"{f(r.get('ms'), '.4f')} ms {f(r.get('tops'), '.0f')} TOP/s {f(r.get('copy_fraction'), '.2f')} copy "
               f"bad={r.get('parity_mismatches', '-')} {r.get('error', '')[:60]}")
+    if res.get("fuse"):
+        print(f"{'fusion':<12}{'prof':<8}{'M':>3} {'before ms':>9} {'two ms':>8} {'fused ms':>8} "
+              f"{'saved us':>8} {'hint':>5} {'bad':>4}")
+    for r in res.get("fuse", []):
+        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>3} {r['before_ms']:9.4f} {r['two_ms']:8.4f} "
+              f"{r['fused_ms']:8.4f} {r['saved_us']:8.2f} {str(r['hint']):>5} {r['parity_mismatches']:>4}")
     print(f"{'shape':<12}{'prof':<8}{'M':>6} {'fp ms':>8} {'gemm ms':>8} {'bf16 ms':>8} {'int_mm':>8} "
           f"{'gemm TOP/s':>10} {'g copy':>6} {'fp x':>6} {'gemm x':>6} {'bad':>4}")
     for r in res["cases"]:

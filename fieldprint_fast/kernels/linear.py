@@ -10,8 +10,11 @@ Integer linear layers on int8 tensor cores, bit for bit with ``spec.ops.linear``
 3. ``requantize``: ``y = round(acc * m * mul * 2**(e - shift))``, saturated to ``ACT_MAX``, then
    ``+ bias``, saturated again.
 
-This module runs them as two launches: ``_quantize_rows_kernel`` (one pass over ``x``) and
+``linear`` runs them as two launches: ``_quantize_rows_kernel`` (one pass over ``x``) and
 ``_linear_kernel`` or ``_linear_tma_kernel`` (the matmul with step 3 fused in its epilogue).
+The decode step's ``linear_rows`` runs them as one, ``_linear_rows_kernel``, where that pays
+(``fuse_rows_hint``), with ``spec.ops.rms_norm`` in front if asked; every epilogue can add a
+residual (``spec.ops.residual_add``) after the bias, so o and down write ``x + o(...)``.
 
 Limbs
 -----
@@ -44,13 +47,15 @@ Exact arithmetic: which GPU forms, and why
   shifts and its clamp of the shift at 62. With one limb pair the saturated result is
   narrowed to int32 before the store, whatever the output dtype: the int64 tile held whole
   until the store spilled registers (``bench_linear.py --resources``; docs/fast/linear.md).
-* *Row quantization: a float64 quotient and one integer correction.* ``div_round`` needs
+* *Row quantization: a float64 product and one integer correction.* ``div_round`` needs
   ``floor((2|n| + d) / (2 d))`` per element with ``2|n| + d < 2**33``. Integer division is a
-  long software sequence on the GPU; the float64 quotient of two integers below ``2**53`` is
-  within one unit of the floor (here it is in fact exact: the quotient is below ``2**16`` and
-  its distance to an integer is at least ``1 / (2 d) >= 2**-27``), and one step
-  ``r = N - t D; t -= r < 0; t += r >= D`` makes it exact without relying on that argument.
-  The scale itself (``row_scale``: a bit length and one ceiling division) is per row, in int64.
+  long software sequence on the GPU; the float64 product of ``N`` with the row's
+  float64 reciprocal ``1 / D`` is within a relative ``3 * 2**-53`` of ``N / D``, so its
+  truncation is within one unit of the floor, and one step ``r = N - t D; t -= r < 0;
+  t += r >= D`` makes it exact (``_floor_div``). The RMSNorm's ``div_round(xs * gamma, r)``
+  (``|xs * gamma| < 2**54``) takes the same step, its quotient clamped at ``2**36`` first
+  (past ``ACT_MAX`` it saturates anyway). The scale itself (``row_scale``: a bit length and
+  one ceiling division) is per row, in int64.
 
 Shape classes
 -------------
@@ -67,6 +72,10 @@ sweeps of ``benchmarks/bench_linear.py --sweep``, docs/fast/linear.md):
   int8 weights stream once at memory bandwidth; the activation rows are tiny and stay in L2.
   Launches with fewer tiles than SMs split K (``split_k_hint``), exactly: see
   ``_linear_kernel``.
+* *Decode, one launch* (``M <= 16``, ``linear_rows``): the same tile, every program reading the
+  Q16 rows for their statistics (absmax, and the RMSNorm's sums) before quantizing its own K
+  blocks in registers: a redundant pass per column tile, cheap while the rows are a few tens
+  of KB in L2, a loss for long rows or many tiles (``fuse_rows_hint`` then keeps two launches).
 
 The weights are passed as ``[O, K]`` (K contiguous), which is the K-major operand layout
 Hopper's 8-bit ``wgmma`` requires for both operands.
@@ -1007,15 +1016,19 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
 
             rows = rms_norm_quantize(x, norm[0], norm[1], act_bits)
         return linear_quantized(*rows, w, mul, shift, bias, out_dtype=out_dtype, residual=residual)
-    if not (mm <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
-        raise ValueError(f"linear_rows: one launch needs M <= {ROWS_MAX_M}, <= 2 limbs each, 1 <= K <= {MAX_K}")
+    if not (mm <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= (MAX_K if norm is None else 1 << 16)):
+        raise ValueError(f"linear_rows: one launch needs M <= {ROWS_MAX_M}, <= 2 limbs each, 1 <= K <= {MAX_K} "
+                         f"(<= 2**16 with the norm: spec.ops.rms_norm's MAX_HIDDEN)")
     if residual is not None and (residual.shape != (mm, n) or residual.stride(-1) != 1):
         residual = residual.expand(mm, n).contiguous()
     y = torch.empty((mm, n), dtype=out_dtype, device=x.device)
     res = residual if residual is not None else y
     gamma, eps = norm if norm is not None else (mul, mul)
     rows = triton.next_power_of_2(mm)
-    cfg = dict(ROW_BLOCK=min(triton.next_power_of_2(k), max(16, 2048 // rows))) | dict(
+    # the statistics in few steps (a loop of dependent loads is a chain of L2 round trips, see
+    # _quantize_rows_kernel): one for rows up to FUSE_ROW_BYTES of int64, half that with the norm
+    step = (FUSE_ROW_BYTES // 8 if norm is None else FUSE_ROW_BYTES // 16) // rows
+    cfg = dict(ROW_BLOCK=min(triton.next_power_of_2(k), max(16, step))) | dict(
         config or _config(mm, n, k, la, lw, x.device))
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
