@@ -416,7 +416,43 @@ def resources() -> int:
         regs = " ".join(x for x in " ".join(usage.split()).split() if x.startswith(("REG:", "STACK:")))
         print(f"limbs {la} tile {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} warps {warps} stages {stages} "
               f"epi {cfg['EPI_SPLIT']} split {split}: {regs} shared {kern.metadata.shared}", flush=True)
+    if not only or "rows" in only:  # the one-launch decode kernel: 1 and 8 rows, with and without the norm
+        for rows, la, norm in ((1, 1, False), (1, 2, False), (1, 1, True), (1, 2, True), (8, 1, False), (8, 2, False),
+                               (4, 2, True), (8, 1, True), (8, 2, True), (16, 2, False), (16, 1, True), (16, 2, True)):
+            regs, shared = _compile_usage(cuobjdump, rows, la, norm)
+            print(f"rows kernel: {rows} rows, limbs {la}x1, norm {norm}, 16x64x{256 if la == 1 else 128} warps 4 "
+                  f"stages 4 split 4: {regs} shared {shared}", flush=True)
     return 0
+
+
+def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0, norm_block: int = 0) -> tuple[str, int]:
+    """Compile `_linear_rows_kernel` for sm_90 as `linear_rows` launches it at decode; return its
+    `cuobjdump -res-usage` registers / stack and its shared memory."""
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ptr = {"x_ptr": "*i64", "gamma_ptr": "*i32", "eps_ptr": "*i64", "w_ptr": "*i8", "mul_ptr": "*i32",
+           "shift_ptr": "*i32", "bias_ptr": "*i32", "res_ptr": "*i64", "y_ptr": "*i64", "ws_ptr": "*i32",
+           "count_ptr": "*i32"}
+    ints = ["M", "N", "K", "PLANE", "SPLIT_K", "stride_xm", "stride_wl", "stride_wn", "stride_rm", "stride_ym"]
+    const = dict(stride_wk=1, stride_yn=1, QMAX=(1 << 11) - 1 if la == 2 else 127, LA=la, LW=1, NORM=norm,
+                 HAS_BIAS=False, HAS_RES=not norm, EVEN_K=True, NARROW_MUL=True, ROWS=rows,
+                 ROW_BLOCK=row_block or K.rows_step(rows, norm), NORM_BLOCK=norm_block or K.rows_step(rows, norm),
+                 BLOCK_M=16, BLOCK_N=64, BLOCK_K=256 if la == 1 else 128, USE_SPLIT=True, PARTIAL_SEM="relaxed")
+    names = K._linear_rows_kernel.arg_names
+    kinds = ptr | {n: "i32" for n in ints} | {n: "constexpr" for n in const}
+    sig = {n: kinds[n] for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in list(ptr) + ints}
+    src = ASTSource(fn=K._linear_rows_kernel, signature=sig, constexprs=const, attrs=attrs)
+    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=4))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kern.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    return " ".join(x for x in " ".join(usage.split()).split() if x.startswith(("REG:", "STACK:"))), kern.metadata.shared
 
 
 def main(argv=None) -> int:

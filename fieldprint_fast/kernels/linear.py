@@ -622,7 +622,7 @@ def _linear_rows_kernel(
     # meta-parameters
     QMAX: tl.constexpr, LA: tl.constexpr, LW: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr, ROWS: tl.constexpr,
-    ROW_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROW_BLOCK: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     USE_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
 ):
     """y = linear(h, QMAX, W, mul, shift) (+ bias) (+ res), saturated as ``spec.ops.linear`` and
@@ -630,7 +630,9 @@ def _linear_rows_kernel(
     Program (column tile, s) of one row tile (M <= BLOCK_M; ROWS = next_pow2(M) rows computed):
 
     1. absmax of every row over all K (ROW_BLOCK values a step; rows past M wrap around);
-    2. NORM: s = `_rms_shift`, then in one more pass the exact int64 sum of squares of
+    2. NORM: s = `_rms_shift`, then in one more pass (NORM_BLOCK values a step: its int64
+       temporaries spill past ~1,024 values per program; the rows are in L1 by now) the exact
+       int64 sum of squares of
        xs = shift_round(x, s) and max |xs * gamma|, so r = `_rms_root`; the absmax of the
        normed row is ``saturate(div_round(max |xs * gamma|, r))`` because div_round and
        saturation are monotone in |n|, one division per row instead of one per element;
@@ -658,10 +660,11 @@ def _linear_rows_kernel(
         s = _rms_shift(amax)
         sum_sq = tl.zeros([ROWS], dtype=tl.int64)
         n_max = tl.zeros([ROWS], dtype=tl.int64)
-        for k0 in range(0, K, ROW_BLOCK):
-            inside = k0 + offs_r < K
-            xs = _shift_round(tl.load(x_rows + k0 + offs_r, mask=inside, other=0).to(tl.int64), s)
-            g = tl.load(gamma_ptr + k0 + offs_r, mask=inside, other=0).to(tl.int64)
+        offs_h = tl.arange(0, NORM_BLOCK)[None, :]
+        for k0 in range(0, K, NORM_BLOCK):
+            inside = k0 + offs_h < K
+            xs = _shift_round(tl.load(x_rows + k0 + offs_h, mask=inside, other=0).to(tl.int64), s)
+            g = tl.load(gamma_ptr + k0 + offs_h, mask=inside, other=0).to(tl.int64)
             sum_sq += tl.sum(xs * xs, axis=1)
             n_max = tl.maximum(n_max, tl.max(tl.abs(xs * g), axis=1))
         r = _rms_root(sum_sq[:, None], K, tl.load(eps_ptr).to(tl.int64), s)
@@ -984,6 +987,17 @@ def fuse_rows_hint(m: int, n: int, k: int, la: int, lw: int, norm: bool, row_byt
     return True
 
 
+def rows_step(rows: int, norm: bool) -> int:
+    """Return the values per row that `_linear_rows_kernel` reads in one statistics step: few
+    steps (a loop of dependent loads is a chain of L2 round trips, see `_quantize_rows_kernel`),
+    one for rows up to FUSE_ROW_BYTES of int64; with the norm 2,048 (1, 2 rows) or 1,024 values
+    per program a step, the most that compiled for sm_90 without spills (``bench_linear.py
+    --resources rows``: 96-250 registers, no stack; 4,096 values spilled at 16 rows)."""
+    if not norm:
+        return max(16, FUSE_ROW_BYTES // 8 // rows)
+    return max(16, (2048 if rows <= 2 else 1024) // rows)
+
+
 def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,
                 bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, fuse: bool | None = None,
@@ -997,8 +1011,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     ``fuse`` (default: `fuse_rows_hint`) it is one `_linear_rows_kernel` launch; otherwise the
     rows are quantized first (`quantize_rows`, or ``rowops.rms_norm_quantize`` with the norm)
     and `linear_quantized` adds the residual in its epilogue: two launches either way.
-    ``config`` (tests, sweeps): BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages and ROW_BLOCK
-    (values per statistics step) of the one launch, else `_config`'s decode tile.
+    ``config`` (tests, sweeps): BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, ROW_BLOCK and
+    NORM_BLOCK (values per statistics step) of the one launch, else `_config`'s decode tile.
     """
     mm, k = x.shape
     lw, n, kw = w.shape
@@ -1025,10 +1039,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     res = residual if residual is not None else y
     gamma, eps = norm if norm is not None else (mul, mul)
     rows = triton.next_power_of_2(mm)
-    # the statistics in few steps (a loop of dependent loads is a chain of L2 round trips, see
-    # _quantize_rows_kernel): one for rows up to FUSE_ROW_BYTES of int64, half that with the norm
-    step = (FUSE_ROW_BYTES // 8 if norm is None else FUSE_ROW_BYTES // 16) // rows
-    cfg = dict(ROW_BLOCK=min(triton.next_power_of_2(k), max(16, step))) | dict(
+    row_block = min(triton.next_power_of_2(k), rows_step(rows, norm is not None))
+    cfg = dict(ROW_BLOCK=row_block, NORM_BLOCK=row_block) | dict(
         config or _config(mm, n, k, la, lw, x.device))
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
@@ -1040,7 +1052,7 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
         x.stride(0), w.stride(0), w.stride(1), w.stride(2), res.stride(0), y.stride(0), y.stride(1),
         QMAX=(1 << (act_bits - 1)) - 1, LA=la, LW=lw, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), ROWS=rows,
-        ROW_BLOCK=cfg["ROW_BLOCK"], BLOCK_M=ROWS_MAX_M, BLOCK_N=cfg["BLOCK_N"],
+        ROW_BLOCK=cfg["ROW_BLOCK"], NORM_BLOCK=cfg["NORM_BLOCK"], BLOCK_M=ROWS_MAX_M, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], USE_SPLIT=split > 1, PARTIAL_SEM="relaxed", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"])
     return y

@@ -306,9 +306,9 @@ def test_fast_ops_linear_and_lm_head():
 # --------------------------------------------------------------------------------
 
 ROWS_TILES = [None,  # the committed decode tile (16 x 64 x 256 or 128): one program, one K block here
-              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, num_warps=1, num_stages=1, ROW_BLOCK=16),
-              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=3, num_warps=1, num_stages=1, ROW_BLOCK=32),
-              dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=2, num_stages=2, ROW_BLOCK=64)]
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, num_warps=1, num_stages=1, ROW_BLOCK=16, NORM_BLOCK=32),
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=3, num_warps=1, num_stages=1, ROW_BLOCK=32, NORM_BLOCK=16),
+              dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=2, num_stages=2, ROW_BLOCK=64, NORM_BLOCK=64)]
 ROWS_WIDTHS = sorted({wa for wa in PROFILE_WIDTHS if max(wa) <= 15} | {(8, 8), (10, 12), (15, 15), (2, 2)})
 
 
