@@ -425,7 +425,8 @@ def resources() -> int:
     return 0
 
 
-def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0, norm_block: int = 0) -> tuple[str, int]:
+def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0,
+                   norm_block: int = 0) -> tuple[str, int]:
     """Compile `_linear_rows_kernel` for sm_90 as `linear_rows` launches it at decode; return its
     `cuobjdump -res-usage` registers / stack and its shared memory."""
     import subprocess
@@ -452,7 +453,8 @@ def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0
         f.write(kern.asm["cubin"])
         f.flush()
         usage = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
-    return " ".join(x for x in " ".join(usage.split()).split() if x.startswith(("REG:", "STACK:"))), kern.metadata.shared
+    regs = " ".join(x for x in " ".join(usage.split()).split() if x.startswith(("REG:", "STACK:")))
+    return regs, kern.metadata.shared
 
 
 def main(argv=None) -> int:

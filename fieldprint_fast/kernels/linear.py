@@ -622,7 +622,8 @@ def _linear_rows_kernel(
     # meta-parameters
     QMAX: tl.constexpr, LA: tl.constexpr, LW: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr, ROWS: tl.constexpr,
-    ROW_BLOCK: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROW_BLOCK: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     USE_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
 ):
     """y = linear(h, QMAX, W, mul, shift) (+ bias) (+ res), saturated as ``spec.ops.linear`` and
@@ -1044,7 +1045,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
         config or _config(mm, n, k, la, lw, x.device))
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
-    split = triton.cdiv(k_blocks, triton.cdiv(k_blocks, max(1, min(cfg.get("SPLIT_K", 1), k_blocks))))  # every split works
+    share = triton.cdiv(k_blocks, max(1, min(cfg.get("SPLIT_K", 1), k_blocks)))
+    split = triton.cdiv(k_blocks, share)  # every split has work
     ws, count = _split_k_buffers(x.device, 4 * mm * n, tiles) if split > 1 else (y, y)
     _linear_rows_kernel[(tiles, split)](
         x, gamma, eps, w, mul, shift, bias if bias is not None else mul, res, y, ws, count,

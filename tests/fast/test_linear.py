@@ -359,8 +359,8 @@ def test_linear_rows_two_launch_paths(fuse):
         res = residual_rows(gen, n, o, "sat")
         want = spec_ops.residual_add(res, spec_ops.linear(spec_ops.rms_norm(x, gamma, eps) if norm else x, a_bits, w,
                                                           mul, shift))
-        got = K.linear_rows(*to_dev(x), a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0],
-                            norm=tuple(to_dev(gamma, eps)) if norm else None, fuse=fuse)
+        got = K.linear_rows(*to_dev(x), a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift),
+                            residual=to_dev(res)[0], norm=tuple(to_dev(gamma, eps)) if norm else None, fuse=fuse)
         assert_equal(got, want, f"rows {n}x{k}x{o} a{a_bits} w{w_bits} fuse={fuse}")
 
 
