@@ -11,7 +11,8 @@ Row-wise and elementwise operators in Triton, bit for bit with ``spec.ops``
   is still in registers, written as the int8 limbs ``fieldprint_fast.kernels.linear`` reads;
   it replaces ``rms_norm`` + ``quantize_rows`` (two reads and a write of the row) before the
   q/k/v and gate/up linears.
-* ``rope``: one program per token, all heads, the rotate-half pairs in int64.
+* ``rope``: one program per token, all heads, the rotate-half pairs in int64 (``_rope_pair``,
+  shared with ``kernels.kv_write``).
 * ``swiglu`` (sigmoid by table interpolation, two roundings), ``residual_add`` and ``embed``:
   elementwise, in int64.
 
@@ -166,6 +167,17 @@ def _embed_kernel(tok_ptr, w_ptr, mul_ptr, shift_ptr, out_ptr, H, stride_wv, BLO
 
 
 @triton.jit
+def _rope_pair(x1, x2, c, s):
+    """spec.ops.rope of the pairs (x1, x2) (int64, |x| <= ACT_MAX) by (cos, sin) = (c, s) (Q30):
+    round((x1 c - x2 s) 2**-30) and round((x2 c + x1 s) 2**-30), half away from zero, saturated.
+    |c| + |s| < 2**32 keeps both sums below 2**63."""
+    thirty = tl.zeros_like(x1) + ROPE_FRAC_BITS
+    out1 = _shift_round(x1 * c - x2 * s, thirty)
+    out2 = _shift_round(x2 * c + x1 * s, thirty)
+    return tl.minimum(tl.maximum(out1, -ACT_MAX), ACT_MAX), tl.minimum(tl.maximum(out2, -ACT_MAX), ACT_MAX)
+
+
+@triton.jit
 def _rope_kernel(x_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, HEADS, HALF, stride_tab,
                  BLOCK_HEADS: tl.constexpr, BLOCK_HALF: tl.constexpr):
     """Token t, all heads: out1 = round((x1 cos - x2 sin) 2**-30), out2 = round((x2 cos + x1 sin) 2**-30)."""
@@ -179,12 +191,10 @@ def _rope_kernel(x_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, HEADS, HALF, stride_
     base = x_ptr + t * HEADS * 2 * HALF + hd * 2 * HALF + i
     x1 = tl.load(base, mask=inside, other=0).to(tl.int64)
     x2 = tl.load(base + HALF, mask=inside, other=0).to(tl.int64)
-    thirty = tl.zeros_like(x1) + ROPE_FRAC_BITS
-    out1 = _shift_round(x1 * c - x2 * s, thirty)
-    out2 = _shift_round(x2 * c + x1 * s, thirty)
+    out1, out2 = _rope_pair(x1, x2, c, s)
     o = out_ptr + t * HEADS * 2 * HALF + hd * 2 * HALF + i
-    tl.store(o, tl.minimum(tl.maximum(out1, -ACT_MAX), ACT_MAX), mask=inside)
-    tl.store(o + HALF, tl.minimum(tl.maximum(out2, -ACT_MAX), ACT_MAX), mask=inside)
+    tl.store(o, out1, mask=inside)
+    tl.store(o + HALF, out2, mask=inside)
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
