@@ -16,7 +16,8 @@ feeds exactly one token. It is `spec.model.forward` restated over fixed-shape de
 * q/k/v and gate/up run as one linear each over the concatenated weights (the same integers:
   a linear quantizes its input row once and each output channel has its own multiplier), with
   the RMSNorm fused with the row quantization (`kernels.rowops.rms_norm_quantize`);
-* K/V rows are packed into the page format on the device and scattered to their slots;
+* RoPE, the K/V rows packed into the page format and written to their slots, and the query's
+  row quantization are one launch per layer (`kernels.kv_write.rope_write_kv`);
 * the attention runs the decode kernels of `kernels.attention_decode` with the launch shape
   fixed by the graph's key capacity (splits past a sequence's keys do nothing);
 * the next token of every row (greedy, or `spec.sampling.sample` with temperature, top-k and
@@ -41,7 +42,7 @@ import torch
 import triton
 
 from fieldprint_fast.sampling import SamplingRows, greedy_rows, sample_rows
-from spec.constants import PAGE_TOKENS
+from spec.constants import KV_SCALE_BYTES, PAGE_TOKENS
 from spec.sampling import SamplingParams
 
 _GREEDY = SamplingParams()
@@ -186,19 +187,21 @@ def decode_weights(model) -> DecodeWeights:
 def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, prob_bits, exp_table):
     """`kernels.attention_decode.decode_attention` with its metadata already on the device
     (``meta`` [B, 4] int32: anchor length, lo, start, virtual pages) and the launch shape of
-    ``n_max`` virtual pages (the graph's capacity)."""
+    ``n_max`` virtual pages (the graph's capacity). ``q``: the queries already quantized to
+    ``q_bits``, ``(limbs [L, B H, d], m, e)`` as `kernels.linear.quantize_rows` returns them (here
+    from `kernels.kv_write.rope_write_kv`)."""
     from fieldprint_fast.kernels import attention_decode as ad
     from fieldprint_fast.kernels.attention_math import packed_exp_table, query_limbs, weight_limbs
-    from fieldprint_fast.kernels.linear import quantize_rows
 
-    bsz, h, d = q.shape
+    limbs, mq, eq = q
+    bsz, d = meta.shape[0], limbs.shape[2]
+    h = limbs.shape[1] // bsz
     g = pool.shape[4]
     group = h // g
     pk, block_m, gp = ad.pack_heads(h, g)
     sp1, sp2 = ad._split_pages(n_max, bsz, gp, 4096, 2), ad._split_pages(n_max, bsz, gp, 1024, 4)
-    limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)
     q_lo, q_hi = limbs[0], limbs[-1]
-    dev = q.device
+    dev = limbs.device
     s_len = PAGE_TOKENS * n_max
     s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
     acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, 0
@@ -219,8 +222,8 @@ def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, pr
 
 
 def _spec_attention(q, pool, layer, tables, anchor_tables, meta, q_bits, prob_bits, exp_table):
-    """The spec backend of `_attention`: `spec.attention.paged_attention` row by row (reads the
-    metadata back to the host; the CPU tests only)."""
+    """The spec backend of `_attention`: `spec.attention.paged_attention` row by row over the
+    Q16 queries q [B, H, d] (reads the metadata back to the host; the CPU tests only)."""
     from spec.attention import KVPool, paged_attention
     from spec.model import AnchorRef
 
@@ -232,6 +235,20 @@ def _spec_attention(q, pool, layer, tables, anchor_tables, meta, q_bits, prob_bi
         out.append(paged_attention(q[b:b + 1], kv, layer, tables[b].to(torch.int64), start, anchors, window, q_bits,
                                    prob_bits, exp_table)[0])
     return torch.stack(out)
+
+
+def _spec_rope_write_kv(qkv, pos, page, slot, data, layer, cos, sin, heads, q_bits):
+    """The spec backend of `kernels.kv_write.rope_write_kv`: `spec.ops.rope` of q and k,
+    `spec.attention.pack_rows` of k and v scattered to their slots; return the rotated Q16
+    queries [B, H, d] (`spec.attention.paged_attention` quantizes them itself, so q_bits is unused)."""
+    from spec.attention import pack_rows
+    from spec.ops import rope
+
+    g, d = data.shape[4], data.shape[5] - KV_SCALE_BYTES
+    qk = rope(qkv[:, :(heads + g) * d].reshape(-1, heads + g, d), pos, cos, sin)
+    kv = torch.stack([qk[:, heads:], qkv[:, (heads + g) * d:].reshape(-1, g, d)], dim=1)  # [B, K|V, G, d]
+    data[page, layer, :, slot] = pack_rows(kv)
+    return qk[:, :heads]
 
 
 def _pack_rows(x: torch.Tensor) -> torch.Tensor:
@@ -347,25 +364,25 @@ class DecodeStep:
         `_attention_block` and `_mlp_block`, in their order)."""
         if self.w.kernels:
             from fieldprint_fast.kernels import rowops as ops
+            from fieldprint_fast.kernels.kv_write import rope_write_kv
             attention = partial(_attention, n_max=self.n_max)
         else:
             from spec import ops
+            rope_write_kv = _spec_rope_write_kv
             attention = _spec_attention
         w, c, p = self.w, self.w.config, self.w.profile
         t = w.tensors
         data = self.pool.data
         tokens, pos, page, slot = self.i64
-        h, g, d = c.num_heads, c.num_kv_heads, c.head_dim
-        qd, kvd = h * d, g * d
+        h, d = c.num_heads, c.head_dim
+        qd = h * d
         eps = t["rms.eps"]
         x = ops.embed(tokens, t["embed.weight"], t["embed.mul"], t["embed.shift"])
         for n, L in enumerate(w.layers):
-            # -- attention: norm + q/k/v (one linear), RoPE, K/V into their slots, attend, o ----------
+            # -- attention: norm + q/k/v (one linear); RoPE, K/V into their slots and the query's
+            #    quantization (one launch); attend; o -------------------------------------------------
             qkv = L["qkv"].normed(x, L["attn_norm"], eps)
-            qk = ops.rope(qkv[:, :qd + kvd].reshape(-1, h + g, d), pos, t["rope.cos"], t["rope.sin"])  # per head
-            q = qk[:, :h]
-            kv = torch.stack([qk[:, h:], qkv[:, qd + kvd:].reshape(-1, g, d)], dim=1)  # [B, K|V, G, d]
-            data[page, n, :, slot] = _pack_rows(kv.reshape(-1, d)).view(-1, 2, g, d + 4)  # one scatter
+            q = rope_write_kv(qkv, pos, page, slot, data, n, t["rope.cos"], t["rope.sin"], h, p.q_bits)
             o = attention(q, data, n, self.tables, self.anchor_tables, self.meta, q_bits=p.q_bits,
                           prob_bits=p.prob_bits, exp_table=w.exp_table)
             x = L["o"].rows(o.reshape(-1, qd), residual=x)  # residual_add(x, o(...)), in the epilogue
