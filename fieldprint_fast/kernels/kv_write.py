@@ -89,11 +89,11 @@ def _rope_write_kv_kernel(
     amax = tl.maximum(tl.max(tl.maximum(tl.abs(x1), tl.abs(x2)), axis=0), 1)  # a zero row: amax = 1
     if head < H:
         # -- 2. query head: quantize_rows(q, q_bits), the row (token, head) of [B H, D] --
-        m, e, left, d = _row_scale(amax, Q_QMAX)
+        m, e, left, d, rcp = _row_scale(amax, Q_QMAX)
         qrow = row * H + head
         dst = q_ptr + qrow * stride_qn + i
-        _quantize_block(x1, inside, dst, stride_ql, left, d, Q_LIMBS)
-        _quantize_block(x2, inside, dst + HALF, stride_ql, left, d, Q_LIMBS)
+        _quantize_block(x1, inside, dst, stride_ql, left, d, rcp, Q_LIMBS)
+        _quantize_block(x2, inside, dst + HALF, stride_ql, left, d, rcp, Q_LIMBS)
         tl.store(m_ptr + qrow, m.to(tl.int32))
         tl.store(e_ptr + qrow, e.to(tl.int32))
     else:
@@ -104,9 +104,9 @@ def _rope_write_kv_kernel(
         slot = tl.load(slot_ptr + row).to(tl.int64)
         dst = (pool_ptr + page * stride_pp + layer * stride_pl + kv * stride_pkv + slot * stride_ps
                + kv_head * stride_ph)
-        m, e, left, d = _row_scale(amax, 127)
-        _quantize_block(x1, inside, dst + i, 0, left, d, 1)
-        _quantize_block(x2, inside, dst + HALF + i, 0, left, d, 1)
+        m, e, left, d, rcp = _row_scale(amax, 127)
+        _quantize_block(x1, inside, dst + i, 0, left, d, rcp, 1)
+        _quantize_block(x2, inside, dst + HALF + i, 0, left, d, rcp, 1)
         # the 4 scale bytes: m as uint16 little-endian, e, 0 (each the int8 of its low 8 bits)
         b = tl.arange(0, 4)
         scale = tl.where(b == 0, m & 255, tl.where(b == 1, m >> 8, tl.where(b == 2, e, 0)))
