@@ -13,7 +13,8 @@ decoding, prompts of ``--prompt`` random tokens, no early stop. In the same run:
   per profile, ledger off; with ``--ledger`` also a `VerifyingSession` (signed ledger, commit
   every 8 tokens, device hashing) on the same request at batch 1 (the runtime writes one
   sequence per ledger). TTFT is the time until every sequence has its first token; decode rate
-  is ``batch * (new - 1)`` tokens over the time from there to the last token.
+  is ``batch * (new - 1)`` tokens over the time from there to the last token; the ledger rows
+  also give ``after_last_token_ms``, the final commit's validation and sealing.
 * ``ceiling``: a bf16 Llama written here for decode: fused q/k/v and gate/up weights, a
   contiguous static KV cache, torch SDPA (GQA as ``H / G`` queries per KV head), the whole
   decode step captured in one CUDA graph and replayed back to back: what a careful PyTorch user
@@ -240,7 +241,7 @@ def bench_ledger(model, prompt_len, new, runs):
         t0 = time.perf_counter()
         eng.generate(prompt, max_new_tokens=new, on_step=lambda i, r: stamps.append(time.perf_counter()))
         _sync()
-        return stamps[0] - t0, time.perf_counter() - stamps[0]
+        return stamps[0] - t0, stamps[-1] - stamps[0], time.perf_counter() - stamps[-1]
 
     def ledger(path):
         stamps = []
@@ -249,7 +250,7 @@ def bench_ledger(model, prompt_len, new, runs):
         VerifyingSession(eng, key=key, ledger_path=path, policy=make_policy(8), max_new_tokens=new,
                          model_commitment=b"\0" * 32, on_step=lambda *a: stamps.append(time.perf_counter())).run(prompt)
         _sync()
-        return stamps[0] - t0, time.perf_counter() - stamps[0]
+        return stamps[0] - t0, stamps[-1] - stamps[0], time.perf_counter() - stamps[-1]
 
     eng.prepare_decode(1, prompt_len + new)
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,10 +266,15 @@ def bench_ledger(model, prompt_len, new, runs):
 
 
 def _row(engine, profile, batch, new, res):
+    """A table row from runs of (TTFT s, decode s for new - 1 tokens[, s after the last token
+    until the call returned: the ledger's final validation and sealing])."""
     ttft = statistics.median(r[0] for r in res)
     dec = statistics.median(r[1] for r in res)
-    return dict(engine=engine, profile=profile, batch=batch, new_tokens=new, ttft_ms=round(ttft * 1e3, 2),
-                decode_tokens_per_s=round(batch * (new - 1) / dec, 1), step_ms=round(dec / (new - 1) * 1e3, 3))
+    row = dict(engine=engine, profile=profile, batch=batch, new_tokens=new, ttft_ms=round(ttft * 1e3, 2),
+               decode_tokens_per_s=round(batch * (new - 1) / dec, 1), step_ms=round(dec / (new - 1) * 1e3, 3))
+    if len(res[0]) > 2:
+        row["after_last_token_ms"] = round(statistics.median(r[2] for r in res) * 1e3, 2)
+    return row
 
 
 # %%

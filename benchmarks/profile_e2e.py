@@ -137,11 +137,19 @@ def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
     key = SigningKey("bench.example/e2e", b"\x07" * 32)
     eng.prepare_decode(1, prompt_len + new)
 
+    def timing(stamps):
+        """(mean ms per token from the first token to the last, median and largest interval,
+        ms from the last token until the call returned: the sealing)"""
+        end = time.perf_counter()
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        return ((stamps[-1] - stamps[0]) / len(gaps) * 1e3, statistics.median(gaps) * 1e3, max(gaps) * 1e3,
+                (end - stamps[-1]) * 1e3)
+
     def plain():
         stamps = []
         eng.generate(prompt, max_new_tokens=new, on_step=lambda i, r: stamps.append(time.perf_counter()))
         _sync()
-        return (time.perf_counter() - stamps[0]) / (new - 1) * 1e3
+        return timing(stamps)
 
     def ledger(path, **kw):
         stamps = []
@@ -149,7 +157,7 @@ def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
                          model_commitment=b"\0" * 32, on_step=lambda *a: stamps.append(time.perf_counter()),
                          **kw).run(prompt)
         _sync()
-        return (time.perf_counter() - stamps[0]) / (new - 1) * 1e3
+        return timing(stamps)
 
     out = defaultdict(list)
     real = validate.rehash
@@ -160,6 +168,7 @@ def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
             out["plain"].append(plain())
             out["ledger"].append(ledger(f"{tmp}/a{i}.fpl"))
             out["ledger_gil_5ms"].append(ledger(f"{tmp}/c{i}.fpl", switch_interval=None))
+            out["ledger_fsync_none"].append(ledger(f"{tmp}/d{i}.fpl", fsync="none"))
             validate.rehash = lambda engine, checks: (True, "skipped")
             try:
                 out["ledger_no_rehash"].append(ledger(f"{tmp}/b{i}.fpl"))
@@ -167,8 +176,12 @@ def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
                 validate.rehash = real
     del eng
     torch.cuda.empty_cache()
-    med = {k: round(statistics.median(v), 3) for k, v in out.items()}
-    return dict(new_tokens=new, step_ms=med, cost={k: round(v / med["plain"] - 1, 4) for k, v in med.items()})
+    rows = {k: dict(zip(("token_ms", "median_gap_ms", "max_gap_ms", "seal_ms"),
+                        (round(statistics.median(r[j] for r in v), 3) for j in range(4)))) for k, v in out.items()}
+    base = rows["plain"]["token_ms"]
+    for r in rows.values():
+        r["token_cost"] = round(r["token_ms"] / base - 1, 4)
+    return dict(new_tokens=new, variants=rows)
 
 
 def main(argv=None) -> int:
@@ -207,7 +220,9 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(res, indent=1) + "\n")
     if a.ledger:
         r = res["ledger"] = profile_ledger(model, a.prompt, a.ledger_tokens, 2)
-        print(f"ledger B=1: step ms {r['step_ms']}; cost over plain {r['cost']}", flush=True)
+        for name, v in r["variants"].items():
+            print(f"ledger B=1 {name:18} {v['token_ms']:7.3f} ms/token ({v['token_cost']:+.1%}), median gap "
+                  f"{v['median_gap_ms']:.3f}, max gap {v['max_gap_ms']:.3f}, sealing {v['seal_ms']:.1f} ms", flush=True)
         path.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
