@@ -185,40 +185,16 @@ def decode_weights(model) -> DecodeWeights:
 # nothing (the spec's sums and maxima do not depend on where the keys are split).
 
 def _attention(q, pool, layer, tables, anchor_tables, meta, *, n_max, q_bits, prob_bits, exp_table):
-    """`kernels.attention_decode.decode_attention` with its metadata already on the device
-    (``meta`` [B, 4] int32: anchor length, lo, start, virtual pages) and the launch shape of
+    """`kernels.attention_decode.launch`: the decode attention with its metadata already on the
+    device (``meta`` [B, 4] int32: anchor length, lo, start, virtual pages) and the launch shape of
     ``n_max`` virtual pages (the graph's capacity). ``q``: the queries already quantized to
     ``q_bits``, ``(limbs [L, B H, d], m, e)`` as `kernels.linear.quantize_rows` returns them (here
-    from `kernels.kv_write.rope_write_kv`)."""
-    from fieldprint_fast.kernels import attention_decode as ad
-    from fieldprint_fast.kernels.attention_math import packed_exp_table, query_limbs, weight_limbs
+    from `kernels.kv_write.rope_write_kv`). The exp table's packed form is cached by the warm-up,
+    before any capture."""
+    from fieldprint_fast.kernels.attention_decode import launch
 
     limbs, mq, eq = q
-    bsz, d = meta.shape[0], limbs.shape[2]
-    h = limbs.shape[1] // bsz
-    g = pool.shape[4]
-    group = h // g
-    pk, block_m, gp = ad.pack_heads(h, g)
-    sp1, sp2 = ad._split_pages(n_max, bsz, gp, 4096, 2), ad._split_pages(n_max, bsz, gp, 1024, 4)
-    q_lo, q_hi = limbs[0], limbs[-1]
-    dev = limbs.device
-    s_len = PAGE_TOKENS * n_max
-    s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
-    acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, 0
-    out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
-    pool32 = pool.view(torch.int32)
-    table = packed_exp_table(exp_table, dev)  # cached: made by the warm-up, before any capture
-    dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
-            anchor_tables.shape[1], s_len)
-    ad._scores_kernel[(gp, -(-n_max // sp1), bsz)](
-        pool, pool32, q_lo, q_hi, mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,
-        H=h, GROUP=group, D=d, SPLIT_PAGES=sp1, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PK=pk, num_warps=1)
-    ad._mix_kernel[(gp, -(-n_max // sp2), bsz)](
-        pool, pool32, table, tables, anchor_tables, meta, s_buf, acc, *dims,
-        H=h, GROUP=group, D=d, SPLIT_PAGES=sp2, BLOCK_M=block_m, PROB_BITS=prob_bits,
-        W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=4)
-    ad._divide_kernel[(bsz * h,)](acc, out, D=d, PROB_BITS=prob_bits, num_warps=1)
-    return out
+    return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table)
 
 
 def _spec_attention(q, pool, layer, tables, anchor_tables, meta, q_bits, prob_bits, exp_table):

@@ -305,36 +305,55 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     if anchor_tables is None or anchor_tables.numel() == 0:
         anchor_tables = torch.zeros(bsz, 1, dtype=torch.int32, device=dev)
     anchor_tables = anchor_tables.to(device=dev, dtype=torch.int32).contiguous()
-    pk, block_m, gp = pack_heads(h, g, pack)
-    group = h // g
     n_max = max(n_pages)
-    if split is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
-        sp1, sp2 = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)
-    else:
+    sp1 = sp2 = None
+    if split is not None:
         sp1, sp2 = (split, split) if isinstance(split, int) else split
         if any(x % PAGE.value or not 0 < x <= MAX_SPLIT_KEYS for x in (sp1, sp2)):
             raise ValueError(f"split {split}: positive multiples of {PAGE.value}, at most {MAX_SPLIT_KEYS}")
         sp1, sp2 = sp1 // PAGE.value, sp2 // PAGE.value
-    # -- (2) allocate: quantized queries as int8 limbs, scratch, the accumulators ------------
+    # -- (2) quantize the queries (int8 limbs), then (3) allocate and launch ------------------
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
-    q_limbs = query_limbs(q_bits)
-    q_lo, q_hi = limbs[0], limbs[-1]
+    warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps
+    return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table,
+                  split_pages=None if split is None else (sp1, sp2), num_warps=warps, pack=pack)
+
+
+def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.Tensor, layer: int,
+           tables: torch.Tensor, anchor_tables: torch.Tensor, meta: torch.Tensor, n_max: int, q_bits: int,
+           prob_bits: int, exp_table: torch.Tensor, split_pages: tuple[int, int] | None = None,
+           num_warps: tuple[int, int] = (1, 4), pack: int | None = None) -> torch.Tensor:
+    """Allocate and launch the three kernels; return the output [B, H, d] (int64).
+
+    The quantized queries ``(limbs [L, B H, d], mq, eq)`` (`kernels.linear.quantize_rows`), int32
+    ``tables`` [B, n] and ``anchor_tables`` [B, n_a], and ``meta`` [B, 4] int32 (anchor length,
+    lo, start, virtual pages) are on the device; ``n_max`` virtual pages (at least every row's)
+    set the launch shape, so nothing here reads a device value: the GPU decode loop captures this
+    in a CUDA graph. A split past a row's pages adds "no key" maxima and zero sums, which change
+    nothing. ``split_pages``: pages per split of the scores and of the mix kernel (default: by
+    `_split_pages`)."""
+    bsz, d = meta.shape[0], limbs.shape[2]
+    h, g = limbs.shape[1] // bsz, pool.shape[4]
+    group = h // g
+    pk, block_m, gp = pack_heads(h, g, pack)
+    if split_pages is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
+        split_pages = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)
+    sp1, sp2 = split_pages
+    dev = limbs.device
     s_len = PAGE.value * n_max
     s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
     acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, 0
     out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
+    dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
+            anchor_tables.shape[1], s_len)
     pool32 = pool.view(torch.int32)
-    exp_table = packed_exp_table(exp_table, dev)
-    stride_page, stride_layer, kv_stride, stride_slot = pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3)
-    # -- (3) launch --------------------------------------------------------------------------
-    warps_s, warps_m = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps
-    dims = (layer, stride_page, stride_layer, kv_stride, stride_slot, tables.shape[1], anchor_tables.shape[1], s_len)
     _scores_kernel[(gp, -(-n_max // sp1), bsz)](
-        pool, pool32, q_lo, q_hi, mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,
-        H=h, GROUP=group, D=d, SPLIT_PAGES=sp1, BLOCK_M=block_m, Q_LIMBS=q_limbs, PK=pk, num_warps=warps_s)
+        pool, pool32, limbs[0], limbs[-1], mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,
+        H=h, GROUP=group, D=d, SPLIT_PAGES=sp1, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PK=pk,
+        num_warps=num_warps[0])
     _mix_kernel[(gp, -(-n_max // sp2), bsz)](
-        pool, pool32, exp_table, tables, anchor_tables, meta, s_buf, acc, *dims,
+        pool, pool32, packed_exp_table(exp_table, dev), tables, anchor_tables, meta, s_buf, acc, *dims,
         H=h, GROUP=group, D=d, SPLIT_PAGES=sp2, BLOCK_M=block_m, PROB_BITS=prob_bits,
-        W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=warps_m)
+        W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=num_warps[1])
     _divide_kernel[(bsz * h,)](acc, out, D=d, PROB_BITS=prob_bits, num_warps=1)
     return out
