@@ -283,10 +283,11 @@ def _row(engine, profile, batch, new, res):
 
 def save(path, a, gpu, rows, skipped):
     """Write the JSON (after every cell, so that a run cut short keeps what it measured)."""
-    for r in rows:
-        if r.get("engine", "").startswith("fieldprint") and "decode_tokens_per_s" in r:
+    done = [r for r in rows if "error" not in r]  # a failed cell has no numbers to compare
+    for r in done:
+        if r["engine"].startswith("fieldprint"):
             for peer in ("ceiling", "transformers"):
-                p = [q for q in rows if q.get("engine") == peer and q["shape"] == r["shape"] and q["batch"] == r["batch"]
+                p = [q for q in done if q["engine"] == peer and q["shape"] == r["shape"] and q["batch"] == r["batch"]
                      and (peer == "transformers" or q["new_tokens"] == r["new_tokens"])]
                 if p:
                     r[f"vs_{peer}"] = round(r["decode_tokens_per_s"] / p[0]["decode_tokens_per_s"], 3)
@@ -388,15 +389,7 @@ def main(argv=None) -> int:
             task(what, fn, shape)
         models.clear()
         torch.cuda.empty_cache()
-    # ratios against the peers of the same cell
-    for r in rows:
-        if r["engine"].startswith("fieldprint"):
-            for peer in ("ceiling", "transformers"):
-                p = [q for q in rows if q["engine"] == peer and q["shape"] == r["shape"] and q["batch"] == r["batch"]
-                     and (peer == "transformers" or q["new_tokens"] == r["new_tokens"])]
-                if p:
-                    r[f"vs_{peer}"] = round(r["decode_tokens_per_s"] / p[0]["decode_tokens_per_s"], 3)
-    save(path, a, gpu, rows, skipped)
+    save(path, a, gpu, rows, skipped)  # with the ratios against the peers of the same cell
     print(f"wrote {path}")
     return 0
 

@@ -201,6 +201,9 @@ def prefill_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, table: to
         raise ValueError("pool must be int8 [pages, layers, 2, 16, kv_heads, head_dim + 4]")
     if h % g or d % 16 or not pool.is_contiguous() or not 2 <= q_bits <= 15 or not 1 <= prob_bits <= 20:
         raise ValueError("prefill_attention: heads % kv_heads == 0, head_dim % 16 == 0, q_bits <= 15, prob_bits <= 20")
+    if block_n < 32 or block_m < 16:
+        raise ValueError(f"prefill_attention: block_n {block_n} >= 32 (the value product reduces over block_n keys; "
+                         f"int8 tensor cores need 32) and block_m {block_m} >= 16")
     if chunk % block_n or not 0 < chunk <= MAX_SPLIT_KEYS:
         raise ValueError(f"prefill_attention: chunk {chunk} must be a multiple of block_n {block_n}, at most {MAX_SPLIT_KEYS}")
     dev = q.device

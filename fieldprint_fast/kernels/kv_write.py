@@ -91,9 +91,9 @@ def _rope_write_kv_kernel(
         # -- 2. query head: quantize_rows(q, q_bits), the row (token, head) of [B H, D] --
         m, e, left, d, rcp = _row_scale(amax, Q_QMAX)
         qrow = row * H + head
-        dst = q_ptr + qrow * stride_qn + i
-        _quantize_block(x1, inside, dst, stride_ql, left, d, rcp, Q_LIMBS)
-        _quantize_block(x2, inside, dst + HALF, stride_ql, left, d, rcp, Q_LIMBS)
+        q_row = q_ptr + qrow * stride_qn + i
+        _quantize_block(x1, inside, q_row, stride_ql, left, d, rcp, Q_LIMBS)
+        _quantize_block(x2, inside, q_row + HALF, stride_ql, left, d, rcp, Q_LIMBS)
         tl.store(m_ptr + qrow, m.to(tl.int32))
         tl.store(e_ptr + qrow, e.to(tl.int32))
     else:
@@ -103,7 +103,7 @@ def _rope_write_kv_kernel(
         page = tl.load(page_ptr + row).to(tl.int64)
         slot = tl.load(slot_ptr + row).to(tl.int64)
         dst = (pool_ptr + page * stride_pp + layer * stride_pl + kv * stride_pkv + slot * stride_ps
-               + kv_head * stride_ph)
+               + kv_head * stride_ph)  # the page row (a scalar pointer; the query branch's is a block)
         m, e, left, d, rcp = _row_scale(amax, 127)
         _quantize_block(x1, inside, dst + i, 0, left, d, rcp, 1)
         _quantize_block(x2, inside, dst + HALF + i, 0, left, d, rcp, 1)

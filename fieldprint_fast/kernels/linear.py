@@ -1041,6 +1041,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     gamma, eps = norm if norm is not None else (mul, mul)
     rows = triton.next_power_of_2(mm)
     row_block = min(triton.next_power_of_2(k), rows_step(rows, norm is not None))
+    if rows == 1 and norm is not None:  # triton 3.6 cannot lay out one-row statistics blocks narrower
+        row_block = max(row_block, 128)  # than 128 (a failing layout pass; `python -m tools.sm90_check`)
     cfg = dict(ROW_BLOCK=row_block, NORM_BLOCK=row_block) | dict(
         config or _config(mm, n, k, la, lw, x.device))
     tiles = triton.cdiv(n, cfg["BLOCK_N"])

@@ -39,7 +39,7 @@ def _run(p: dict, block_m: int, block_n: int, chunks: int | None = None) -> torc
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(decode=False, max_ctx=48, max_anchor=40), st.sampled_from([16, 32]), st.sampled_from([16, 32]),
+@given(problems(decode=False, max_ctx=48, max_anchor=40), st.sampled_from([16, 32]), st.sampled_from([32, 64]),
        st.sampled_from([None, 1, 2]))
 def test_prefill_equals_spec(p, block_m, block_n, chunks):
     """chunks: add the int32 limb accumulators into int64 every `chunks` key blocks (the path of
