@@ -54,9 +54,19 @@ def saturate(x: torch.Tensor, bound: int = ACT_MAX) -> torch.Tensor:
     return x.clamp(-bound, bound)
 
 
+def _as_int64(v, device) -> torch.Tensor:
+    """Return v (an integer or a tensor) as an int64 tensor on ``device``. A Python integer
+    becomes a filled 0-d tensor (one fill kernel) rather than a tensor built from host data and
+    copied: the same value, with no host-to-device transfer inside a step that the GPU decode
+    loop captures in a CUDA graph."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=torch.int64)
+    return torch.full((), int(v), dtype=torch.int64, device=device)
+
+
 def round_shift(x: torch.Tensor, s) -> torch.Tensor:
     """Return x / 2**s rounded half away from zero. Requires 0 <= s <= 62 and |x| + 2**(s-1) < 2**63."""
-    s = torch.as_tensor(s, dtype=torch.int64, device=x.device)
+    s = _as_int64(s, x.device)
     half = torch.bitwise_left_shift(torch.ones_like(s), s) >> 1  # 2**(s-1), and 0 when s = 0
     mag = (x.abs() + half) >> s
     return torch.where(x < 0, -mag, mag)
@@ -65,7 +75,7 @@ def round_shift(x: torch.Tensor, s) -> torch.Tensor:
 def shift_round(x: torch.Tensor, s) -> torch.Tensor:
     """Return x * 2**-s for any integer s: `round_shift` when s >= 0, else an exact left shift
     saturated at 2**62 (x is first clamped to +-2**62 >> -s). Requires |x| < 2**63 - 2**61."""
-    s = torch.as_tensor(s, dtype=torch.int64, device=x.device)
+    s = _as_int64(s, x.device)
     left = (-s).clamp(0, 62)
     lim = (1 << 62) >> left
     up = torch.maximum(torch.minimum(x, lim), -lim) << left
@@ -89,8 +99,8 @@ def div_round_pow2(n: torch.Tensor, d: torch.Tensor, k: torch.Tensor) -> torch.T
     For k >= 0 it is long division on |n|: q, r = divmod(|n|, d), then k bits of the quotient at
     most 14 at a time (q, r = q * 2**c + (r * 2**c) // d, (r * 2**c) % d; r * 2**14 < 2**62), and
     q + 1 when 2r >= d. Capping q at every step is exact: later steps only make it larger."""
-    k = torch.as_tensor(k, dtype=torch.int64, device=n.device).expand_as(n)
-    d = torch.as_tensor(d, dtype=torch.int64, device=n.device).expand_as(n)
+    k = _as_int64(k, n.device).expand_as(n)
+    d = _as_int64(d, n.device).expand_as(n)
     a = n.abs()
     q, r = torch.div(a, d, rounding_mode="floor").clamp(max=DIV_POW2_CAP), a % d
     left = k.clamp(min=0)

@@ -60,3 +60,33 @@ def test_full_vocabulary_rows(dev):
     host = [SamplingRows.host_row(p, 128256, i, 7, 0) for i, p in enumerate(ps)]
     got = sample_rows(lg.to(dev), SamplingRows.from_tensor(torch.tensor(host, device=dev)), exp2_table().to(dev))
     assert got.cpu().tolist() == [sample(lg[i], p, i, 7, 0) for i, p in enumerate(ps)]
+
+
+def test_sampling_makes_no_host_copy(monkeypatch):
+    """Inside a captured decode step every operation should be a kernel, with no tensor built from
+    host data (torch.tensor / as_tensor of Python values: a host-to-device copy in the graph).
+    Device sampling, run here on the CPU, makes none."""
+    import torch as t
+
+    from fieldprint_fast.sampling import SamplingRows, sample_rows
+    from spec.sampling import SamplingParams
+    from spec.tables import exp2_table
+
+    real_tensor, real_as_tensor = t.tensor, t.as_tensor
+
+    def no_host_data(real):
+        def guarded(data, *a, **k):
+            if not isinstance(data, t.Tensor):
+                raise AssertionError(f"host data made into a tensor inside sampling: {data!r}")
+            return real(data, *a, **k)
+        return guarded
+
+    g = t.Generator().manual_seed(3)
+    logits = t.randint(-2**20, 2**20, (3, 97), generator=g, dtype=t.int64)
+    params = [SamplingParams(temperature="4/5", seed=7, top_k=20, top_p="9/10"), SamplingParams(),
+              SamplingParams(temperature="3/2", seed=1)]
+    rows = SamplingRows.from_tensor(t.tensor([SamplingRows.host_row(p, 97, 0, 5, 0) for p in params]))
+    table = exp2_table()
+    monkeypatch.setattr(t, "tensor", no_host_data(real_tensor))
+    monkeypatch.setattr(t, "as_tensor", no_host_data(real_as_tensor))
+    sample_rows(logits, rows, table)
