@@ -279,7 +279,9 @@ class DecodeStep:
         self.h_meta = torch.zeros(self.meta.shape, dtype=torch.int32, pin_memory=pin)
         self.h_samp = self.samp.cpu().pin_memory() if pin else self.samp.clone()
         self._greedy_row = self.h_samp[0].clone()
+        # numpy views of the pinned host buffers (shared memory), made once: `load` fills them
         self._np = tuple(t.numpy() for t in (self.h_i64, self.h_tables, self.h_anchor, self.h_meta))
+        self._np_samp, self._np_greedy = self.h_samp.numpy(), self._greedy_row.numpy()
         self.graph = None
         self._forward()  # compile (and, on CUDA, warm up) outside any capture
         if graph and dev.type == "cuda":
@@ -316,8 +318,8 @@ class DecodeStep:
             hm[r, 0], hm[r, 1], hm[r, 2] = a, lo, start
             hm[r, 3] = -(-a // PAGE_TOKENS) + start // PAGE_TOKENS - lo // PAGE_TOKENS + 1
         if self.sample:
-            hs = self.h_samp.numpy()
-            hs[:] = self._greedy_row.numpy()
+            hs = self._np_samp
+            hs[:] = self._np_greedy
             for r, row in enumerate(samples or []):
                 hs[r] = row
         nb = self.device.type == "cuda"

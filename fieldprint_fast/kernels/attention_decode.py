@@ -306,17 +306,17 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
         anchor_tables = torch.zeros(bsz, 1, dtype=torch.int32, device=dev)
     anchor_tables = anchor_tables.to(device=dev, dtype=torch.int32).contiguous()
     n_max = max(n_pages)
-    sp1 = sp2 = None
+    split_pages = None
     if split is not None:
-        sp1, sp2 = (split, split) if isinstance(split, int) else split
-        if any(x % PAGE.value or not 0 < x <= MAX_SPLIT_KEYS for x in (sp1, sp2)):
+        keys = (split, split) if isinstance(split, int) else tuple(split)
+        if any(x % PAGE.value or not 0 < x <= MAX_SPLIT_KEYS for x in keys):
             raise ValueError(f"split {split}: positive multiples of {PAGE.value}, at most {MAX_SPLIT_KEYS}")
-        sp1, sp2 = sp1 // PAGE.value, sp2 // PAGE.value
+        split_pages = tuple(x // PAGE.value for x in keys)
     # -- (2) quantize the queries (int8 limbs), then (3) allocate and launch ------------------
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
     warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps
     return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table,
-                  split_pages=None if split is None else (sp1, sp2), num_warps=warps, pack=pack)
+                  split_pages=split_pages, num_warps=warps, pack=pack)
 
 
 def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.Tensor, layer: int,

@@ -31,8 +31,9 @@ Arithmetic, bounds, roundings (each the spec's, at the spec's place)
   ceiling quotient; int64 scalars per program. ``qmax`` is ``qmax(q_bits)`` for query heads,
   127 for K/V (the page format stores int8).
 * *Quotient* (``linear._quantize_block``, ``spec.quant.div_round``): ``q = div_round(x << left,
-  m << right)`` per element by a float64 quotient and one integer correction step; every
-  operand is below ``2 * 2**31 * 2**SCALE_MANT_BITS + 2**15 < 2**47``, so float64 holds it.
+  m << right)`` per element: a float64 product with the row's reciprocal, then one integer
+  correction step (``linear._floor_div``); every operand is below
+  ``2 * 2**31 * 2**SCALE_MANT_BITS + 2**15 < 2**47``, so float64 holds it.
   ``|q| <= qmax``: a K/V value is one int8, a query value ``Q_LIMBS`` 7-bit limbs.
 * *Page row* (``spec.attention.KVPool``): ``d`` int8 values, then ``m & 255``, ``m >> 8``
   (``2**12 < m <= 2**14``), ``e`` (``-19 <= e <= 11`` for 8 bits) and a zero byte, each stored

@@ -924,6 +924,14 @@ def _limb_groups(limbs: int) -> list[tuple[int, int]]:
     return [(0, min(limbs, 2))] + ([(2, limbs - 2)] if limbs > 2 else [])
 
 
+def _residual_rows(residual: torch.Tensor | None, m: int, n: int) -> torch.Tensor | None:
+    """Return the residual as the epilogue reads it: [m, n] rows with unit column stride
+    (broadcast and copied if it is not), or None."""
+    if residual is not None and (residual.shape != (m, n) or residual.stride(-1) != 1):
+        residual = residual.expand(m, n).contiguous()
+    return residual
+
+
 def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch.Tensor, mul: torch.Tensor,
                      shift: torch.Tensor, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.int64,
                      config: dict | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -944,8 +952,7 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
         raise ValueError(f"linear: limbs {la}x{lw} (<= {MAX_LIMBS} each), K {k} vs {kw} (<= {MAX_K})")
     if q.dtype != torch.int8 or w.dtype != torch.int8:
         raise ValueError("linear: limbs must be int8")
-    if residual is not None and (residual.shape != (mm, n) or residual.stride(-1) != 1):
-        residual = residual.expand(mm, n).contiguous()
+    residual = _residual_rows(residual, mm, n)
     if mm == 0 or n == 0:
         return torch.empty((mm, n), dtype=out_dtype, device=q.device)
     if k == 0:  # an empty sum: acc = 0
@@ -1034,8 +1041,7 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     if not (mm <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= (MAX_K if norm is None else 1 << 16)):
         raise ValueError(f"linear_rows: one launch needs M <= {ROWS_MAX_M}, <= 2 limbs each, 1 <= K <= {MAX_K} "
                          f"(<= 2**16 with the norm: spec.ops.rms_norm's MAX_HIDDEN)")
-    if residual is not None and (residual.shape != (mm, n) or residual.stride(-1) != 1):
-        residual = residual.expand(mm, n).contiguous()
+    residual = _residual_rows(residual, mm, n)
     y = torch.empty((mm, n), dtype=out_dtype, device=x.device)
     res = residual if residual is not None else y
     gamma, eps = norm if norm is not None else (mul, mul)
