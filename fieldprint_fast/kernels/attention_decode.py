@@ -165,7 +165,7 @@ def _scores_kernel(
 @triton.jit
 def _mix_kernel(
     # pointers
-    pool_ptr, pool32_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr, s_ptr, acc_ptr,
+    pool_ptr, pool32_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr, s_ptr, acc_ptr, out_ptr,
     # dimensions and strides
     layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, s_len,
     # meta-parameters
@@ -233,19 +233,205 @@ def _mix_kernel(
     acc = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
     tl.atomic_add(out[:, None] + cols[None, :], acc, mask=hmask[:, None], sem="relaxed")
     tl.atomic_add(out + D, tl.sum(z, axis=1), mask=hmask, sem="relaxed")
+    # -- the last split of (sequence, head group) to arrive divides (`_arrive`) -----------------
+    if _arrive(acc_ptr + ((b * H + g0 * GROUP) * (D + 4) + D + 3).to(tl.int64), tl.num_programs(1)):
+        n = tl.atomic_add(out[:, None] + cols[None, :], tl.zeros([BLOCK_M, D], tl.int64), mask=hmask[:, None],
+                          sem="relaxed")  # the full sums, read through L2
+        zs = tl.atomic_add(out + D, tl.zeros([BLOCK_M], tl.int64), mask=hmask, sem="relaxed")
+        _divide_rows(n, zs, big, out_ptr + ((b * H + heads) * D).to(tl.int64), hmask, cols, PROB_BITS)
+
+
+# %%
+# The last program divides
+# ------------------------
+# A split adds its partial sums into the accumulator with relaxed atomics, then *arrives*: one
+# acq-rel atomic increment of a counter per (sequence, head group), after a CTA barrier (so every
+# thread's sums precede it). The program that reads ``splits - 1`` is the last: every other
+# split's sums happened before its acquire, so it reads the full sums (through L2, by atomics)
+# and divides. No program waits for another, so this is also right under TRITON_INTERPRET=1,
+# where programs run one after another. The counter is the spare int64 word ``d + 3`` of the
+# group's first head in the accumulator, which the launch zeroes anyway: no reset is needed.
+# (The same "last block" pattern as `kernels.linear._split_k_sums`.)
+
+@triton.jit
+def _arrive(count_ptr, splits):
+    """Arrive at the counter; return whether this program is the last of ``splits``."""
+    tl.debug_barrier()  # every thread's partial sums precede the arrival
+    arrived = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+    tl.debug_barrier()  # the acquire precedes every thread's reads after it
+    return arrived == splits - 1
 
 
 @triton.jit
-def _divide_kernel(acc_ptr, out_ptr, D: tl.constexpr, PROB_BITS):
-    """out = round(N * 2**k / Z), k = E + 44 - P, saturated: once per output element (one
-    program per sequence and query head)."""
-    row = tl.program_id(0).to(tl.int64)
+def _divide_rows(n, z, big, out_ptrs, hmask, cols, PROB_BITS):
+    """out = round(N * 2**k / Z), k = E + 44 - P, saturated, for the [BLOCK_M, D] sums n (int64),
+    Z [BLOCK_M] (int64) and E [BLOCK_M] (int32) of a program's rows; out_ptrs [BLOCK_M]: each row's
+    output. Once per output element; rows outside hmask are neither divided nor stored."""
+    k = tl.where(hmask, big.to(tl.int64) + (WEIGHT_SHIFT - PROB_BITS), 0)
+    zz = tl.where(hmask, tl.maximum(z, 1), 1)
+    o = _div_round_pow2(n, zz[:, None] + n * 0, k[:, None] + n * 0)
+    tl.store(out_ptrs[:, None] + cols[None, :], tl.minimum(tl.maximum(o, -ACT_MAX), ACT_MAX), mask=hmask[:, None])
+
+
+# %%
+# One launch: scores, maxima, mix and division in one program
+# -----------------------------------------------------------
+# For contexts a program can walk quickly (the graph's key capacity is small), the three passes
+# become one program per (sequence, head group): it walks its pages once for the scores (kept in
+# the scratch buffer, which stays in L2 at these sizes, and read back by the same program after a
+# CTA barrier), knows the exact maxima at the end of that walk, walks the pages again for e, Z,
+# w and N, and divides. Nothing is zeroed and nothing is atomic: one launch in all.
+#
+# What such a program costs is latency: each step of a page walk is a dependent chain (block
+# table entry, then the rows, then the dots and the integer steps). So a step takes ``PPS``
+# pages at once (``PPS * 16`` keys: [PPS, 16, PK, d] rows of K or V, one vector of PPS table
+# entries), which cuts the chain length by PPS and puts PPS pages of loads in flight.
+#
+# With SPLIT, a few programs share the scores walk of a sequence (``SPLIT_PAGES`` pages each):
+# each adds its maxima into the zeroed accumulator (atomic max) and arrives (`_arrive`); the
+# last to arrive then knows the exact maxima, mixes every page of the sequence from the scores
+# the others left in scratch, and divides. Still one kernel (plus the accumulator's memset).
+
+@triton.jit
+def _pages(p, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b):
+    """`_page` of a vector p of virtual pages; pages at or past p_end have no keys (and their
+    table entries are not read)."""
+    inside = p < p_end
+    is_a = p < a_pages
+    c = p - a_pages
+    tok0 = (lo // PAGE + c) * PAGE
+    pa = tl.load(anchors_ptr + arow_b + p, mask=is_a & inside, other=0)
+    pc = tl.load(tables_ptr + row_b + lo // PAGE + c, mask=(~is_a) & inside, other=0)
+    page = tl.where(is_a, pa, pc)
+    s_lo = tl.where(is_a, 0, tl.maximum(lo - tok0, 0))
+    s_hi = tl.where(is_a, tl.minimum(n_anchor - p * PAGE, PAGE), tl.minimum(start + 1 - tok0, PAGE))
+    return page, s_lo, tl.where(inside, s_hi, 0)
+
+
+@triton.jit
+def _fused_kernel(
+    # pointers
+    pool_ptr, pool32_ptr, qlo_ptr, qhi_ptr, mq_ptr, eq_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr,
+    s_ptr, acc_ptr, out_ptr,
+    # dimensions and strides (int8 elements of the pool)
+    layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, s_len,
+    # meta-parameters
+    H, GROUP, D: tl.constexpr, SPLIT_PAGES, BLOCK_M: tl.constexpr, Q_LIMBS: tl.constexpr, PROB_BITS,
+    W_LIMBS: tl.constexpr, PK: tl.constexpr, PPS: tl.constexpr, SPLIT: tl.constexpr,
+):
+    pg, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ROW: tl.constexpr = D + 4
+    KS: tl.constexpr = PPS * PAGE  # keys per step
+    g0 = pg * PK  # this program's first KV head; row r is query head g0 * GROUP + r
+    n_anchor = tl.load(meta_ptr + 4 * b)
+    lo = tl.load(meta_ptr + 4 * b + 1)
+    start = tl.load(meta_ptr + 4 * b + 2)
+    n_pages = tl.load(meta_ptr + 4 * b + 3)
+    a_pages = (n_anchor + PAGE - 1) // PAGE
+    row_b, arow_b = b * n_tables, b * n_anchor_tables
+    rows = tl.arange(0, BLOCK_M)
+    heads = g0 * GROUP + rows
+    hmask = (rows < PK * GROUP) & (heads < H)
+    rkv = g0 + rows // GROUP
+    # -- the block-diagonal queries [BLOCK_M, PK * D] (as in `_scores_kernel`) -----------------
+    idx = tl.arange(0, PK * D)
+    qmask = hmask[:, None] & ((idx // D)[None, :] == (rows // GROUP)[:, None])
+    qoff = (b * H + heads)[:, None] * D + (idx % D)[None, :]
+    q_lo = tl.load(qlo_ptr + qoff, mask=qmask, other=0)
+    q_hi = q_lo
+    if Q_LIMBS == 2:
+        q_hi = tl.load(qhi_ptr + qoff, mask=qmask, other=0)
+    mq = tl.load(mq_ptr + b * H + heads, mask=hmask, other=0)
+    eq = tl.load(eq_ptr + b * H + heads, mask=hmask, other=0)
+    # -- offsets inside a page, the same at every step ------------------------------------------
+    slot = tl.arange(0, PAGE)
+    pp = tl.arange(0, PPS)
+    kk = tl.arange(0, KS)  # key kk of a step: page pp = kk // 16, slot kk % 16
     cols = tl.arange(0, D)
-    n = tl.load(acc_ptr + row * (D + 4) + cols)
-    z = tl.maximum(tl.load(acc_ptr + row * (D + 4) + D), 1)
-    k = tl.load(acc_ptr + row * (D + 4) + D + 2) - BIAS + (WEIGHT_SHIFT - PROB_BITS)
-    out = _div_round_pow2(n, z + n * 0, k + n * 0)
-    tl.store(out_ptr + row * D + cols, tl.minimum(tl.maximum(out, -ACT_MAX), ACT_MAX))
+    base = layer * stride_layer
+    koff = (base + slot * stride_slot)[:, None, None] + ((g0 + tl.arange(0, PK)) * ROW)[None, :, None] \
+        + cols[None, None, :]  # [16, PK, D]: the PK heads' K rows of each slot
+    kv_in = g0 + tl.arange(0, PK) < H // GROUP
+    soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: K scale words
+    srow = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len  # [M, 1]: each row's scores
+    # -- walk 1: the scores of this program's pages, and their maxima -------------------------
+    p_first = sp * SPLIT_PAGES
+    p_end = tl.minimum(p_first + SPLIT_PAGES, n_pages)
+    m = tl.full([BLOCK_M, KS], NEG, tl.int32)
+    big = tl.full([BLOCK_M, KS], NEG, tl.int32)
+    for p0 in range(p_first, p_end, PPS):
+        page, s_lo, s_hi = _pages(p0 + pp, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b,
+                                  arow_b)
+        valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])  # [PPS, 16]
+        vk = tl.reshape(valid, [KS])
+        pbase = page.to(tl.int64) * stride_page  # [PPS]
+        k = tl.load(pool_ptr + pbase[:, None, None, None] + koff[None, :, :, :],
+                    mask=valid[:, :, None, None] & kv_in[None, None, :, None], other=0)
+        k = tl.reshape(k, [KS, PK * D])
+        acc = tl.dot(q_hi, tl.trans(k))
+        if Q_LIMBS == 2:
+            acc = tl.dot(q_lo, tl.trans(k), acc << 7, out_dtype=tl.int32)
+        smask = valid[None, :, :] & hmask[:, None, None]  # [M, PPS, 16]
+        w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :]
+        mk, ek = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
+        s = _score(acc, mq[:, None] * mk, (-eq[:, None] - ek) + SCORE_SHIFT)
+        s = tl.where(vk[None, :], s, NEG)
+        kin = (p0 * PAGE + kk) < p_end * PAGE  # keys of this split's pages
+        tl.store(srow + p0 * PAGE + kk[None, :], s, mask=hmask[:, None] & kin[None, :])
+        m = tl.maximum(m, s)
+        _, ev = _unpack_scale(tl.reshape(tl.load(w32 + kv_stride // 4, mask=smask, other=0), [BLOCK_M, KS]))
+        big = tl.maximum(big, tl.where(vk[None, :], ev, NEG))
+    m_row = tl.max(m, axis=1)
+    big_row = tl.max(big, axis=1)
+    if SPLIT:  # the maxima of every split; the last to arrive goes on
+        acc_row = acc_ptr + ((b * H + heads) * (D + 4) + D + 1).to(tl.int64)
+        tl.atomic_max(acc_row, m_row.to(tl.int64) + BIAS, mask=hmask, sem="relaxed")
+        tl.atomic_max(acc_row + 1, big_row.to(tl.int64) + BIAS, mask=hmask, sem="relaxed")
+        last = _arrive(acc_ptr + ((b * H + g0 * GROUP) * (D + 4) + D + 3).to(tl.int64), tl.num_programs(1))
+    else:
+        tl.debug_barrier()  # the scores this program stored precede its reads below
+        last = True
+    if last:
+        if SPLIT:
+            zero = tl.zeros([BLOCK_M], tl.int64)
+            acc_row = acc_ptr + ((b * H + heads) * (D + 4) + D + 1).to(tl.int64)
+            m_row = (tl.atomic_add(acc_row, zero, mask=hmask, sem="relaxed") - BIAS).to(tl.int32)
+            big_row = (tl.atomic_add(acc_row + 1, zero, mask=hmask, sem="relaxed") - BIAS).to(tl.int32)
+        # -- walk 2: e, Z, the weights and N over every page of the sequence --------------------
+        wsh = big_row + (WEIGHT_SHIFT - PROB_BITS)
+        a0 = tl.zeros([BLOCK_M, D], tl.int32)
+        a1 = tl.zeros([BLOCK_M, D], tl.int32)
+        a2 = tl.zeros([BLOCK_M, D], tl.int32)
+        z = tl.zeros([BLOCK_M], tl.int64)
+        c = tl.arange(0, PK * KS)  # stacked values: column c is key c % KS of KV head g0 + c // KS
+        wmask = (c // KS)[None, :] == (rows // GROUP)[:, None]
+        voff = (base + kv_stride + slot * stride_slot)[None, None, :, None] \
+            + ((g0 + tl.arange(0, PK)) * ROW)[:, None, None, None] + cols[None, None, None, :]  # [PK, 1, 16, D]
+        for p0 in range(0, n_pages, PPS):
+            page, s_lo, s_hi = _pages(p0 + pp, n_pages, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
+                                      row_b, arow_b)
+            valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])
+            vk = tl.reshape(valid, [KS])
+            pbase = page.to(tl.int64) * stride_page
+            s = tl.load(srow + p0 * PAGE + kk[None, :], mask=hmask[:, None] & vk[None, :], other=0)
+            e = tl.where(vk[None, :], _exp_neg(m_row, s, exp_ptr), 0)
+            z += tl.sum(e.to(tl.int64), axis=1)
+            smask = valid[None, :, :] & hmask[:, None, None]
+            w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :] + kv_stride // 4
+            mv, ev = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
+            w = _weight(e, mv, wsh[:, None] - ev)
+            w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, KS]), [BLOCK_M, PK * KS]), 0)
+            w0, w1, w2 = _weight_limbs(w, W_LIMBS)
+            v = tl.load(pool_ptr + pbase[None, :, None, None] + voff,
+                        mask=valid[None, :, :, None] & kv_in[:, None, None, None], other=0)
+            v = tl.reshape(v, [PK * KS, D])
+            a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
+            if W_LIMBS > 1:
+                a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
+            if W_LIMBS > 2:
+                a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
+        n = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
+        _divide_rows(n, z, big_row, out_ptr + ((b * H + heads) * D).to(tl.int64), hmask, cols, PROB_BITS)
 
 
 def pack_heads(h: int, g: int, pack: int | None = None) -> tuple[int, int, int]:
@@ -269,10 +455,29 @@ def _split_pages(n_pages: int, batch: int, kv_groups: int, programs: int, least:
     return max(1, min(MAX_SPLIT_KEYS // PAGE.value, max(least, -(-n_pages // want))))
 
 
+FUSED_PAGES = 64  # virtual pages (1,024 keys) up to which `decode_path` picks the one-launch path
+
+
+def decode_path(n_max: int, batch: int, kv_groups: int) -> str:
+    """Return the decode path for a launch shape (static: the graph's page capacity ``n_max``,
+    the batch and the programs per sequence): "fused", one launch whose programs walk a
+    sequence's pages twice, while a walk is a few steps; "split" (three programs' worth of
+    parallelism per page: scores, then mix) beyond."""
+    return "fused" if n_max <= FUSED_PAGES else "split"
+
+
+def fused_step_pages(pk: int, d: int) -> int:
+    """Return the pages per step of the fused path: a power of two, 2 to 8, with a step's K or V
+    tile (``pages * 16 * pk * d`` bytes) at most 32 KB."""
+    pps = max(2, min(8, 32768 // (PAGE.value * pk * d)))
+    return 1 << (pps.bit_length() - 1)
+
+
 def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: torch.Tensor, starts: list[int],
                      windows: list[int | None], anchor_tables: torch.Tensor | None, anchor_lens: list[int],
                      q_bits: int, prob_bits: int, exp_table: torch.Tensor, split: int | tuple[int, int] | None = None,
-                     num_warps: int | tuple[int, int] = (1, 4), pack: int | None = None) -> torch.Tensor:
+                     num_warps: int | tuple[int, int] = (1, 4), pack: int | None = None, path: str | None = None,
+                     step_pages: int | None = None, capacity: int | None = None) -> torch.Tensor:
     """Return the Q16 attention output [B, H, d] (int64) of one query token per sequence.
 
     q: [B, H, d] Q16 (int64) at context index starts[b] (its own K/V already written);
@@ -281,8 +486,11 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     tokens. Equal, element for element, to `spec.attention.paged_attention` of each sequence.
     ``split`` (keys per split of the scores and of the mix kernel, or one number for both; each a
     multiple of 16, at most MAX_SPLIT_KEYS) overrides the launch shape (tests place split
-    boundaries); num_warps (likewise) and pack (KV heads per program; default: as many as fill 16
-    rows) are tuning knobs. Results never depend on any of them.
+    boundaries; on the fused path the first is the keys per scores split); num_warps (likewise)
+    and pack (KV heads per program; default: as many as fill 16 rows) are tuning knobs; ``path``
+    and ``step_pages`` choose the path and its step (`launch`); ``capacity`` (virtual pages, at
+    least every row's) sets the launch shape as a captured graph's capacity does. Results never
+    depend on any of them.
     """
     from fieldprint_fast.kernels.linear import quantize_rows  # spec.quant.quantize_rows as int8 limbs, one launch
 
@@ -306,6 +514,10 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
         anchor_tables = torch.zeros(bsz, 1, dtype=torch.int32, device=dev)
     anchor_tables = anchor_tables.to(device=dev, dtype=torch.int32).contiguous()
     n_max = max(n_pages)
+    if capacity is not None:
+        if capacity < n_max:
+            raise ValueError(f"capacity {capacity} pages: below the {n_max} virtual pages of a row")
+        n_max = capacity
     split_pages = None
     if split is not None:
         keys = (split, split) if isinstance(split, int) else tuple(split)
@@ -316,44 +528,69 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
     warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps
     return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table,
-                  split_pages=split_pages, num_warps=warps, pack=pack)
+                  split_pages=split_pages, num_warps=warps, pack=pack, path=path, step_pages=step_pages)
 
 
 def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.Tensor, layer: int,
            tables: torch.Tensor, anchor_tables: torch.Tensor, meta: torch.Tensor, n_max: int, q_bits: int,
            prob_bits: int, exp_table: torch.Tensor, split_pages: tuple[int, int] | None = None,
-           num_warps: tuple[int, int] = (1, 4), pack: int | None = None) -> torch.Tensor:
-    """Allocate and launch the three kernels; return the output [B, H, d] (int64).
+           num_warps: tuple[int, int] = (1, 4), pack: int | None = None, path: str | None = None,
+           step_pages: int | None = None) -> torch.Tensor:
+    """Allocate and launch the kernels; return the output [B, H, d] (int64).
 
     The quantized queries ``(limbs [L, B H, d], mq, eq)`` (`kernels.linear.quantize_rows`), int32
     ``tables`` [B, n] and ``anchor_tables`` [B, n_a], and ``meta`` [B, 4] int32 (anchor length,
     lo, start, virtual pages) are on the device; ``n_max`` virtual pages (at least every row's)
-    set the launch shape, so nothing here reads a device value: the GPU decode loop captures this
-    in a CUDA graph. A split past a row's pages adds "no key" maxima and zero sums, which change
-    nothing. ``split_pages``: pages per split of the scores and of the mix kernel (default: by
-    `_split_pages`)."""
+    set the launch shape and the path (`decode_path`), so nothing here reads a device value: the
+    GPU decode loop captures this in a CUDA graph. A split past a row's pages adds "no key" maxima
+    and zero sums, which change nothing.
+
+    ``path``: "fused" (one launch, `_fused_kernel`) or "split" (scores, then mix, whose last split
+    divides), default by `decode_path`. ``split_pages``: pages per split of the scores and of the
+    mix kernel (default: by `_split_pages`); on the fused path the first is the pages per scores
+    split (default: all of them, one program per sequence and head group). ``step_pages``: pages
+    per step of the fused path (default `fused_step_pages`). ``num_warps``: (scores, mix) warps;
+    the fused path takes the second."""
     bsz, d = meta.shape[0], limbs.shape[2]
     h, g = limbs.shape[1] // bsz, pool.shape[4]
     group = h // g
     pk, block_m, gp = pack_heads(h, g, pack)
-    if split_pages is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
-        split_pages = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)
-    sp1, sp2 = split_pages
+    path = path or decode_path(n_max, bsz, gp)
+    if path not in ("fused", "split"):
+        raise ValueError(f"decode path {path!r}: 'fused' or 'split'")
+    if path == "fused" and n_max * PAGE.value > MAX_SPLIT_KEYS:
+        raise ValueError(f"fused decode path: at most {MAX_SPLIT_KEYS} keys (int32 limb sums), got {n_max} pages")
     dev = limbs.device
     s_len = PAGE.value * n_max
     s_buf = torch.empty(bsz, h, s_len, dtype=torch.int32, device=dev)
-    acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, 0
     out = torch.empty(bsz, h, d, dtype=torch.int64, device=dev)
     dims = (layer, pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3), tables.shape[1],
             anchor_tables.shape[1], s_len)
     pool32 = pool.view(torch.int32)
+    exp = packed_exp_table(exp_table, dev)
+    if path == "fused":
+        sp = max(1, min(n_max, split_pages[0] if split_pages else n_max))
+        splits = -(-n_max // sp)
+        pps = step_pages or fused_step_pages(pk, d)
+        if pps < 1 or pps & (pps - 1):
+            raise ValueError(f"step_pages {pps}: a power of two")
+        # the accumulator (maxima and the arrival counter) only when several programs share a sequence
+        acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev) if splits > 1 else out
+        _fused_kernel[(gp, splits, bsz)](
+            pool, pool32, limbs[0], limbs[-1], mq, eq, exp, tables, anchor_tables, meta, s_buf, acc, out, *dims,
+            H=h, GROUP=group, D=d, SPLIT_PAGES=sp, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PROB_BITS=prob_bits,
+            W_LIMBS=weight_limbs(prob_bits), PK=pk, PPS=pps, SPLIT=splits > 1, num_warps=num_warps[1])
+        return out
+    if split_pages is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
+        split_pages = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)
+    sp1, sp2 = split_pages
+    acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, counter
     _scores_kernel[(gp, -(-n_max // sp1), bsz)](
         pool, pool32, limbs[0], limbs[-1], mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,
         H=h, GROUP=group, D=d, SPLIT_PAGES=sp1, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PK=pk,
         num_warps=num_warps[0])
     _mix_kernel[(gp, -(-n_max // sp2), bsz)](
-        pool, pool32, packed_exp_table(exp_table, dev), tables, anchor_tables, meta, s_buf, acc, *dims,
+        pool, pool32, exp, tables, anchor_tables, meta, s_buf, acc, out, *dims,
         H=h, GROUP=group, D=d, SPLIT_PAGES=sp2, BLOCK_M=block_m, PROB_BITS=prob_bits,
         W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=num_warps[1])
-    _divide_kernel[(bsz * h,)](acc, out, D=d, PROB_BITS=prob_bits, num_warps=1)
     return out
