@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_attention                   # every row (CUDA)
     python -m benchmarks.bench_attention --quick           # a few rows
+    python -m benchmarks.bench_attention --short           # short-context decode rows only (~1 min)
     python -m benchmarks.bench_attention --out FILE.json
 
 Decode rows: one query token per sequence, GQA 32/8, head dim 128, context 4K / 32K / 128K,
@@ -10,6 +11,11 @@ of each sequence's keys). Ours reads int8 page rows (128 values + 4 scale bytes)
 block tables (`fieldprint_fast.kernels.attention_decode`); SDPA reads contiguous bf16 K and V
 [B, 8, L, 128] (`enable_gqa=True`). GB/s is the bytes each must read (ours: K and V page rows once,
 264 bytes per key and KV head; SDPA: 512) over the median time; `ratio` = SDPA time / ours.
+
+Short decode rows (``--short``, also part of the full run): 512 and 4K keys at batch 1 / 8 / 64,
+GQA 32/8 with head dim 64 (the Llama-3.2-1B shape of the end-to-end loop) and 128, each timed
+four ways in the same run: the default path (`attention_decode.decode_path`), the one-launch
+fused path forced, the fused path with 4 score splits, the split path forced; and SDPA bf16.
 
 Prefill rows: one causal chunk of T = 4K / 16K tokens from position 0, same heads; TOP/s counts
 2 * T**2 * H * d (the causal half of QK and PV) for both.
@@ -37,13 +43,13 @@ ROW = D + 4
 L2_BYTES = 50 * 2**20
 
 
-def random_pool(pages: int, dev) -> torch.Tensor:
-    """Return a pool [pages, 1, 2, 16, G, D + 4] of valid random page rows."""
-    pool = torch.randint(-127, 128, (pages, 1, 2, 16, G, ROW), dtype=torch.int8, device=dev)
+def random_pool(pages: int, dev, d: int = D) -> torch.Tensor:
+    """Return a pool [pages, 1, 2, 16, G, d + 4] of valid random page rows."""
+    pool = torch.randint(-127, 128, (pages, 1, 2, 16, G, d + 4), dtype=torch.int8, device=dev)
     m = torch.randint(2**12 + 1, 2**14 + 1, (pages, 1, 2, 16, G), device=dev)
     e = torch.randint(-14, -5, (pages, 1, 2, 16, G), device=dev)
     to8 = lambda x: ((x & 255) - (((x & 255) >> 7) << 8)).to(torch.int8)  # noqa: E731
-    pool[..., D], pool[..., D + 1], pool[..., D + 2], pool[..., D + 3] = to8(m), to8(m >> 8), to8(e), 0
+    pool[..., d], pool[..., d + 1], pool[..., d + 2], pool[..., d + 3] = to8(m), to8(m >> 8), to8(e), 0
     return pool
 
 
@@ -51,38 +57,42 @@ def _copies(nbytes: int) -> int:
     return max(1, min(8, -(-4 * L2_BYTES // max(nbytes, 1))))
 
 
-def bench_decode(ctx: int, batch: int, anchors: int, dev, bench, cfg: dict | None = None, peer: bool = True) -> dict:
+def bench_decode(ctx: int, batch: int, anchors: int, dev, bench, cfg: dict | None = None, peer: bool = True,
+                 d: int = D, ways: dict | None = None) -> dict:
+    """Time ours (``cfg``: decode_attention's knobs; ``ways``: several named knob sets, each timed
+    on the same inputs) and SDPA bf16 at one shape."""
     from fieldprint_fast.kernels.attention_decode import decode_attention
     from spec.tables import exp2_table
 
     exp = exp2_table().to(dev)
     blocks, a_blocks = ctx // 16, -(-anchors // 16)
     keys = ctx + anchors
-    n = _copies(batch * keys * G * 2 * ROW)
+    n = _copies(batch * keys * G * 2 * (d + 4))
     sets = []
     for _ in range(n):
-        pool = random_pool(batch * blocks + a_blocks, dev)
+        pool = random_pool(batch * blocks + a_blocks, dev, d)
         perm = torch.randperm(batch * blocks + a_blocks, device=dev)
         tables = perm[a_blocks:].view(batch, blocks).to(torch.int32)
         at = perm[:a_blocks][None].expand(batch, -1).to(torch.int32).contiguous() if anchors else None
-        q = torch.randint(-(2**18), 2**18, (batch, H, D), device=dev)
+        q = torch.randint(-(2**18), 2**18, (batch, H, d), device=dev)
         sets.append((q, pool, tables, at))
     starts, windows, alens = [ctx - 1] * batch, [None] * batch, [anchors] * batch
     it = iter(range(10**9))
 
-    def ours():
+    def ours(knobs):
         q, pool, tables, at = sets[next(it) % n]
-        decode_attention(q, pool, 0, tables, starts, windows, at, alens, 12, 15, exp, **(cfg or {}))
+        decode_attention(q, pool, 0, tables, starts, windows, at, alens, 12, 15, exp, **knobs)
 
-    t_ours = bench(ours)
+    t_ways = {name: bench(lambda: ours(knobs)) for name, knobs in (ways or {}).items()}
+    t_ours = bench(lambda: ours(cfg or {}))
     del sets
     torch.cuda.empty_cache()
     if not peer:
         return {"kind": "decode-tune", "context": ctx, "batch": batch, "anchors": anchors, "config": cfg, "ours_ms": t_ours}
-    n2 = _copies(batch * keys * G * 2 * D * 2)
-    kv = [(torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16),
-           torch.randn(batch, G, keys, D, device=dev, dtype=torch.bfloat16)) for _ in range(n2)]
-    qf = torch.randn(batch, H, 1, D, device=dev, dtype=torch.bfloat16)
+    n2 = _copies(batch * keys * G * 2 * d * 2)
+    kv = [(torch.randn(batch, G, keys, d, device=dev, dtype=torch.bfloat16),
+           torch.randn(batch, G, keys, d, device=dev, dtype=torch.bfloat16)) for _ in range(n2)]
+    qf = torch.randn(batch, H, 1, d, device=dev, dtype=torch.bfloat16)
     it2 = iter(range(10**9))
 
     def sdpa():
@@ -92,11 +102,20 @@ def bench_decode(ctx: int, batch: int, anchors: int, dev, bench, cfg: dict | Non
     t_sdpa = bench(sdpa)
     del kv
     torch.cuda.empty_cache()
-    ours_bytes = batch * keys * G * 2 * (ROW - 4 + 4)
-    sdpa_bytes = batch * keys * G * 2 * D * 2
-    return {"kind": "decode", "context": ctx, "batch": batch, "anchors": anchors,
-            "ours_ms": t_ours, "sdpa_ms": t_sdpa, "ours_GBps": ours_bytes / t_ours / 1e6,
-            "sdpa_GBps": sdpa_bytes / t_sdpa / 1e6, "ratio": t_sdpa / t_ours}
+    ours_bytes = batch * keys * G * 2 * (d + 4)
+    sdpa_bytes = batch * keys * G * 2 * d * 2
+    row = {"kind": "decode", "context": ctx, "batch": batch, "anchors": anchors,
+           "ours_ms": t_ours, "sdpa_ms": t_sdpa, "ours_GBps": ours_bytes / t_ours / 1e6,
+           "sdpa_GBps": sdpa_bytes / t_sdpa / 1e6, "ratio": t_sdpa / t_ours}
+    if ways:
+        row |= {"head_dim": d, "ways_ms": t_ways, "ways_ratio": {k: t_sdpa / v for k, v in t_ways.items()}}
+    return row
+
+
+def short_ways(ctx: int) -> dict:
+    """The four ways a short row times ours: default path, fused, fused with 4 score splits, split."""
+    return {"default": {}, "fused": {"path": "fused"}, "fused-4": {"path": "fused", "split": (ctx // 4, 16)},
+            "split": {"path": "split"}}
 
 
 def bench_prefill(t: int, dev, bench, cfg: dict | None = None) -> dict:
@@ -123,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer tuning configs; 128K decode at batch 1 and 8; 4K and 16K prefill")
     p.add_argument("--no-prefill", action="store_true")
+    p.add_argument("--short", action="store_true", help="only the short-context decode rows (512 and 4K keys)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                   "heads": H, "kv_heads": G, "head_dim": D, "q_bits": 12, "prob_bits": 15,
                   "decode_config": best, "tune": tune, "rows": rows}
         out.write_text(json.dumps(report, indent=2) + "\n")
-    configs = [] if args.quick else \
+    configs = [] if args.quick or args.short else \
         [dict(num_warps=[1, 4]), dict(num_warps=[2, 4]), dict(num_warps=[1, 8]), dict(num_warps=[2, 8], pack=8)]  # (scores, mix) warps; pack: KV heads per program
     for cfg in configs:
         try:
@@ -162,7 +182,21 @@ def main(argv: list[str] | None = None) -> int:
             ok[json.dumps(r["config"])] += r["ours_ms"]
     best = json.loads(min(ok, key=ok.get)) if ok else {}  # --quick: the kernel's defaults
     print("decode config:", best, flush=True)
-    if args.quick:
+    # -- short contexts (the end-to-end loop's): every path, the 1B shape's d = 64 and d = 128 --
+    for d in () if args.quick else (64, 128):
+        for c in (512, 4096):
+            for b in (1, 8, 64):
+                try:
+                    rows.append(bench_decode(c, b, 0, dev, bench, None, d=d, ways=short_ways(c)) | {"kind": "decode-short"})
+                except Exception as e:
+                    rows.append({"kind": "decode-short", "context": c, "batch": b, "anchors": 0, "head_dim": d,
+                                 "error": repr(e)[:300]})
+                    torch.cuda.empty_cache()
+                print(json.dumps(rows[-1]), flush=True)
+                save()
+    if args.short:
+        decode, prefill = [], []
+    elif args.quick:
         decode = [(131072, 1, 0), (131072, 8, 0), (131072, 1, 4096)]
         prefill = [4096, 16384]
     else:
@@ -195,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{r['kind']:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5}  {r['error']}")
             continue
-        unit = ("GB/s", "ours_GBps", "sdpa_GBps") if r["kind"] == "decode" else ("TOP/s", "ours_TOPs", "sdpa_TFLOPs")
-        print(f"{r['kind']:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5} {r['ours_ms']:>9.3f} {r['sdpa_ms']:>9.3f} "
-              f"{r[unit[1]]:>7.0f} {unit[0]:>4} {r[unit[2]]:>7.0f} {unit[0]:>4} {r['ratio']:>6.2f}")
+        unit = ("TOP/s", "ours_TOPs", "sdpa_TFLOPs") if r["kind"] == "prefill" else ("GB/s", "ours_GBps", "sdpa_GBps")
+        kind = r["kind"] if "head_dim" not in r else f"d{r['head_dim']}"
+        print(f"{kind:8} {r['context']:>7} {r['batch']:>3} {r['anchors']:>5} {r['ours_ms']:>9.3f} {r['sdpa_ms']:>9.3f} "
+              f"{r[unit[1]]:>7.0f} {unit[0]:>4} {r[unit[2]]:>7.0f} {unit[0]:>4} {r['ratio']:>6.2f}"
+              + "".join(f"  {k} {v * 1e3:.1f} us" for k, v in r.get("ways_ms", {}).items()))
     save()
     print(f"wrote {out}")
     return 0

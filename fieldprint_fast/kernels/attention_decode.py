@@ -276,21 +276,26 @@ def _divide_rows(n, z, big, out_ptrs, hmask, cols, PROB_BITS):
 # %%
 # One launch: scores, maxima, mix and division in one program
 # -----------------------------------------------------------
-# For contexts a program can walk quickly (the graph's key capacity is small), the three passes
-# become one program per (sequence, head group): it walks its pages once for the scores (kept in
-# the scratch buffer, which stays in L2 at these sizes, and read back by the same program after a
-# CTA barrier), knows the exact maxima at the end of that walk, walks the pages again for e, Z,
-# w and N, and divides. Nothing is zeroed and nothing is atomic: one launch in all.
+# For contexts a program can walk quickly (the graph's key capacity is small), the passes become
+# one kernel, with no wait between programs: a program of (sequence, head group) walks all the
+# sequence's pages for the scores and their exact maxima ``m`` and ``E`` (walk 1); it then knows
+# everything the spec's softmax needs, and walks its *share* of the pages again (walk 2) for
+# ``e``, ``Z``, the weights and ``N``, reading back the scores of its share, which it left in the
+# scratch buffer (L2-resident at these sizes) in walk 1.
 #
-# What such a program costs is latency: each step of a page walk is a dependent chain (block
-# table entry, then the rows, then the dots and the integer steps). So a step takes ``PPS``
-# pages at once (``PPS * 16`` keys: [PPS, 16, PK, d] rows of K or V, one vector of PPS table
-# entries), which cuts the chain length by PPS and puts PPS pages of loads in flight.
+# * Without SPLIT one program owns the whole sequence: it divides at the end. One launch,
+#   nothing zeroed, nothing atomic.
+# * With SPLIT, ``splits`` programs share a sequence (``SPLIT_PAGES`` pages each for walk 2),
+#   each computing the same exact maxima redundantly in walk 1 (the keys are read once per
+#   share, mostly from L2; at small batches the SMs are idle anyway). Each adds its ``N`` and
+#   ``Z`` to the zeroed accumulator and arrives (`_arrive`); the last one divides. One kernel
+#   plus the accumulator's memset, and the walk a program makes is ``pages + pages / splits``
+#   steps instead of ``2 pages``.
 #
-# With SPLIT, a few programs share the scores walk of a sequence (``SPLIT_PAGES`` pages each):
-# each adds its maxima into the zeroed accumulator (atomic max) and arrives (`_arrive`); the
-# last to arrive then knows the exact maxima, mixes every page of the sequence from the scores
-# the others left in scratch, and divides. Still one kernel (plus the accumulator's memset).
+# A program is a chain of dependent steps (block-table entries, then rows, then dots and the
+# integer steps), so its latency is its steps: a step takes ``PPS`` pages at once (``PPS * 16``
+# keys: [PPS, 16, PK, d] rows of K or V, one vector of PPS table entries), which divides the
+# chain by PPS and keeps PPS pages of loads in flight.
 
 @triton.jit
 def _pages(p, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b):
@@ -354,13 +359,14 @@ def _fused_kernel(
     kv_in = g0 + tl.arange(0, PK) < H // GROUP
     soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: K scale words
     srow = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len  # [M, 1]: each row's scores
-    # -- walk 1: the scores of this program's pages, and their maxima -------------------------
+    # -- walk 1: the scores of every page and their exact maxima; the program keeps the scores of
+    #    its share of the pages (all of them without SPLIT) in scratch -------------------------
     p_first = sp * SPLIT_PAGES
     p_end = tl.minimum(p_first + SPLIT_PAGES, n_pages)
     m = tl.full([BLOCK_M, KS], NEG, tl.int32)
     big = tl.full([BLOCK_M, KS], NEG, tl.int32)
-    for p0 in range(p_first, p_end, PPS):
-        page, s_lo, s_hi = _pages(p0 + pp, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b,
+    for p0 in range(0, n_pages, PPS):
+        page, s_lo, s_hi = _pages(p0 + pp, n_pages, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b,
                                   arow_b)
         valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])  # [PPS, 16]
         vk = tl.reshape(valid, [KS])
@@ -376,62 +382,61 @@ def _fused_kernel(
         mk, ek = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
         s = _score(acc, mq[:, None] * mk, (-eq[:, None] - ek) + SCORE_SHIFT)
         s = tl.where(vk[None, :], s, NEG)
-        kin = (p0 * PAGE + kk) < p_end * PAGE  # keys of this split's pages
-        tl.store(srow + p0 * PAGE + kk[None, :], s, mask=hmask[:, None] & kin[None, :])
+        key = p0 * PAGE + kk
+        mine = (key >= p_first * PAGE) & (key < p_end * PAGE)  # keys of this program's share
+        tl.store(srow + key[None, :], s, mask=hmask[:, None] & mine[None, :])
         m = tl.maximum(m, s)
         _, ev = _unpack_scale(tl.reshape(tl.load(w32 + kv_stride // 4, mask=smask, other=0), [BLOCK_M, KS]))
         big = tl.maximum(big, tl.where(vk[None, :], ev, NEG))
     m_row = tl.max(m, axis=1)
     big_row = tl.max(big, axis=1)
-    if SPLIT:  # the maxima of every split; the last to arrive goes on
-        acc_row = acc_ptr + ((b * H + heads) * (D + 4) + D + 1).to(tl.int64)
-        tl.atomic_max(acc_row, m_row.to(tl.int64) + BIAS, mask=hmask, sem="relaxed")
-        tl.atomic_max(acc_row + 1, big_row.to(tl.int64) + BIAS, mask=hmask, sem="relaxed")
-        last = _arrive(acc_ptr + ((b * H + g0 * GROUP) * (D + 4) + D + 3).to(tl.int64), tl.num_programs(1))
+    tl.debug_barrier()  # the scores this program stored precede its reads below
+    # -- walk 2: e, Z, the weights and N over the program's share ------------------------------
+    wsh = big_row + (WEIGHT_SHIFT - PROB_BITS)
+    a0 = tl.zeros([BLOCK_M, D], tl.int32)
+    a1 = tl.zeros([BLOCK_M, D], tl.int32)
+    a2 = tl.zeros([BLOCK_M, D], tl.int32)
+    z = tl.zeros([BLOCK_M], tl.int64)
+    c = tl.arange(0, PK * KS)  # stacked values: column c is key c % KS of KV head g0 + c // KS
+    wmask = (c // KS)[None, :] == (rows // GROUP)[:, None]
+    voff = (base + kv_stride + slot * stride_slot)[None, None, :, None] \
+        + ((g0 + tl.arange(0, PK)) * ROW)[:, None, None, None] + cols[None, None, None, :]  # [PK, 1, 16, D]
+    for p0 in range(p_first, p_end, PPS):
+        page, s_lo, s_hi = _pages(p0 + pp, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
+                                  row_b, arow_b)
+        valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])
+        vk = tl.reshape(valid, [KS])
+        pbase = page.to(tl.int64) * stride_page
+        s = tl.load(srow + p0 * PAGE + kk[None, :], mask=hmask[:, None] & vk[None, :], other=0)
+        e = tl.where(vk[None, :], _exp_neg(m_row, s, exp_ptr), 0)
+        z += tl.sum(e.to(tl.int64), axis=1)
+        smask = valid[None, :, :] & hmask[:, None, None]
+        w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :] + kv_stride // 4
+        mv, ev = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
+        w = _weight(e, mv, wsh[:, None] - ev)
+        w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, KS]), [BLOCK_M, PK * KS]), 0)
+        w0, w1, w2 = _weight_limbs(w, W_LIMBS)
+        v = tl.load(pool_ptr + pbase[None, :, None, None] + voff,
+                    mask=valid[None, :, :, None] & kv_in[:, None, None, None], other=0)
+        v = tl.reshape(v, [PK * KS, D])
+        a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
+        if W_LIMBS > 1:
+            a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
+        if W_LIMBS > 2:
+            a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
+    n = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
+    out_rows = out_ptr + ((b * H + heads) * D).to(tl.int64)
+    if SPLIT:  # the shares' N and Z add up exactly; the last share to arrive divides
+        acc_row = acc_ptr + ((b * H + heads) * (D + 4)).to(tl.int64)
+        tl.atomic_add(acc_row[:, None] + cols[None, :], n, mask=hmask[:, None], sem="relaxed")
+        tl.atomic_add(acc_row + D, z, mask=hmask, sem="relaxed")
+        if _arrive(acc_ptr + ((b * H + g0 * GROUP) * (D + 4) + D + 3).to(tl.int64), tl.num_programs(1)):
+            n = tl.atomic_add(acc_row[:, None] + cols[None, :], tl.zeros([BLOCK_M, D], tl.int64), mask=hmask[:, None],
+                              sem="relaxed")
+            z = tl.atomic_add(acc_row + D, tl.zeros([BLOCK_M], tl.int64), mask=hmask, sem="relaxed")
+            _divide_rows(n, z, big_row, out_rows, hmask, cols, PROB_BITS)
     else:
-        tl.debug_barrier()  # the scores this program stored precede its reads below
-        last = True
-    if last:
-        if SPLIT:
-            zero = tl.zeros([BLOCK_M], tl.int64)
-            acc_row = acc_ptr + ((b * H + heads) * (D + 4) + D + 1).to(tl.int64)
-            m_row = (tl.atomic_add(acc_row, zero, mask=hmask, sem="relaxed") - BIAS).to(tl.int32)
-            big_row = (tl.atomic_add(acc_row + 1, zero, mask=hmask, sem="relaxed") - BIAS).to(tl.int32)
-        # -- walk 2: e, Z, the weights and N over every page of the sequence --------------------
-        wsh = big_row + (WEIGHT_SHIFT - PROB_BITS)
-        a0 = tl.zeros([BLOCK_M, D], tl.int32)
-        a1 = tl.zeros([BLOCK_M, D], tl.int32)
-        a2 = tl.zeros([BLOCK_M, D], tl.int32)
-        z = tl.zeros([BLOCK_M], tl.int64)
-        c = tl.arange(0, PK * KS)  # stacked values: column c is key c % KS of KV head g0 + c // KS
-        wmask = (c // KS)[None, :] == (rows // GROUP)[:, None]
-        voff = (base + kv_stride + slot * stride_slot)[None, None, :, None] \
-            + ((g0 + tl.arange(0, PK)) * ROW)[:, None, None, None] + cols[None, None, None, :]  # [PK, 1, 16, D]
-        for p0 in range(0, n_pages, PPS):
-            page, s_lo, s_hi = _pages(p0 + pp, n_pages, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
-                                      row_b, arow_b)
-            valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])
-            vk = tl.reshape(valid, [KS])
-            pbase = page.to(tl.int64) * stride_page
-            s = tl.load(srow + p0 * PAGE + kk[None, :], mask=hmask[:, None] & vk[None, :], other=0)
-            e = tl.where(vk[None, :], _exp_neg(m_row, s, exp_ptr), 0)
-            z += tl.sum(e.to(tl.int64), axis=1)
-            smask = valid[None, :, :] & hmask[:, None, None]
-            w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :] + kv_stride // 4
-            mv, ev = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
-            w = _weight(e, mv, wsh[:, None] - ev)
-            w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, KS]), [BLOCK_M, PK * KS]), 0)
-            w0, w1, w2 = _weight_limbs(w, W_LIMBS)
-            v = tl.load(pool_ptr + pbase[None, :, None, None] + voff,
-                        mask=valid[None, :, :, None] & kv_in[:, None, None, None], other=0)
-            v = tl.reshape(v, [PK * KS, D])
-            a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
-            if W_LIMBS > 1:
-                a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
-            if W_LIMBS > 2:
-                a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
-        n = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
-        _divide_rows(n, z, big_row, out_ptr + ((b * H + heads) * D).to(tl.int64), hmask, cols, PROB_BITS)
+        _divide_rows(n, z, big_row, out_rows, hmask, cols, PROB_BITS)
 
 
 def pack_heads(h: int, g: int, pack: int | None = None) -> tuple[int, int, int]:
@@ -466,17 +471,29 @@ def decode_path(n_max: int, batch: int, kv_groups: int) -> str:
     return "fused" if n_max <= FUSED_PAGES else "split"
 
 
+FUSED_WARPS = 8
+FUSED_PROGRAMS = 64  # programs the fused path aims for at small batches (shares of a sequence)
+
+
+def fused_splits(batch: int, kv_groups: int) -> int:
+    """Return the programs per (sequence, head group) of the fused path: 1 from FUSED_PROGRAMS
+    programs up (one launch, no memset), else up to 8 shares."""
+    return max(1, min(8, FUSED_PROGRAMS // (batch * kv_groups)))
+
+
 def fused_step_pages(pk: int, d: int) -> int:
     """Return the pages per step of the fused path: a power of two, 2 to 8, with a step's K or V
-    tile (``pages * 16 * pk * d`` bytes) at most 32 KB."""
-    pps = max(2, min(8, 32768 // (PAGE.value * pk * d)))
+    tile (``pages * 16 * pk * d`` bytes) at most 16 KB: with FUSED_WARPS = 8 the sm_90 build then
+    keeps everything in registers (GQA 32/8: d = 64 4 pages, d = 128 2 pages; 32 KB tiles
+    spilled 1.5-2.5 KB a thread, `cuobjdump -res-usage`)."""
+    pps = max(2, min(8, 16384 // (PAGE.value * pk * d)))
     return 1 << (pps.bit_length() - 1)
 
 
 def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: torch.Tensor, starts: list[int],
                      windows: list[int | None], anchor_tables: torch.Tensor | None, anchor_lens: list[int],
                      q_bits: int, prob_bits: int, exp_table: torch.Tensor, split: int | tuple[int, int] | None = None,
-                     num_warps: int | tuple[int, int] = (1, 4), pack: int | None = None, path: str | None = None,
+                     num_warps: int | tuple[int, int] | None = None, pack: int | None = None, path: str | None = None,
                      step_pages: int | None = None, capacity: int | None = None) -> torch.Tensor:
     """Return the Q16 attention output [B, H, d] (int64) of one query token per sequence.
 
@@ -486,7 +503,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     tokens. Equal, element for element, to `spec.attention.paged_attention` of each sequence.
     ``split`` (keys per split of the scores and of the mix kernel, or one number for both; each a
     multiple of 16, at most MAX_SPLIT_KEYS) overrides the launch shape (tests place split
-    boundaries; on the fused path the first is the keys per scores split); num_warps (likewise)
+    boundaries; on the fused path the first is the keys of a program's share); num_warps (likewise)
     and pack (KV heads per program; default: as many as fill 16 rows) are tuning knobs; ``path``
     and ``step_pages`` choose the path and its step (`launch`); ``capacity`` (virtual pages, at
     least every row's) sets the launch shape as a captured graph's capacity does. Results never
@@ -526,7 +543,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
         split_pages = tuple(x // PAGE.value for x in keys)
     # -- (2) quantize the queries (int8 limbs), then (3) allocate and launch ------------------
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
-    warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps
+    warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps and tuple(num_warps)
     return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table,
                   split_pages=split_pages, num_warps=warps, pack=pack, path=path, step_pages=step_pages)
 
@@ -534,7 +551,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
 def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.Tensor, layer: int,
            tables: torch.Tensor, anchor_tables: torch.Tensor, meta: torch.Tensor, n_max: int, q_bits: int,
            prob_bits: int, exp_table: torch.Tensor, split_pages: tuple[int, int] | None = None,
-           num_warps: tuple[int, int] = (1, 4), pack: int | None = None, path: str | None = None,
+           num_warps: tuple[int, int] | None = None, pack: int | None = None, path: str | None = None,
            step_pages: int | None = None) -> torch.Tensor:
     """Allocate and launch the kernels; return the output [B, H, d] (int64).
 
@@ -547,10 +564,10 @@ def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.
 
     ``path``: "fused" (one launch, `_fused_kernel`) or "split" (scores, then mix, whose last split
     divides), default by `decode_path`. ``split_pages``: pages per split of the scores and of the
-    mix kernel (default: by `_split_pages`); on the fused path the first is the pages per scores
-    split (default: all of them, one program per sequence and head group). ``step_pages``: pages
-    per step of the fused path (default `fused_step_pages`). ``num_warps``: (scores, mix) warps;
-    the fused path takes the second."""
+    mix kernel (default: by `_split_pages`); on the fused path the first is the pages of a
+    program's share of a sequence (default: by `fused_splits`). ``step_pages``: pages
+    per step of the fused path (default `fused_step_pages`). ``num_warps``: (scores, mix) warps
+    (default (1, 4)); the fused path takes the second (default FUSED_WARPS)."""
     bsz, d = meta.shape[0], limbs.shape[2]
     h, g = limbs.shape[1] // bsz, pool.shape[4]
     group = h // g
@@ -569,7 +586,8 @@ def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.
     pool32 = pool.view(torch.int32)
     exp = packed_exp_table(exp_table, dev)
     if path == "fused":
-        sp = max(1, min(n_max, split_pages[0] if split_pages else n_max))
+        sp = split_pages[0] if split_pages else -(-n_max // fused_splits(bsz, gp))
+        sp = max(1, min(n_max, sp))
         splits = -(-n_max // sp)
         pps = step_pages or fused_step_pages(pk, d)
         if pps < 1 or pps & (pps - 1):
@@ -579,11 +597,13 @@ def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.
         _fused_kernel[(gp, splits, bsz)](
             pool, pool32, limbs[0], limbs[-1], mq, eq, exp, tables, anchor_tables, meta, s_buf, acc, out, *dims,
             H=h, GROUP=group, D=d, SPLIT_PAGES=sp, BLOCK_M=block_m, Q_LIMBS=query_limbs(q_bits), PROB_BITS=prob_bits,
-            W_LIMBS=weight_limbs(prob_bits), PK=pk, PPS=pps, SPLIT=splits > 1, num_warps=num_warps[1])
+            W_LIMBS=weight_limbs(prob_bits), PK=pk, PPS=pps, SPLIT=splits > 1,
+            num_warps=num_warps[1] if num_warps else FUSED_WARPS)
         return out
     if split_pages is None:  # scores: many one-warp programs (latency); mix: fewer, larger ones
         split_pages = _split_pages(n_max, bsz, gp, 4096, 2), _split_pages(n_max, bsz, gp, 1024, 4)
     sp1, sp2 = split_pages
+    num_warps = num_warps or (1, 4)
     acc = torch.zeros(bsz, h, d + 4, dtype=torch.int64, device=dev)  # N [d], Z, m + 2**31, E + 2**31, counter
     _scores_kernel[(gp, -(-n_max // sp1), bsz)](
         pool, pool32, limbs[0], limbs[-1], mq, eq, tables, anchor_tables, meta, s_buf, acc, *dims,

@@ -5,8 +5,8 @@ Random batches of sequences of different lengths (page tables placed at random, 
 before the window), anchors of 0, partial and full pages, windows, GQA ratios 1/2/4, head dims,
 splits of the context at random boundaries, value magnitudes spread up to 2**31 and queries from
 flat to saturated (one-hot softmax). Both paths are drawn: the one-launch fused path (one
-program per sequence and head group, or a few score splits whose last arrival mixes; 1 to 8
-pages per step) and the split path (scores, then mix, whose last split divides); and launch
+program per sequence and head group, or a few shares whose last arrival divides; 1 to 8 pages
+per step) and the split path (scores, then mix, whose last split divides); and launch
 capacities above the rows' pages, at the threshold between the paths (`decode_path`). On a CPU
 this runs under TRITON_INTERPRET=1 at small sizes; `pytest -m gpu` runs the same properties on
 CUDA at real sizes.
@@ -69,15 +69,16 @@ def test_decode_equals_spec(p, pages, mix_pages):
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([None, None, 1, 2, 3]),
+@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([None, "all", "all", 1, 2, 3]),
        st.sampled_from([None, 1, 2, 4, 8]), st.sampled_from([0, 0, 3]))
 def test_fused_decode_equals_spec(p, pages, step, extra):
-    """The one-launch path: one program per sequence and head group (pages None), or score splits
-    of ``pages`` pages whose last arrival mixes; ``step`` pages per step; a capacity above the
-    rows' pages (the captured graph's case)."""
+    """The one-launch path: one program per sequence and head group ("all" pages), shares of
+    ``pages`` pages whose last arrival divides, or the default (`fused_splits`: 8 shares at these
+    batches); ``step`` pages per step; a capacity above the rows' pages (the graph's case)."""
     want = spec_outputs(p)
-    split = None if pages is None else (16 * pages, 16)
-    got = _run(to_device(p, DEVICE), split, path="fused", step_pages=step, capacity=_capacity(p, extra))
+    cap = _capacity(p, extra)
+    split = None if pages is None else (16 * (cap if pages == "all" else pages), 16)
+    got = _run(to_device(p, DEVICE), split, path="fused", step_pages=step, capacity=cap)
     for w, g in zip(want, got):
         assert torch.equal(g.cpu(), w)
 
@@ -101,7 +102,7 @@ def test_decode_path_threshold(p, where):
        st.sampled_from([None, 2, 8]), st.sampled_from([0, 0, 40, "at", "past"]))
 def test_decode_equals_spec_real_sizes(p, pages, mix_pages, path, step, extra):
     """Both paths at real sizes (GQA up to 8, up to 64 query heads), split sizes, steps and
-    capacities drawn (on the fused path ``pages`` is the pages per score split, or None)."""
+    capacities drawn (on the fused path ``pages`` is the pages of a share, or None)."""
     want = spec_outputs(p)
     split = None if pages is None else (16 * pages, 16 * mix_pages)
     if path == "fused" and pages is not None and pages > 16:
