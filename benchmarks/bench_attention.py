@@ -14,8 +14,9 @@ block tables (`fieldprint_fast.kernels.attention_decode`); SDPA reads contiguous
 
 Short decode rows (``--short``, also part of the full run): 512 and 4K keys at batch 1 / 8 / 64,
 GQA 32/8 with head dim 64 (the Llama-3.2-1B shape of the end-to-end loop) and 128, each timed
-four ways in the same run: the default path (`attention_decode.decode_path`), the one-launch
-fused path forced, the fused path with 4 score splits, the split path forced; and SDPA bf16.
+four ways in the same run: the default path (`attention_decode.decode_path`), the fused path
+forced (its default shares per sequence: 8 at batch 1, 4 at 8, 1 at 64), the fused path with one
+share (one launch), the split path forced; and SDPA bf16.
 
 Prefill rows: one causal chunk of T = 4K / 16K tokens from position 0, same heads; TOP/s counts
 2 * T**2 * H * d (the causal half of QK and PV) for both.
@@ -113,8 +114,9 @@ def bench_decode(ctx: int, batch: int, anchors: int, dev, bench, cfg: dict | Non
 
 
 def short_ways(ctx: int) -> dict:
-    """The four ways a short row times ours: default path, fused, fused with 4 score splits, split."""
-    return {"default": {}, "fused": {"path": "fused"}, "fused-4": {"path": "fused", "split": (ctx // 4, 16)},
+    """The four ways a short row times ours: the default path, the fused path with its default
+    shares (`attention_decode.fused_splits`), the fused path with one share, the split path."""
+    return {"default": {}, "fused": {"path": "fused"}, "fused-1": {"path": "fused", "split": (ctx, 16)},
             "split": {"path": "split"}}
 
 

@@ -8,14 +8,27 @@ sequences of different lengths, each with its own block table, optional pinned a
 (always visible) and an optional sliding window; GQA, with all ``H / G`` query heads of a KV head
 computed from one read of its keys and values.
 
-Why three launches
-------------------
+Two paths, one launch or two
+----------------------------
 The spec's softmax needs two exact maxima before any value is mixed: the score maximum ``m``
 (for ``e_j = exp_neg(m - s_j)``) and the value exponent ``E = max ev_j`` (for the weights
 ``w_j``). Both are exact, and everything after them is an exact integer sum, so the context can
-be split anywhere and the parts combined in any order. All three kernels meet in one zeroed int64
-buffer per (sequence, query head): ``N [d], Z, m + 2**31, E + 2**31``, updated with integer
-atomics (max and add are exact, so their order cannot change a bit):
+be split anywhere and the parts combined in any order (integer atomics: max and add are exact,
+so their order cannot change a bit). Which path runs depends only on the launch shape (the
+key capacity a CUDA graph is captured for, `decode_path`), never on a device value.
+
+*Fused* (capacities up to FUSED_PAGES, the end-to-end loop's short contexts): one kernel,
+``_fused_kernel``, grid (KV-head group, share, sequence). Each program walks all the pages of
+its sequence for the exact scores and both maxima (walk 1), keeping the scores of its share in
+the scratch buffer (L2-resident at these sizes), then walks its share again for ``e``, ``Z``,
+the weights and ``N`` (walk 2). With one share it divides and is done: one launch, nothing
+zeroed, no atomics. With several (small batches: more programs, shorter walks 2) each adds
+``N`` and ``Z`` atomically to a zeroed accumulator and arrives at a counter; the last to
+arrive divides. A step takes several pages at once and issues the next step's loads first.
+
+*Split* (longer contexts): the scores and the mix of a sequence are spread over many programs,
+which meet in one zeroed int64 buffer per (sequence, query head): ``N [d], Z, m + 2**31,
+E + 2**31``, and a counter:
 
 1. ``_scores_kernel`` (grid: KV-head group, split, sequence; small splits, one warp each, for
    occupancy at batch 1): reads the keys of its split once, computes the exact scores of every
@@ -25,12 +38,12 @@ atomics (max and add are exact, so their order cannot change a bit):
 2. ``_mix_kernel`` (same grid, larger splits, four warps): reads its scores back and the values
    of its split once: ``e``, ``Z = sum e``, the weights ``w`` and ``N = sum w q`` as int8 x int8
    -> int32 dots of 7-bit weight limbs (int32 accumulators: a split has at most 65,536 keys);
-   adds ``N`` and ``Z`` atomically.
-3. ``_divide_kernel`` (grid: sequence x query head): ``round(N * 2**k / Z)`` once per output
-   element.
+   adds ``N`` and ``Z`` atomically; the last split of a (sequence, head group) to arrive
+   computes ``round(N * 2**k / Z)`` (there is no third launch).
 
-Bytes per (key, KV head): 132 (K row) + 32 (the sector holding the V scale word) + 2 x 4 per
-query head (scores out and back) + 132 (V row); 328 against the 264 of reading K and V once.
+Bytes per (key, KV head), both paths: 132 (K row) + 32 (the sector holding the V scale word) +
+2 x 4 per query head (scores out and back) + 132 (V row); 328 against the 264 of reading K and V
+once (the fused path with several shares reads K once per share, mostly from L2).
 
 Packing KV heads. The tensor cores need 16 rows, a KV head has ``H / G`` query heads (4 for
 GQA 32/8), so a program owns ``PK`` adjacent KV heads (16 rows: 4 KV heads x 4 query heads). The
@@ -314,6 +327,49 @@ def _pages(p, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_
 
 
 @triton.jit
+def _k_step(p0, n_pages, pool_ptr, pool32_ptr, koff, soff, kv_in, hmask, stride_page, kv_stride, a_pages, n_anchor,
+            lo, start, tables_ptr, anchors_ptr, row_b, arow_b,
+            BLOCK_M: tl.constexpr, PK: tl.constexpr, D: tl.constexpr, PPS: tl.constexpr):
+    """The loads of one walk-1 step, pages p0 .. p0 + PPS - 1 (none at or past n_pages): which
+    of its keys exist [KS], the K rows [KS, PK * D] and each row's K and V scale words [M, KS]."""
+    KS: tl.constexpr = PPS * PAGE
+    slot = tl.arange(0, PAGE)
+    page, s_lo, s_hi = _pages(p0 + tl.arange(0, PPS), n_pages, a_pages, n_anchor, lo, start, tables_ptr,
+                              anchors_ptr, row_b, arow_b)
+    valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])  # [PPS, 16]
+    pbase = page.to(tl.int64) * stride_page  # [PPS]
+    k = tl.load(pool_ptr + pbase[:, None, None, None] + koff[None, :, :, :],
+                mask=valid[:, :, None, None] & kv_in[None, None, :, None], other=0)
+    smask = valid[None, :, :] & hmask[:, None, None]  # [M, PPS, 16]
+    w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :]
+    kw = tl.load(w32, mask=smask, other=0)
+    vw = tl.load(w32 + kv_stride // 4, mask=smask, other=0)
+    return (tl.reshape(valid, [KS]), tl.reshape(k, [KS, PK * D]), tl.reshape(kw, [BLOCK_M, KS]),
+            tl.reshape(vw, [BLOCK_M, KS]))
+
+
+@triton.jit
+def _v_step(p0, p_end, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, srow, stride_page, kv_stride, a_pages,
+            n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b,
+            BLOCK_M: tl.constexpr, PK: tl.constexpr, D: tl.constexpr, PPS: tl.constexpr):
+    """The loads of one walk-2 step (pages p0 .. p0 + PPS - 1, none at or past p_end): which of
+    its keys exist [KS], their scores and V scale words [M, KS], the V rows [PK * KS, D]."""
+    KS: tl.constexpr = PPS * PAGE
+    slot = tl.arange(0, PAGE)
+    page, s_lo, s_hi = _pages(p0 + tl.arange(0, PPS), p_end, a_pages, n_anchor, lo, start, tables_ptr,
+                              anchors_ptr, row_b, arow_b)
+    valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])
+    vk = tl.reshape(valid, [KS])
+    pbase = page.to(tl.int64) * stride_page
+    s = tl.load(srow + p0 * PAGE + tl.arange(0, KS)[None, :], mask=hmask[:, None] & vk[None, :], other=0)
+    w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :] + kv_stride // 4
+    vw = tl.load(w32, mask=valid[None, :, :] & hmask[:, None, None], other=0)
+    v = tl.load(pool_ptr + pbase[None, :, None, None] + voff,
+                mask=valid[None, :, :, None] & kv_in[:, None, None, None], other=0)
+    return vk, s, tl.reshape(vw, [BLOCK_M, KS]), tl.reshape(v, [PK * KS, D])
+
+
+@triton.jit
 def _fused_kernel(
     # pointers
     pool_ptr, pool32_ptr, qlo_ptr, qhi_ptr, mq_ptr, eq_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr,
@@ -350,7 +406,6 @@ def _fused_kernel(
     eq = tl.load(eq_ptr + b * H + heads, mask=hmask, other=0)
     # -- offsets inside a page, the same at every step ------------------------------------------
     slot = tl.arange(0, PAGE)
-    pp = tl.arange(0, PPS)
     kk = tl.arange(0, KS)  # key kk of a step: page pp = kk // 16, slot kk % 16
     cols = tl.arange(0, D)
     base = layer * stride_layer
@@ -360,38 +415,35 @@ def _fused_kernel(
     soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: K scale words
     srow = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len  # [M, 1]: each row's scores
     # -- walk 1: the scores of every page and their exact maxima; the program keeps the scores of
-    #    its share of the pages (all of them without SPLIT) in scratch -------------------------
+    #    its share of the pages (all of them without SPLIT) in scratch. Each step issues the next
+    #    step's loads first, so that they are in flight while this step computes --------------
     p_first = sp * SPLIT_PAGES
     p_end = tl.minimum(p_first + SPLIT_PAGES, n_pages)
     m = tl.full([BLOCK_M, KS], NEG, tl.int32)
     big = tl.full([BLOCK_M, KS], NEG, tl.int32)
+    vk, k, kw, vw = _k_step(0, n_pages, pool_ptr, pool32_ptr, koff, soff, kv_in, hmask, stride_page, kv_stride,
+                            a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b, BLOCK_M, PK, D, PPS)
     for p0 in range(0, n_pages, PPS):
-        page, s_lo, s_hi = _pages(p0 + pp, n_pages, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b,
-                                  arow_b)
-        valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])  # [PPS, 16]
-        vk = tl.reshape(valid, [KS])
-        pbase = page.to(tl.int64) * stride_page  # [PPS]
-        k = tl.load(pool_ptr + pbase[:, None, None, None] + koff[None, :, :, :],
-                    mask=valid[:, :, None, None] & kv_in[None, None, :, None], other=0)
-        k = tl.reshape(k, [KS, PK * D])
+        vk_n, k_n, kw_n, vw_n = _k_step(p0 + PPS, n_pages, pool_ptr, pool32_ptr, koff, soff, kv_in, hmask,
+                                        stride_page, kv_stride, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
+                                        row_b, arow_b, BLOCK_M, PK, D, PPS)
         acc = tl.dot(q_hi, tl.trans(k))
         if Q_LIMBS == 2:
             acc = tl.dot(q_lo, tl.trans(k), acc << 7, out_dtype=tl.int32)
-        smask = valid[None, :, :] & hmask[:, None, None]  # [M, PPS, 16]
-        w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :]
-        mk, ek = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
+        mk, ek = _unpack_scale(kw)
         s = _score(acc, mq[:, None] * mk, (-eq[:, None] - ek) + SCORE_SHIFT)
         s = tl.where(vk[None, :], s, NEG)
         key = p0 * PAGE + kk
         mine = (key >= p_first * PAGE) & (key < p_end * PAGE)  # keys of this program's share
         tl.store(srow + key[None, :], s, mask=hmask[:, None] & mine[None, :])
         m = tl.maximum(m, s)
-        _, ev = _unpack_scale(tl.reshape(tl.load(w32 + kv_stride // 4, mask=smask, other=0), [BLOCK_M, KS]))
+        _, ev = _unpack_scale(vw)
         big = tl.maximum(big, tl.where(vk[None, :], ev, NEG))
+        vk, k, kw, vw = vk_n, k_n, kw_n, vw_n
     m_row = tl.max(m, axis=1)
     big_row = tl.max(big, axis=1)
     tl.debug_barrier()  # the scores this program stored precede its reads below
-    # -- walk 2: e, Z, the weights and N over the program's share ------------------------------
+    # -- walk 2: e, Z, the weights and N over the program's share (loads one step ahead) ------
     wsh = big_row + (WEIGHT_SHIFT - PROB_BITS)
     a0 = tl.zeros([BLOCK_M, D], tl.int32)
     a1 = tl.zeros([BLOCK_M, D], tl.int32)
@@ -401,29 +453,25 @@ def _fused_kernel(
     wmask = (c // KS)[None, :] == (rows // GROUP)[:, None]
     voff = (base + kv_stride + slot * stride_slot)[None, None, :, None] \
         + ((g0 + tl.arange(0, PK)) * ROW)[:, None, None, None] + cols[None, None, None, :]  # [PK, 1, 16, D]
+    vk, s, vw, v = _v_step(p_first, p_end, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, srow, stride_page,
+                           kv_stride, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b, BLOCK_M,
+                           PK, D, PPS)
     for p0 in range(p_first, p_end, PPS):
-        page, s_lo, s_hi = _pages(p0 + pp, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
-                                  row_b, arow_b)
-        valid = (slot[None, :] >= s_lo[:, None]) & (slot[None, :] < s_hi[:, None])
-        vk = tl.reshape(valid, [KS])
-        pbase = page.to(tl.int64) * stride_page
-        s = tl.load(srow + p0 * PAGE + kk[None, :], mask=hmask[:, None] & vk[None, :], other=0)
+        vk_n, s_n, vw_n, v_n = _v_step(p0 + PPS, p_end, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, srow,
+                                       stride_page, kv_stride, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
+                                       row_b, arow_b, BLOCK_M, PK, D, PPS)
         e = tl.where(vk[None, :], _exp_neg(m_row, s, exp_ptr), 0)
         z += tl.sum(e.to(tl.int64), axis=1)
-        smask = valid[None, :, :] & hmask[:, None, None]
-        w32 = pool32_ptr + (pbase // 4)[None, :, None] + soff[:, None, :] + kv_stride // 4
-        mv, ev = _unpack_scale(tl.reshape(tl.load(w32, mask=smask, other=0), [BLOCK_M, KS]))
+        mv, ev = _unpack_scale(vw)
         w = _weight(e, mv, wsh[:, None] - ev)
         w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, KS]), [BLOCK_M, PK * KS]), 0)
         w0, w1, w2 = _weight_limbs(w, W_LIMBS)
-        v = tl.load(pool_ptr + pbase[None, :, None, None] + voff,
-                    mask=valid[None, :, :, None] & kv_in[:, None, None, None], other=0)
-        v = tl.reshape(v, [PK * KS, D])
         a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
         if W_LIMBS > 1:
             a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
         if W_LIMBS > 2:
             a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
+        vk, s, vw, v = vk_n, s_n, vw_n, v_n
     n = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
     out_rows = out_ptr + ((b * H + heads) * D).to(tl.int64)
     if SPLIT:  # the shares' N and Z add up exactly; the last share to arrive divides
