@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                   "decode_config": best, "tune": tune, "rows": rows}
         out.write_text(json.dumps(report, indent=2) + "\n")
     configs = [] if args.quick or args.short else \
-        [dict(num_warps=[1, 4]), dict(num_warps=[2, 4]), dict(num_warps=[1, 8]), dict(num_warps=[2, 8], pack=8)]  # (scores, mix) warps; pack: KV heads per program
+        [dict(num_warps=[1, 4]), dict(num_warps=[2, 4]), dict(num_warps=[1, 8]), dict(num_warps=[2, 8], pack=8),
+         dict(num_warps=[1, 4], prefetch=True), dict(num_warps=[1, 8], prefetch=True)]  # (scores, mix) warps; pack: KV heads per program; prefetch: the mix's loads a page ahead
     for cfg in configs:
         try:
             tune += [bench_decode(131072, b, 0, dev, bench, cfg, peer=False) for b in (1, 8)]

@@ -176,6 +176,44 @@ def _scores_kernel(
 
 
 @triton.jit
+def _mix_loads(p, p_end, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, sbuf, stride_page, a_pages, n_anchor, lo,
+               start, tables_ptr, anchors_ptr, row_b, arow_b, PK: tl.constexpr, D: tl.constexpr):
+    """The loads of page p of a `_mix_kernel` split (none at or past p_end): which slots are keys
+    [16], their scores and V scale words [M, 16], the PK heads' V rows [PK * 16, D]."""
+    page, s_lo, s_hi = _pages(p, p_end, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, row_b, arow_b)
+    slot = tl.arange(0, PAGE)
+    valid = (slot >= s_lo) & (slot < s_hi)
+    pbase = page.to(tl.int64) * stride_page
+    s = tl.load(sbuf + p * PAGE, mask=hmask[:, None] & valid[None, :], other=0)
+    vw = tl.load(pool32_ptr + pbase // 4 + soff, mask=valid[None, :] & hmask[:, None], other=0)
+    v = tl.load(pool_ptr + pbase + voff, mask=valid[None, :, None] & kv_in[:, None, None], other=0)
+    return valid, s, vw, tl.reshape(v, [PK * PAGE, D])
+
+
+@triton.jit
+def _mix_page(valid, s, vw, v, m, wsh, exp_ptr, wmask, a0, a1, a2, z,
+              BLOCK_M: tl.constexpr, PK: tl.constexpr, W_LIMBS: tl.constexpr):
+    """One page of `_mix_kernel` from its loads: e, Z, the weights and N (a0..a2, z updated)."""
+    # -- numerators e = exp_neg(m - s), 0 for slots that are not keys ------------------------------
+    e = tl.where(valid[None, :], _exp_neg(m, s, exp_ptr), 0)
+    z += e.to(tl.int64)
+    # -- weights with the V row scale folded in ---------------------------------------------------
+    mv, ev = _unpack_scale(vw)
+    w = _weight(e, mv, wsh[:, None] - ev)
+    # -- N += w @ q_v on int8 tensor cores: block-diagonal weights [M, PK * 16] (row r keeps the
+    #    weights of its KV head's block, zeros elsewhere) against the PK heads' values stacked
+    #    along the keys [PK * 16, D] ------------------------------------------------------------------
+    w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, PAGE]), [BLOCK_M, PK * PAGE]), 0)
+    w0, w1, w2 = _weight_limbs(w, W_LIMBS)
+    a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
+    if W_LIMBS > 1:
+        a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
+    if W_LIMBS > 2:
+        a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
+    return a0, a1, a2, z
+
+
+@triton.jit
 def _mix_kernel(
     # pointers
     pool_ptr, pool32_ptr, exp_ptr, tables_ptr, anchors_ptr, meta_ptr, s_ptr, acc_ptr, out_ptr,
@@ -183,7 +221,7 @@ def _mix_kernel(
     layer, stride_page, stride_layer, kv_stride, stride_slot, n_tables, n_anchor_tables, s_len,
     # meta-parameters
     H, GROUP, D: tl.constexpr, SPLIT_PAGES,
-    BLOCK_M: tl.constexpr, PROB_BITS, W_LIMBS: tl.constexpr, PK: tl.constexpr,
+    BLOCK_M: tl.constexpr, PROB_BITS, W_LIMBS: tl.constexpr, PK: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     pg, sp, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ROW: tl.constexpr = D + 4
@@ -218,30 +256,29 @@ def _mix_kernel(
     kv_in = g0 + tl.arange(0, PK) < H // GROUP  # which of the PK heads exist
     soff = (base + slot[None, :] * stride_slot + rkv[:, None] * ROW + D) // 4  # [M, 16]: each row's V scale word
     sbuf = s_ptr + (b * H + heads).to(tl.int64)[:, None] * s_len + slot[None, :]
-    for p in range(sp * SPLIT_PAGES, tl.minimum(sp * SPLIT_PAGES + SPLIT_PAGES, n_pages)):
-        page, s_lo, s_hi = _page(p, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, b * n_tables,
-                                 b * n_anchor_tables)
-        valid = (slot >= s_lo) & (slot < s_hi)
-        pbase = page.to(tl.int64) * stride_page
-        # -- numerators e = exp_neg(m - s), 0 for slots that are not keys ------------------------
-        s = tl.load(sbuf + p * PAGE, mask=hmask[:, None], other=0)
-        e = tl.where(valid[None, :], _exp_neg(m, s, exp_ptr), 0)
-        z += e.to(tl.int64)
-        # -- weights with the V row scale folded in -----------------------------------------------
-        mv, ev = _unpack_scale(tl.load(pool32_ptr + pbase // 4 + soff, mask=valid[None, :] & hmask[:, None], other=0))
-        w = _weight(e, mv, wsh[:, None] - ev)
-        # -- N += w @ q_v on int8 tensor cores: block-diagonal weights [M, PK * 16] (row r keeps
-        #    the weights of its KV head's block, zeros elsewhere) against the PK heads' values
-        #    stacked along the keys [PK * 16, D] ---------------------------------------------------
-        w = tl.where(wmask, tl.reshape(tl.broadcast_to(w[:, None, :], [BLOCK_M, PK, PAGE]), [BLOCK_M, PK * PAGE]), 0)
-        w0, w1, w2 = _weight_limbs(w, W_LIMBS)
-        v = tl.reshape(tl.load(pool_ptr + pbase + voff, mask=valid[None, :, None] & kv_in[:, None, None], other=0),
-                       [PK * PAGE, D])
-        a0 = tl.dot(w0, v, a0, out_dtype=tl.int32)
-        if W_LIMBS > 1:
-            a1 = tl.dot(w1, v, a1, out_dtype=tl.int32)
-        if W_LIMBS > 2:
-            a2 = tl.dot(w2, v, a2, out_dtype=tl.int32)
+    p_lo = sp * SPLIT_PAGES
+    p_hi = tl.minimum(p_lo + SPLIT_PAGES, n_pages)
+    if PREFETCH:  # each page issues the next page's loads before its own arithmetic
+        valid, s, vw, v = _mix_loads(p_lo, p_hi, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, sbuf, stride_page,
+                                     a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, b * n_tables,
+                                     b * n_anchor_tables, PK, D)
+        for p in range(p_lo, p_hi):
+            valid_n, s_n, vw_n, v_n = _mix_loads(p + 1, p_hi, pool_ptr, pool32_ptr, voff, soff, kv_in, hmask, sbuf,
+                                                 stride_page, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr,
+                                                 b * n_tables, b * n_anchor_tables, PK, D)
+            a0, a1, a2, z = _mix_page(valid, s, vw, v, m, wsh, exp_ptr, wmask, a0, a1, a2, z, BLOCK_M, PK, W_LIMBS)
+            valid, s, vw, v = valid_n, s_n, vw_n, v_n
+    else:
+        for p in range(p_lo, p_hi):
+            page, s_lo, s_hi = _page(p, a_pages, n_anchor, lo, start, tables_ptr, anchors_ptr, b * n_tables,
+                                     b * n_anchor_tables)
+            valid = (slot >= s_lo) & (slot < s_hi)
+            pbase = page.to(tl.int64) * stride_page
+            s = tl.load(sbuf + p * PAGE, mask=hmask[:, None], other=0)
+            vw = tl.load(pool32_ptr + pbase // 4 + soff, mask=valid[None, :] & hmask[:, None], other=0)
+            v = tl.reshape(tl.load(pool_ptr + pbase + voff, mask=valid[None, :, None] & kv_in[:, None, None], other=0),
+                           [PK * PAGE, D])
+            a0, a1, a2, z = _mix_page(valid, s, vw, v, m, wsh, exp_ptr, wmask, a0, a1, a2, z, BLOCK_M, PK, W_LIMBS)
     # -- this split's N and Z into the sequence's: integer atomic adds are exact in any order ----
     acc = a0.to(tl.int64) + (a1.to(tl.int64) << 7) + (a2.to(tl.int64) << 14)
     tl.atomic_add(out[:, None] + cols[None, :], acc, mask=hmask[:, None], sem="relaxed")
@@ -542,7 +579,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
                      windows: list[int | None], anchor_tables: torch.Tensor | None, anchor_lens: list[int],
                      q_bits: int, prob_bits: int, exp_table: torch.Tensor, split: int | tuple[int, int] | None = None,
                      num_warps: int | tuple[int, int] | None = None, pack: int | None = None, path: str | None = None,
-                     step_pages: int | None = None, capacity: int | None = None) -> torch.Tensor:
+                     step_pages: int | None = None, capacity: int | None = None, prefetch: bool = False) -> torch.Tensor:
     """Return the Q16 attention output [B, H, d] (int64) of one query token per sequence.
 
     q: [B, H, d] Q16 (int64) at context index starts[b] (its own K/V already written);
@@ -553,7 +590,7 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     multiple of 16, at most MAX_SPLIT_KEYS) overrides the launch shape (tests place split
     boundaries; on the fused path the first is the keys of a program's share); num_warps (likewise)
     and pack (KV heads per program; default: as many as fill 16 rows) are tuning knobs; ``path``
-    and ``step_pages`` choose the path and its step (`launch`); ``capacity`` (virtual pages, at
+    and ``step_pages`` choose the path and its step, ``prefetch`` the split mix's loads (`launch`); ``capacity`` (virtual pages, at
     least every row's) sets the launch shape as a captured graph's capacity does. Results never
     depend on any of them.
     """
@@ -593,14 +630,15 @@ def decode_attention(q: torch.Tensor, pool: torch.Tensor, layer: int, tables: to
     limbs, mq, eq = quantize_rows(q.reshape(-1, d), q_bits)  # q = limbs[1] * 2**7 + limbs[0]
     warps = (num_warps, num_warps) if isinstance(num_warps, int) else num_warps and tuple(num_warps)
     return launch(limbs, mq, eq, pool, layer, tables, anchor_tables, meta, n_max, q_bits, prob_bits, exp_table,
-                  split_pages=split_pages, num_warps=warps, pack=pack, path=path, step_pages=step_pages)
+                  split_pages=split_pages, num_warps=warps, pack=pack, path=path, step_pages=step_pages,
+                  prefetch=prefetch)
 
 
 def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.Tensor, layer: int,
            tables: torch.Tensor, anchor_tables: torch.Tensor, meta: torch.Tensor, n_max: int, q_bits: int,
            prob_bits: int, exp_table: torch.Tensor, split_pages: tuple[int, int] | None = None,
            num_warps: tuple[int, int] | None = None, pack: int | None = None, path: str | None = None,
-           step_pages: int | None = None) -> torch.Tensor:
+           step_pages: int | None = None, prefetch: bool = False) -> torch.Tensor:
     """Allocate and launch the kernels; return the output [B, H, d] (int64).
 
     The quantized queries ``(limbs [L, B H, d], mq, eq)`` (`kernels.linear.quantize_rows`), int32
@@ -615,7 +653,9 @@ def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.
     mix kernel (default: by `_split_pages`); on the fused path the first is the pages of a
     program's share of a sequence (default: by `fused_splits`). ``step_pages``: pages
     per step of the fused path (default `fused_step_pages`). ``num_warps``: (scores, mix) warps
-    (default (1, 4)); the fused path takes the second (default FUSED_WARPS)."""
+    (default (1, 4)); the fused path takes the second (default FUSED_WARPS). ``prefetch``: the
+    split path's mix kernel issues each page's loads one page ahead (a tuning knob for long
+    contexts, off until measured)."""
     bsz, d = meta.shape[0], limbs.shape[2]
     h, g = limbs.shape[1] // bsz, pool.shape[4]
     group = h // g
@@ -660,5 +700,5 @@ def launch(limbs: torch.Tensor, mq: torch.Tensor, eq: torch.Tensor, pool: torch.
     _mix_kernel[(gp, -(-n_max // sp2), bsz)](
         pool, pool32, exp, tables, anchor_tables, meta, s_buf, acc, out, *dims,
         H=h, GROUP=group, D=d, SPLIT_PAGES=sp2, BLOCK_M=block_m, PROB_BITS=prob_bits,
-        W_LIMBS=weight_limbs(prob_bits), PK=pk, num_warps=num_warps[1])
+        W_LIMBS=weight_limbs(prob_bits), PK=pk, PREFETCH=prefetch, num_warps=num_warps[1])
     return out

@@ -58,12 +58,14 @@ def _capacity(p: dict, extra: int | str) -> int:
 
 
 @settings(max_examples=EXAMPLES)
-@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([None, 1, 2, 3]), st.sampled_from([1, 2, 5]))
-def test_decode_equals_spec(p, pages, mix_pages):
-    """The split path (scores, mix; the last mix split divides) at split boundaries drawn."""
+@given(problems(decode=True, max_ctx=80, max_anchor=40), st.sampled_from([None, 1, 2, 3]), st.sampled_from([1, 2, 5]),
+       st.booleans())
+def test_decode_equals_spec(p, pages, mix_pages, prefetch):
+    """The split path (scores, mix; the last mix split divides) at split boundaries drawn, the mix
+    with or without its one-page-ahead loads."""
     want = spec_outputs(p)
     split = None if pages is None else (16 * pages, 16 * mix_pages)  # split boundaries at page multiples
-    got = _run(to_device(p, DEVICE), split, path="split")
+    got = _run(to_device(p, DEVICE), split, path="split", prefetch=prefetch)
     for w, g in zip(want, got):
         assert torch.equal(g.cpu(), w)
 
@@ -99,14 +101,42 @@ def test_decode_path_threshold(p, where):
 @settings(max_examples=int(os.environ.get("FP_ATTENTION_GPU_EXAMPLES", "60")), deadline=None)
 @given(problems(decode=True, max_ctx=3000, max_anchor=600, heads=(1, 4, 8), kv=(1, 2, 8), dims=(64, 128)),
        st.sampled_from([None, 1, 2, 5, 16, 64]), st.sampled_from([1, 4, 32]), st.sampled_from([None, "fused", "split"]),
-       st.sampled_from([None, 2, 8]), st.sampled_from([0, 0, 40, "at", "past"]))
-def test_decode_equals_spec_real_sizes(p, pages, mix_pages, path, step, extra):
+       st.sampled_from([None, 2, 8]), st.sampled_from([0, 0, 40, "at", "past"]), st.booleans())
+def test_decode_equals_spec_real_sizes(p, pages, mix_pages, path, step, extra, prefetch):
     """Both paths at real sizes (GQA up to 8, up to 64 query heads), split sizes, steps and
     capacities drawn (on the fused path ``pages`` is the pages of a share, or None)."""
     want = spec_outputs(p)
     split = None if pages is None else (16 * pages, 16 * mix_pages)
     if path == "fused" and pages is not None and pages > 16:
         split = None
-    got = _run(to_device(p, "cuda"), split, path=path, step_pages=step, capacity=_capacity(p, extra))
+    got = _run(to_device(p, "cuda"), split, path=path, step_pages=step, capacity=_capacity(p, extra), prefetch=prefetch)
+    for w, g in zip(want, got):
+        assert torch.equal(g.cpu(), w)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8, 64])
+@pytest.mark.parametrize("path", [None, "fused", "split"])
+@pytest.mark.parametrize("d", [64, 128])
+def test_decode_loop_shapes(batch, path, d):
+    """The end-to-end loop's launch: GQA 32/8, 520-650 keys a row, a 64-page capacity (the
+    width bucket of 512-token prompts), the default knobs of each path; random spread rows."""
+    from spec.attention import pack_rows
+
+    from attention_cases import random_rows
+
+    gen = torch.Generator().manual_seed(batch * 1000 + d)
+    starts = torch.randint(520, 650, (batch,), generator=gen).tolist()
+    need = [s // 16 + 1 for s in starts]
+    pool = pack_rows(random_rows((sum(need) + 1, 2, 2, 16, 8, d), gen, 12)).contiguous()
+    perm, used, seqs = torch.randperm(sum(need) + 1, generator=gen), 0, []
+    for s, n in zip(starts, need):
+        seqs.append(dict(start=s, window=None, t=1, table=perm[used:used + n].clone(),
+                         q=random_rows((1, 32, d), gen, 2, 20)))
+        used += n
+    p = dict(pool=pool, layer=1, seqs=seqs, anchor_table=torch.zeros(0, dtype=torch.int64), anchor_len=0, q_bits=12,
+             prob_bits=15)
+    want = spec_outputs(p)
+    got = _run(to_device(p, "cuda"), None, path=path, capacity=64)
     for w, g in zip(want, got):
         assert torch.equal(g.cpu(), w)
