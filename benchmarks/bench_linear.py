@@ -15,14 +15,19 @@ Per case, in one run on one device:
 * ``bf16``   : ``x @ W.T`` in bf16 (cuBLAS), bf16 output;
 * ``int_mm`` : ``torch._int_mm`` (int8 in, int32 out; it refuses M <= 16).
 
-Decode fusion (``fuse`` rows, M = 1 and 8, the decode step's linears: q/k/v, gate/up and lm_head
-with the RMSNorm in front, o and down with the residual add after), each checked equal to the spec:
+Decode step (``--decode``; ``fuse`` rows: the decode step's linears of the 1B and 8B shapes,
+q/k/v and gate/up with the RMSNorm in front, o and down with the residual add after, at
+M = 1, 8 and 64, ``int8``, and ``default`` at M = 1; the rows int32, as the step keeps its
+residual stream), each checked equal to the spec:
 
-* ``before_ms`` : the decode step before issue #9: ``quantize_rows`` (or ``rowops.rms_norm_quantize``),
-  ``linear_quantized``, and for o / down ``rowops.residual_add``: 2 or 3 launches;
+* ``step_ms``   : ``linear_rows`` as the decode step calls it (its hint picks the path);
+* ``fused_ms``  : ``linear_rows(fuse=True)``: one launch (``_linear_rows_kernel``, M <= 16);
+* ``nopf_ms``   : the same launch without the weight prefetch (``PREFETCH=0``, M <= 8);
 * ``two_ms``    : ``linear_rows(fuse=False)``: the quantization launch, then the matmul with the
   residual in its epilogue (2 launches);
-* ``fused_ms``  : ``linear_rows(fuse=True)``: one launch (``_linear_rows_kernel``);
+* ``gemm_ms``   : the matmul kernel alone on pre-quantized limbs (int32 out), as committed;
+  ``gemm1_ms`` the same unsplit (``SPLIT_K=1``; M = 64, where ``split_k_hint`` now splits);
+* ``bf16_ms``   : ``x @ W.T`` in bf16 (cuBLAS);
 * ``hint``      : what ``linear.fuse_rows_hint`` picks for the shape (``True``: the one launch).
 
 M <= 64 is timed as a decode step runs: CUDA-graph replays over enough weight copies (>= 256 MB,
@@ -83,8 +88,8 @@ SKINNY_CANDIDATES = [(64, 256, 4, 4, 1), (32, 256, 4, 4, 1), (16, 256, 4, 4, 1),
                      (64, 256, 8, 4, 1), (64, 256, 4, 4, 2), (64, 256, 4, 4, 4), (32, 256, 4, 4, 2),
                      (64, 256, 4, 4, 6)]
 SKINNY_SHAPES = ("8B.o", "8B.down", "8B.qkv", "1B.o", "1B.down")
-FUSE_SHAPES = ("8B.qkv", "8B.o", "8B.gate_up", "8B.down", "8B.lm_head", "1B.qkv", "1B.o", "1B.gate_up", "1B.down")
-FUSE_M = (1, 8)
+FUSE_SHAPES = ("1B.qkv", "1B.o", "1B.gate_up", "1B.down", "8B.qkv", "8B.o", "8B.gate_up", "8B.down")
+FUSE_M = (1, 8, 64)
 
 
 def tile(bm, bn, bk, warps, stages, epi=1, tma=False, group=8, split=1):
@@ -242,14 +247,13 @@ def run_case(name: str, m: int, profile: str, gen: torch.Generator, check: bool,
 
 
 def fuse_case(name: str, m: int, profile: str, gen: torch.Generator, timed: bool = True) -> dict:
-    """Time one decode linear three ways (module docstring, "Decode fusion"), each checked."""
-    from fieldprint_fast.kernels import rowops
-
+    """Time one decode linear the ways of the module docstring, "Decode step", each checked."""
     o, k = shape_of(name)
     stage = stage_of(name)
     normed = stage in ("qkv", "gate_up", "lm_head")
     w_bits, a_bits = PROFILES[profile].linear_bits(stage)
-    x = q16_rows(m, k, gen)
+    la = K._num_limbs(a_bits)
+    x = q16_rows(m, k, gen).to(torch.int32)  # the decode step's residual stream is int32
     w = rand_weights(o, k, w_bits, gen)
     limbs = K.weight_limbs(w)
     mul = torch.randint(1 << 12, 1 << 13, (o,), generator=gen, device=DEVICE[0], dtype=torch.int32)
@@ -257,33 +261,51 @@ def fuse_case(name: str, m: int, profile: str, gen: torch.Generator, timed: bool
     gamma = torch.randint(-(1 << 17), 1 << 17, (k,), generator=gen, device=DEVICE[0], dtype=torch.int32)
     eps = torch.tensor([1 << 30], device=DEVICE[0])
     norm = (gamma, eps) if normed else None
-    res = None if normed else q16_rows(m, o, gen)
+    res = None if normed else q16_rows(m, o, gen).to(torch.int32)
+    if normed:
+        from fieldprint_fast.kernels import rowops
 
-    def before(v):
-        rows = rowops.rms_norm_quantize(x, gamma, eps, a_bits) if normed else K.quantize_rows(x, a_bits)
-        y = K.linear_quantized(*rows, v, mul, shift)
-        return y if normed else rowops.residual_add(res, y)
-
-    peers = {"before": before,
-             "two": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=False),
-             "fused": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True)}
+        q, qm, qe = rowops.rms_norm_quantize(x, gamma, eps, a_bits)
+    else:
+        q, qm, qe = K.quantize_rows(x, a_bits)
+    gemm_cfg = K._config(m, o, k, la, limbs.shape[0], x.device, torch.int32)
+    xb = x.to(torch.float32).mul_(2.0**-16).to(torch.bfloat16)
+    checked = {
+        "step": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm),
+        "two": lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=False),
+    }
+    if m <= K.ROWS_MAX_M and la <= 2 and limbs.shape[0] <= 2:
+        checked["fused"] = lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True)
+        cfg = K.rows_config(m, o, k, la, limbs.shape[0], normed, x.device)
+        if cfg["PREFETCH"]:
+            checked["nopf"] = lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True,
+                                                      config=dict(cfg, PREFETCH=0))
+    others = {"gemm": (lambda v: K.linear_quantized(q, qm, qe, v, mul, shift, out_dtype=torch.int32), limbs),
+              "bf16": (lambda v: xb @ v.T, w.to(torch.bfloat16))}
+    if gemm_cfg["SPLIT_K"] > 1:
+        others["gemm1"] = (lambda v: K.linear_quantized(q, qm, qe, v, mul, shift, out_dtype=torch.int32,
+                                                        config=dict(gemm_cfg, SPLIT_K=1)), limbs)
     row = dict(kind="fuse", shape=name, profile=profile, M=m, N=o, K=k, w_bits=w_bits, a_bits=a_bits, normed=normed,
-               limbs=[K._num_limbs(a_bits), limbs.shape[0]],
-               hint=K.fuse_rows_hint(m, o, k, K._num_limbs(a_bits), limbs.shape[0], normed, 8, x.device),
-               launches_before=2 if normed else 3, launches_two=2, launches_fused=1)
+               limbs=[la, limbs.shape[0]], hint=K.fuse_rows_hint(m, o, k, la, limbs.shape[0], normed, 4, x.device),
+               gemm_config=gemm_cfg, rows_config=K.rows_config(m, o, k, la, limbs.shape[0], normed, x.device))
     if not timed:
-        for fn in peers.values():
+        for fn in checked.values():
             fn(limbs)
+        for fn, wt in others.values():
+            fn(wt)
         return row
     want = spec_ops.linear(spec_ops.rms_norm(x, gamma, eps) if normed else x, a_bits, w, mul, shift)
     want = want if normed else spec_ops.residual_add(res, want)
-    row["parity_outputs"] = want.numel()
-    row["parity_mismatches"] = sum(int((fn(limbs) != want).sum()) for fn in peers.values())
+    row["parity_outputs"] = want.numel() * len(checked)
+    row["parity_mismatches"] = sum(int((fn(limbs) != want).sum()) for fn in checked.values())
     del want
-    for key, fn in peers.items():
+    for key, fn in checked.items():
         row[f"{key}_ms"] = weight_ms(fn, limbs, m)
-    row["saved_us"] = (row["before_ms"] - row["fused_ms"]) * 1e3
-    row["saved_us_two"] = (row["before_ms"] - row["two_ms"]) * 1e3
+    for key, (fn, wt) in others.items():
+        row[f"{key}_ms"] = weight_ms(fn, wt, m)
+    row["weight_gbs_step"] = o * k * limbs.shape[0] / (row["step_ms"] * 1e-3) / 1e9
+    row["step_copy_fraction"] = row["weight_gbs_step"] * 1e9 / COPY_BW[0]
+    row["step_vs_bf16"] = row["bf16_ms"] / row["step_ms"]
     return row
 
 
@@ -331,7 +353,7 @@ def jobs(args) -> list[tuple]:
         for name in SKINNY_SHAPES if DEVICE[0] == "cuda" else ("8B.o", "8B.down"):
             out += [("sweep", name, 1, skinny_tile(1, *c), 1) for c in SKINNY_CANDIDATES]
     profiles = list(PROFILES)
-    fuse = [("fuse", n, m, p) for n in FUSE_SHAPES for m in FUSE_M for p in ("int8", "default")]
+    fuse = [("fuse", n, m, "int8") for m in FUSE_M for n in FUSE_SHAPES] + [("fuse", n, 1, "default") for n in FUSE_SHAPES]
     if DEVICE[0] == "cpu":  # --smoke
         fuse = [j for j in fuse if j[1] in TINY or j[1] == "8B.qkv"][::3]
     if args.decode:
@@ -426,7 +448,7 @@ def resources() -> int:
 
 
 def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0,
-                   norm_block: int = 0) -> tuple[str, int]:
+                   norm_block: int = 0, prefetch: int = K.ROWS_PREFETCH) -> tuple[str, int]:
     """Compile `_linear_rows_kernel` for sm_90 as `linear_rows` launches it at decode; return its
     `cuobjdump -res-usage` registers / stack and its shared memory."""
     import subprocess
@@ -442,7 +464,8 @@ def _compile_usage(cuobjdump, rows: int, la: int, norm: bool, row_block: int = 0
     const = dict(stride_wk=1, stride_yn=1, QMAX=(1 << 11) - 1 if la == 2 else 127, LA=la, LW=1, NORM=norm,
                  HAS_BIAS=False, HAS_RES=not norm, EVEN_K=True, NARROW_MUL=True, ROWS=rows,
                  ROW_BLOCK=row_block or K.rows_step(rows, norm), NORM_BLOCK=norm_block or K.rows_step(rows, norm),
-                 BLOCK_M=16, BLOCK_N=64, BLOCK_K=256 if la == 1 else 128, USE_SPLIT=True, PARTIAL_SEM="relaxed")
+                 BLOCK_M=16, BLOCK_N=64, BLOCK_K=256 if la == 1 else 128, PREFETCH=prefetch, USE_SPLIT=True,
+                 PARTIAL_SEM="relaxed")
     names = K._linear_rows_kernel.arg_names
     kinds = ptr | {n: "i32" for n in ints} | {n: "constexpr" for n in const}
     sig = {n: kinds[n] for n in names}
@@ -462,7 +485,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="8B shapes and 8192^3 only")
     ap.add_argument("--sweep", action="store_true", help="also time tile candidates")
-    ap.add_argument("--decode", action="store_true", help="only the decode-fusion rows (M = 1, 8)")
+    ap.add_argument("--decode", action="store_true", help="only the decode-step rows (M = 1, 8, 64; 1B and 8B shapes)")
     ap.add_argument("--warm", type=int, default=0, help="compile in this many processes first")
     ap.add_argument("--budget", type=float, default=240.0, help="stop starting cases after this many seconds")
     ap.add_argument("--resources", nargs="*", default=None, help="compile for sm_90, print register use; no GPU")
@@ -523,11 +546,15 @@ def print_table(res: dict) -> None:
               f"{f(r.get('ms'), '.4f')} ms {f(r.get('tops'), '.0f')} TOP/s {f(r.get('copy_fraction'), '.2f')} copy "
               f"bad={r.get('parity_mismatches', '-')} {r.get('error', '')[:60]}")
     if res.get("fuse"):
-        print(f"{'fusion':<12}{'prof':<8}{'M':>3} {'before ms':>9} {'two ms':>8} {'fused ms':>8} "
-              f"{'saved us':>8} {'hint':>5} {'bad':>4}")
+        print(f"{'decode':<12}{'prof':<8}{'M':>3} {'step us':>8} {'fused':>7} {'nopf':>7} {'two':>7} {'gemm':>7} "
+              f"{'gemm1':>7} {'bf16':>7} {'x bf16':>6} {'copy':>5} {'hint':>5} {'bad':>4}")
     for r in res.get("fuse", []):
-        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>3} {r['before_ms']:9.4f} {r['two_ms']:8.4f} "
-              f"{r['fused_ms']:8.4f} {r['saved_us']:8.2f} {str(r['hint']):>5} {r['parity_mismatches']:>4}")
+        us = {k: (None if r.get(f"{k}_ms") is None else r[f"{k}_ms"] * 1e3) for k in
+              ("step", "fused", "nopf", "two", "gemm", "gemm1", "bf16")}
+        print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>3} {f(us['step'], '8.1f')} {f(us['fused'], '7.1f')} "
+              f"{f(us['nopf'], '7.1f')} {f(us['two'], '7.1f')} {f(us['gemm'], '7.1f')} {f(us['gemm1'], '7.1f')} "
+              f"{f(us['bf16'], '7.1f')} {f(r.get('step_vs_bf16'), '6.2f')} {f(r.get('step_copy_fraction'), '5.2f')} "
+              f"{str(r['hint']):>5} {r['parity_mismatches']:>4}")
     print(f"{'shape':<12}{'prof':<8}{'M':>6} {'fp ms':>8} {'gemm ms':>8} {'bf16 ms':>8} {'int_mm':>8} "
           f"{'gemm TOP/s':>10} {'g copy':>6} {'fp x':>6} {'gemm x':>6} {'bad':>4}")
     for r in res["cases"]:

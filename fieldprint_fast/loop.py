@@ -116,10 +116,12 @@ class _Linear:
                    shift=torch.cat([t[f"{n}.shift"] for n in names]).contiguous(),
                    bias=None if bias[0] is None else torch.cat(bias).contiguous(), act_bits=act_bits)
 
-    def rows(self, x, residual=None):
+    def rows(self, x, residual=None, out_dtype=torch.int64):
         """Return the linear's output rows of input rows x (Q16); with ``residual``,
         ``residual_add(residual, ...)``. The kernels quantize the rows inside the linear's launch
-        where that pays (`kernels.linear.linear_rows`) and add the residual in its epilogue."""
+        where that pays (`kernels.linear.linear_rows`) and add the residual in its epilogue.
+        ``out_dtype`` int32 holds the same values (|y| <= ACT_MAX) in half the bytes for the
+        next launches to read (the spec backend returns int64)."""
         if self.limbs is None:
             from spec.ops import linear, residual_add
 
@@ -127,9 +129,10 @@ class _Linear:
             return y if residual is None else residual_add(residual, y)
         from fieldprint_fast.kernels.linear import linear_rows
 
-        return linear_rows(x, self.act_bits, self.limbs, self.mul, self.shift, self.bias, residual=residual)
+        return linear_rows(x, self.act_bits, self.limbs, self.mul, self.shift, self.bias, residual=residual,
+                           out_dtype=out_dtype)
 
-    def normed(self, x, gamma, eps, residual=None):
+    def normed(self, x, gamma, eps, residual=None, out_dtype=torch.int64):
         """Return ``rows(rms_norm(x, gamma, eps), residual)``; the kernels run the norm and the row
         quantization in front of the matmul (one launch where that pays, else two)."""
         if self.limbs is None:
@@ -139,7 +142,21 @@ class _Linear:
         from fieldprint_fast.kernels.linear import linear_rows
 
         return linear_rows(x, self.act_bits, self.limbs, self.mul, self.shift, self.bias, residual=residual,
-                           norm=(gamma, eps))
+                           norm=(gamma, eps), out_dtype=out_dtype)
+
+    def gated(self, gate_up, table, residual=None, out_dtype=torch.int64):
+        """Return ``rows(swiglu(gate, up, table), residual)`` of the gate/up output [gate | up];
+        the kernels read the two halves in place and quantize the swiglu in the launch that
+        computes it, or in the linear's (`kernels.linear.linear_gated`): two launches."""
+        inter = gate_up.shape[1] // 2
+        if self.limbs is None:
+            from spec.ops import swiglu
+
+            return self.rows(swiglu(gate_up[:, :inter], gate_up[:, inter:], table), residual)
+        from fieldprint_fast.kernels.linear import linear_gated
+
+        return linear_gated(gate_up, table, self.act_bits, self.limbs, self.mul, self.shift, self.bias,
+                            residual=residual, out_dtype=out_dtype)
 
 
 class DecodeWeights:
@@ -363,11 +380,12 @@ class DecodeStep:
             q = rope_write_kv(qkv, pos, page, slot, data, n, t["rope.cos"], t["rope.sin"], h, p.q_bits)
             o = attention(q, data, n, self.tables, self.anchor_tables, self.meta, q_bits=p.q_bits,
                           prob_bits=p.prob_bits, exp_table=w.exp_table)
-            x = L["o"].rows(o.reshape(-1, qd), residual=x)  # residual_add(x, o(...)), in the epilogue
+            # residual_add(x, o(...)) in the epilogue; the residual stream (and gate/up) as int32:
+            # the same values, half the bytes for every statistics pass and residual read
+            x = L["o"].rows(o.reshape(-1, qd), residual=x, out_dtype=torch.int32)
             # -- MLP: norm + gate/up (one linear), SwiGLU, down ---------------------------------------
-            gu = L["gate_up"].normed(x, L["mlp_norm"], eps)
-            inter = gu.shape[1] // 2
-            x = L["down"].rows(ops.swiglu(gu[:, :inter], gu[:, inter:], t["sigmoid.table"]), residual=x)
+            gu = L["gate_up"].normed(x, L["mlp_norm"], eps, out_dtype=torch.int32)
+            x = L["down"].gated(gu, t["sigmoid.table"], residual=x, out_dtype=torch.int32)
         self.logits = w.lm_head.normed(x, t["final_norm.gamma"], eps)
         if self.sample:  # every row by its own parameters (greedy rows included)
             self.tokens = sample_rows(self.logits, SamplingRows.from_tensor(self.samp), w.exp_table)

@@ -70,12 +70,15 @@ sweeps of ``benchmarks/bench_linear.py --sweep``, docs/fast/linear.md):
   each: ``pendings = 0``), which bounds this kernel near bf16 speed on the H200.
 * *Decode* (``M <= 64``): 16- to 64-row tiles, 64 weight rows x 256 K per stage, so that the
   int8 weights stream once at memory bandwidth; the activation rows are tiny and stay in L2.
-  Launches with fewer tiles than SMs split K (``split_k_hint``), exactly: see
-  ``_linear_kernel``.
-* *Decode, one launch* (``M <= 16``, ``linear_rows``): the same tile, every program reading the
-  Q16 rows for their statistics (absmax, and the RMSNorm's sums) before quantizing its own K
-  blocks in registers: a redundant pass per column tile, cheap while the rows are a few tens
-  of KB in L2, a loss for long rows or many tiles (``fuse_rows_hint`` then keeps two launches).
+  Launches with fewer tiles than SMs split K (``split_k_hint``; 17..64 rows as well), exactly:
+  see ``_linear_kernel``.
+* *Decode, one launch* (``M <= 16``, ``linear_rows``): every program loads its first weight
+  blocks, then reads the Q16 rows for their statistics (absmax, and the RMSNorm's sums) while
+  those loads are in flight, then quantizes its own K blocks in registers: a redundant pass per
+  program, cheap while the rows are a few tens of KB in L2, a loss for long rows or many tiles
+  (``fuse_rows_hint`` then keeps two launches). Its K split (``rows_config``) aims for ~2
+  programs per SM with shares about as long as the prefetch, so most weight bytes are in
+  flight behind the statistics instead of queued after them.
 
 The weights are passed as ``[O, K]`` (K contiguous), which is the K-major operand layout
 Hopper's 8-bit ``wgmma`` requires for both operands.
@@ -105,6 +108,9 @@ CHUNK_MIN_K = 2048  # rows at least this long, too few to fill the GPU, are quan
 ROWS_MAX_M = 16  # rows a fused decode launch (`linear_rows`) quantizes in front of its matmul
 FUSE_ROW_BYTES = 64 << 10  # ... when its rows (next_pow2(M) x K values) are at most this many bytes
 FUSE_NORM_WORK = 1 << 21  # ... and, with the RMSNorm in front, programs x rows x K at most this
+ROWS_PREFETCH = 2  # weight blocks a one-launch decode program loads before its row statistics (0..2)
+ROWS_PREFETCH_MAX_M = 8  # ... for up to this many rows (16 rows: Triton 3.9 fails to compile it; 3.6 spills)
+ROWS_SPLIT_MAX = 8  # most K shares of a one-launch decode linear (`rows_config`)
 
 
 # %%
@@ -404,26 +410,42 @@ def _row_scales(m_ptr, e_ptr, pid_m, M, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _limb_dots(a0, a1, w_ptrs, stride_wl, k_left, offs_k, acc00, acc01, acc10, acc11, LA: tl.constexpr,
-               LW: tl.constexpr, EVEN_K: tl.constexpr):
-    """One K block: load the weight limbs [BLOCK_K, BLOCK_N] (zero past k_left unless EVEN_K) and
-    add every limb pair's exact int32 dot to its accumulator (a1 is read only when LA == 2)."""
+def _weight_block(w_ptrs, stride_wl, k_left, offs_k, LW: tl.constexpr, EVEN_K: tl.constexpr):
+    """Load one K block of the weight limbs [BLOCK_K, BLOCK_N] (zero past k_left unless EVEN_K);
+    the second limb repeats the first when LW == 1 (never read)."""
     if EVEN_K:
         w0 = tl.load(w_ptrs)
     else:
         w0 = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
-    acc00 = tl.dot(a0, w0, acc00, out_dtype=tl.int32)
-    if LA == 2:
-        acc10 = tl.dot(a1, w0, acc10, out_dtype=tl.int32)
+    w1 = w0
     if LW == 2:
         if EVEN_K:
             w1 = tl.load(w_ptrs + stride_wl)
         else:
             w1 = tl.load(w_ptrs + stride_wl, mask=offs_k[:, None] < k_left, other=0)
+    return w0, w1
+
+
+@triton.jit
+def _block_dots(a0, a1, w0, w1, acc00, acc01, acc10, acc11, LA: tl.constexpr, LW: tl.constexpr):
+    """Add every limb pair's exact int32 dot of one K block to its accumulator."""
+    acc00 = tl.dot(a0, w0, acc00, out_dtype=tl.int32)
+    if LA == 2:
+        acc10 = tl.dot(a1, w0, acc10, out_dtype=tl.int32)
+    if LW == 2:
         acc01 = tl.dot(a0, w1, acc01, out_dtype=tl.int32)
         if LA == 2:
             acc11 = tl.dot(a1, w1, acc11, out_dtype=tl.int32)
     return acc00, acc01, acc10, acc11
+
+
+@triton.jit
+def _limb_dots(a0, a1, w_ptrs, stride_wl, k_left, offs_k, acc00, acc01, acc10, acc11, LA: tl.constexpr,
+               LW: tl.constexpr, EVEN_K: tl.constexpr):
+    """One K block: load the weight limbs (`_weight_block`) and add every limb pair's exact int32
+    dot to its accumulator (`_block_dots`; a1 is read only when LA == 2)."""
+    w0, w1 = _weight_block(w_ptrs, stride_wl, k_left, offs_k, LW, EVEN_K)
+    return _block_dots(a0, a1, w0, w1, acc00, acc01, acc10, acc11, LA, LW)
 
 
 @triton.jit
@@ -598,7 +620,9 @@ def _linear_tma_kernel(
 # At decode (M <= 16) the rows are a few KB to a few hundred KB, far less than the weights, and
 # stay in L2: every program reads them for its rows' statistics instead of waiting for a
 # separate quantization launch, then quantizes each K block of its share in registers. The
-# redundancy (every column tile repeats the statistics) is what `fuse_rows_hint` weighs.
+# statistics are a serial chain (~2-4 us) that no weight byte depends on, so the program's
+# first weight blocks are loaded before it and arrive meanwhile. The redundancy (every
+# program repeats the statistics) is what `fuse_rows_hint` weighs.
 
 @triton.jit
 def _repeat_rows(t, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -609,6 +633,24 @@ def _repeat_rows(t, ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
     else:
         out = tl.reshape(tl.broadcast_to(t[None, :, :], (BLOCK_M // ROWS, ROWS, t.shape[1])), (BLOCK_M, t.shape[1]))
     return out
+
+
+@triton.jit
+def _rows_block(x_rows, gamma_ptr, kk, inside, s, r, rcp_r, left, d, rcp, NORM: tl.constexpr, LA: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The dot operands of one K block of the rows: load x (zero where not ``inside``, so q = 0),
+    norm it (NORM: `_rms_scale` of ``shift_round(x, s)``), quantize it (`_quantize_values`) and
+    return its int8 limbs with the rows repeated to BLOCK_M (`_repeat_rows`)."""
+    v = tl.load(x_rows + kk, mask=inside, other=0).to(tl.int64)
+    if NORM:
+        g = tl.load(gamma_ptr + kk, mask=inside, other=0).to(tl.int64)
+        v = _rms_scale(_shift_round(v, s), g, r, rcp_r)
+    q = _quantize_values(v, left, d, rcp)
+    a0 = _repeat_rows(_limb(q, 0, LA), ROWS, BLOCK_M)
+    a1 = a0
+    if LA == 2:
+        a1 = _repeat_rows(_limb(q, 1, LA), ROWS, BLOCK_M)
+    return a0, a1
 
 
 @triton.jit
@@ -623,13 +665,17 @@ def _linear_rows_kernel(
     QMAX: tl.constexpr, LA: tl.constexpr, LW: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, EVEN_K: tl.constexpr, NARROW_MUL: tl.constexpr, ROWS: tl.constexpr,
     ROW_BLOCK: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
     USE_SPLIT: tl.constexpr, PARTIAL_SEM: tl.constexpr,
 ):
     """y = linear(h, QMAX, W, mul, shift) (+ bias) (+ res), saturated as ``spec.ops.linear`` and
     ``spec.ops.residual_add``, where h = x, or ``spec.ops.rms_norm(x, gamma, eps)`` with NORM.
     Program (column tile, s) of one row tile (M <= BLOCK_M; ROWS = next_pow2(M) rows computed):
 
+    0. load the first PREFETCH (0..2) weight blocks of its K share: the statistics below are a
+       serial chain of L2 round trips and reductions (~2-4 us), and no weight byte depends on
+       them, so these loads are in flight meanwhile (a share of <= PREFETCH blocks is then
+       read entirely behind the statistics);
     1. absmax of every row over all K (ROW_BLOCK values a step; rows past M wrap around);
     2. NORM: s = `_rms_shift`, then in one more pass (NORM_BLOCK values a step: its int64
        temporaries spill past ~1,024 values per program; the rows are in L1 by now) the exact
@@ -639,12 +685,30 @@ def _linear_rows_kernel(
        saturation are monotone in |n|, one division per row instead of one per element;
     3. (m, e) = `_row_scale` of the absmax, then for each K block of this program's share:
        load x (and gamma), norm it (`_rms_scale`), quantize it (`_quantize_values`) into
-       int8 limbs in registers, and add the exact limb dots (`_limb_dots`), as `_linear_kernel`;
+       int8 limbs in registers (`_rows_block`), and add the exact limb dots (`_block_dots`), as
+       `_linear_kernel`; the prefetched blocks first;
     4. split K (`_split_k_sums`) and the epilogue (`_finish`) as in `_linear_kernel`, the
        residual added last.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    # -- 0. this program's share of the K blocks; its first PREFETCH weight blocks -----------
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    k_blocks = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(k_blocks, SPLIT_K)
+    k_first = pid_k * share
+    k_stop = tl.minimum(k_first + share, k_blocks)  # every share has >= 1 block (the launcher's split)
+    w_ptrs = w_ptr + (k_first * BLOCK_K + offs_k[:, None]) * stride_wk + offs_n[None, :] * stride_wn
+    if PREFETCH >= 1:
+        p0w0, p0w1 = _weight_block(w_ptrs, stride_wl, K - k_first * BLOCK_K, offs_k, LW, EVEN_K)
+    if PREFETCH == 2:
+        # block k_first + 1 when the share has it, else block k_first again (a valid address);
+        # its rows are masked to zero below when it is not this program's, so it adds nothing
+        k_second = tl.minimum(k_first + 1, k_stop - 1)
+        p1w0, p1w1 = _weight_block(w_ptrs + (k_second - k_first) * BLOCK_K * stride_wk, stride_wl,
+                                   K - k_second * BLOCK_K, offs_k, LW, EVEN_K)
     rows = tl.arange(0, ROWS) % M
     x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm  # [ROWS, 1]
     offs_r = tl.arange(0, ROW_BLOCK)[None, :]
@@ -673,31 +737,24 @@ def _linear_rows_kernel(
     rcp_r = 1.0 / (2 * r).to(tl.float64)
     amax = tl.maximum(amax, 1)  # a zero row is treated as amax = 1
     m, e, left, d, rcp = _row_scale(amax, QMAX)  # spec.quant.row_scale, [ROWS, 1]
-    # -- 3. this program's share of the K blocks: quantize in registers, exact limb dots ----
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
-    offs_n = tl.max_contiguous(tl.multiple_of(offs_n, BLOCK_N), BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    k_blocks = tl.cdiv(K, BLOCK_K)
-    share = tl.cdiv(k_blocks, SPLIT_K)
-    k_first = pid_k * share
-    k_stop = tl.minimum(k_first + share, k_blocks)
-    w_ptrs = w_ptr + (k_first * BLOCK_K + offs_k[:, None]) * stride_wk + offs_n[None, :] * stride_wn
+    # -- 3. quantize each K block of the share in registers, exact limb dots ---------------
     acc00 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc01 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc10 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     acc11 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(k_first, k_stop):
+    if PREFETCH >= 1:
+        kk = k_first * BLOCK_K + offs_k[None, :]
+        a0, a1 = _rows_block(x_rows, gamma_ptr, kk, kk < K, s, r, rcp_r, left, d, rcp, NORM, LA, ROWS, BLOCK_M)
+        acc00, acc01, acc10, acc11 = _block_dots(a0, a1, p0w0, p0w1, acc00, acc01, acc10, acc11, LA, LW)
+    if PREFETCH == 2:
+        kk = (k_first + 1) * BLOCK_K + offs_k[None, :]
+        mine = kk < tl.where(k_first + 1 < k_stop, K, 0)  # nothing of the block when it is not this program's
+        a0, a1 = _rows_block(x_rows, gamma_ptr, kk, mine, s, r, rcp_r, left, d, rcp, NORM, LA, ROWS, BLOCK_M)
+        acc00, acc01, acc10, acc11 = _block_dots(a0, a1, p1w0, p1w1, acc00, acc01, acc10, acc11, LA, LW)
+    w_ptrs += PREFETCH * BLOCK_K * stride_wk
+    for k in range(k_first + PREFETCH, k_stop):
         kk = k * BLOCK_K + offs_k[None, :]
-        inside = kk < K
-        v = tl.load(x_rows + kk, mask=inside, other=0).to(tl.int64)  # past K: 0, so q = 0
-        if NORM:
-            g = tl.load(gamma_ptr + kk, mask=inside, other=0).to(tl.int64)
-            v = _rms_scale(_shift_round(v, s), g, r, rcp_r)
-        q = _quantize_values(v, left, d, rcp)
-        a0 = _repeat_rows(_limb(q, 0, LA), ROWS, BLOCK_M)
-        a1 = a0
-        if LA == 2:
-            a1 = _repeat_rows(_limb(q, 1, LA), ROWS, BLOCK_M)
+        a0, a1 = _rows_block(x_rows, gamma_ptr, kk, kk < K, s, r, rcp_r, left, d, rcp, NORM, LA, ROWS, BLOCK_M)
         acc00, acc01, acc10, acc11 = _limb_dots(a0, a1, w_ptrs, stride_wl, K - k * BLOCK_K, offs_k, acc00, acc01,
                                                 acc10, acc11, LA, LW, EVEN_K)
         w_ptrs += BLOCK_K * stride_wk
@@ -851,6 +908,8 @@ GEMM_TILE_INT32 = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_war
                        TMA=True)
 SKINNY_N = 64  # weight rows per decode program: 64 x 256 int8 = 16 KB per pipeline stage
 SKINNY_SPLIT = 4  # K split of a decode launch (M <= 16) with fewer tiles than SMs and >= 16 K blocks
+WIDE_SPLIT_MAX = 4  # most K shares of a 17..64-row launch with fewer tiles than SMs (`split_k_hint`)
+WIDE_SPLIT_MIN_BLOCKS = 4  # ... each share at least this many K blocks (the partial sums cost one tile each)
 
 
 def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device,
@@ -867,16 +926,26 @@ def _config(m: int, n: int, k: int, la: int, lw: int, device: torch.device,
 
 
 def split_k_hint(m: int, n: int, k: int, cfg: dict, device: torch.device) -> int:
-    """Return the K split of a skinny launch: SKINNY_SPLIT when M <= 16, the launch has fewer
-    tiles than the GPU has SMs and K has >= 16 blocks, else none. Measured on the H200 at M = 1
-    (gemm only): 8B down 28.9 -> 20.1 us, qkv 13.5 -> 12.2, o 11.2 -> 10.0, 1B down 14.9 -> 9.7;
-    with K = 2,048 (1B o, qkv) or many tiles (gate_up, lm_head) a split gains nothing, and at
-    M = 64 the 64-row partial sums cost more than they gain."""
+    """Return the K split of a skinny launch (M <= 64) with fewer tiles than the GPU has SMs.
+
+    * M <= 16: SKINNY_SPLIT when K has >= 16 blocks. Measured on the H200 at M = 1 (gemm only):
+      8B down 28.9 -> 20.1 us, qkv 13.5 -> 12.2, o 11.2 -> 10.0, 1B down 14.9 -> 9.7; with
+      K = 2,048 (1B o, qkv) or many tiles (gate_up, lm_head) a split gains nothing.
+    * 17 <= M <= 64: enough shares to cover the SMs once (``ceil(SMs / tiles)``), at most
+      WIDE_SPLIT_MAX and each of at least WIDE_SPLIT_MIN_BLOCKS K blocks. Unsplit, the 1B
+      shapes at M = 64 run 32-48 programs on 132 SMs (1B down: 32 programs of 512 KB each);
+      the batch-64 decode step measured ~1.1 TB/s for its linears (profile_e2e, 2026-12-03).
+      The one measurement of a split at M = 64 (8B qkv 5x slower) had a release fence on every
+      partial sum; the partial sums are relaxed since (``bench_linear.py --decode`` times both).
+    """
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
-    if m <= 16 and tiles < _sm_count(device) and k_blocks >= 16:
-        return min(SKINNY_SPLIT, k_blocks // 4)
-    return 1
+    sms = _sm_count(device)
+    if tiles >= sms:
+        return 1
+    if m <= 16:
+        return min(SKINNY_SPLIT, k_blocks // 4) if k_blocks >= 16 else 1
+    return max(1, min(WIDE_SPLIT_MAX, k_blocks // WIDE_SPLIT_MIN_BLOCKS, triton.cdiv(sms, tiles)))
 
 
 def _tma_ok(q: torch.Tensor, w: torch.Tensor) -> bool:
@@ -976,20 +1045,52 @@ def linear_quantized(q: torch.Tensor, m: torch.Tensor, e: torch.Tensor, w: torch
     return y.to(out_dtype)
 
 
+def rows_config(m: int, n: int, k: int, la: int, lw: int, norm: bool, device: torch.device) -> dict:
+    """Return the tile of a one-launch decode linear (`_linear_rows_kernel`): `_config`'s decode
+    tile, ROWS_PREFETCH weight blocks loaded before the statistics, and a K split of its own.
+
+    In this kernel a program's time is its statistics (a serial chain, ~2-4 us, the same
+    whatever the split) followed by its share of the weight stream, of which the first
+    ROWS_PREFETCH blocks are already in flight. So the split aims for ~2 programs per SM
+    (``ceil(2 SMs / tiles)`` shares, at most ROWS_SPLIT_MAX) and shares not shorter than the
+    prefetch, and is never below `split_k_hint`'s measured rule; with the norm it is cut until
+    the redundant statistics (programs x rows x K) are at most FUSE_NORM_WORK."""
+    rows = triton.next_power_of_2(m)
+    prefetch = ROWS_PREFETCH if rows <= ROWS_PREFETCH_MAX_M else 0
+    cfg = dict(_config(m, n, k, la, lw, device), PREFETCH=prefetch)
+    if prefetch:
+        # 128-value K blocks (8 KB a weight limb): two of them held in registers through the
+        # statistics compile without spills for 1..8 rows; two 256-value blocks took the 1-row
+        # normed variant from 96 registers to 255 and 700 bytes of stack (sm_90, cuobjdump)
+        cfg["BLOCK_K"] = 128
+        cfg["SPLIT_K"] = split_k_hint(m, n, k, cfg, device)
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
+    sms = _sm_count(device)
+    split = cfg["SPLIT_K"]
+    if tiles < 2 * sms:
+        split = max(split, min(ROWS_SPLIT_MAX, triton.cdiv(k_blocks, max(1, prefetch)), triton.cdiv(2 * sms, tiles)))
+    while norm and split > 1 and tiles * split * rows * k > FUSE_NORM_WORK:
+        split -= 1
+    cfg["SPLIT_K"] = max(1, min(split, k_blocks))
+    return cfg
+
+
 def fuse_rows_hint(m: int, n: int, k: int, la: int, lw: int, norm: bool, row_bytes: int, device: torch.device) -> bool:
     """Return whether `linear_rows` quantizes (and norms) the rows inside the linear's launch:
     M <= ROWS_MAX_M, at most two limbs each, every program's read of the rows (next_pow2(M) x K
     values of ``row_bytes``) at most FUSE_ROW_BYTES, and with the norm, programs x rows x K
-    (the redundant statistics passes) at most FUSE_NORM_WORK. The two constants are first
-    estimates (L2 ~5.5 TB/s shared by every program's statistics pass, ~25 integer operations
-    per normed value): ``benchmarks/bench_linear.py --decode`` times both paths per shape."""
+    (the redundant statistics passes, `rows_config`'s programs) at most FUSE_NORM_WORK. The two
+    constants are first estimates (L2 ~5.5 TB/s shared by every program's statistics pass, ~25
+    integer operations per normed value): ``benchmarks/bench_linear.py --decode`` times both
+    paths per shape."""
     if not (1 <= m <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
         return False
     rows = triton.next_power_of_2(m)
     if rows * k * row_bytes > FUSE_ROW_BYTES:
         return False
     if norm:
-        cfg = _config(m, n, k, la, lw, device)
+        cfg = rows_config(m, n, k, la, lw, norm, device)
         programs = triton.cdiv(n, cfg["BLOCK_N"]) * cfg["SPLIT_K"]
         return programs * rows * k <= FUSE_NORM_WORK and k <= QUANT_BLOCK
     return True
@@ -1020,7 +1121,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     rows are quantized first (`quantize_rows`, or ``rowops.rms_norm_quantize`` with the norm)
     and `linear_quantized` adds the residual in its epilogue: two launches either way.
     ``config`` (tests, sweeps): BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, ROW_BLOCK and
-    NORM_BLOCK (values per statistics step) of the one launch, else `_config`'s decode tile.
+    NORM_BLOCK (values per statistics step), PREFETCH (0..2 weight blocks loaded before the
+    statistics) of the one launch, else `rows_config`.
     """
     mm, k = x.shape
     lw, n, kw = w.shape
@@ -1049,8 +1151,8 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
     row_block = min(triton.next_power_of_2(k), rows_step(rows, norm is not None))
     if rows == 1 and norm is not None:  # triton 3.6 cannot lay out one-row statistics blocks narrower
         row_block = max(row_block, 128)  # than 128 (a failing layout pass; `python -m tools.sm90_check`)
-    cfg = dict(ROW_BLOCK=row_block, NORM_BLOCK=row_block) | dict(
-        config or _config(mm, n, k, la, lw, x.device))
+    cfg = dict(ROW_BLOCK=row_block, NORM_BLOCK=row_block, PREFETCH=0) | dict(
+        config or rows_config(mm, n, k, la, lw, norm is not None, x.device))
     tiles = triton.cdiv(n, cfg["BLOCK_N"])
     k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
     share = triton.cdiv(k_blocks, max(1, min(cfg.get("SPLIT_K", 1), k_blocks)))
@@ -1063,9 +1165,36 @@ def linear_rows(x: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tens
         QMAX=(1 << (act_bits - 1)) - 1, LA=la, LW=lw, NORM=norm is not None, HAS_BIAS=bias is not None,
         HAS_RES=residual is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, NARROW_MUL=_narrow(mul), ROWS=rows,
         ROW_BLOCK=cfg["ROW_BLOCK"], NORM_BLOCK=cfg["NORM_BLOCK"], BLOCK_M=ROWS_MAX_M, BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], USE_SPLIT=split > 1, PARTIAL_SEM="relaxed", num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+        BLOCK_K=cfg["BLOCK_K"], PREFETCH=min(cfg["PREFETCH"], 2), USE_SPLIT=split > 1, PARTIAL_SEM="relaxed",
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y
+
+
+def linear_gated(gate_up: torch.Tensor, table: torch.Tensor, act_bits: int, w: torch.Tensor, mul: torch.Tensor,
+                 shift: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                 out_dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Return ``linear_rows(spec.ops.swiglu(gate, up, table), ...)`` for ``gate_up`` = [gate | up]
+    ``[M, 2 I]`` (the fused gate/up linear's output): the down projection of the decode step,
+    with the residual in its epilogue. Two launches either way, and the halves are read in place:
+
+    * where `fuse_rows_hint` takes the one-launch linear (M <= 16, short rows): ``rowops.swiglu``,
+      then `linear_rows` (which takes the row statistics itself);
+    * otherwise (M = 64, long rows): ``rowops.swiglu_quantize`` (the swiglu and its row
+      quantization in one pass, the swiglu never written), then `linear_quantized`.
+    """
+    from fieldprint_fast.kernels import rowops
+
+    mm, two_i = gate_up.shape
+    inter = two_i // 2
+    if two_i != 2 * inter or w.shape[-1] != inter:
+        raise ValueError(f"linear_gated: gate_up [M, 2 I] with I = the weight's K (got {two_i}, K {w.shape[-1]})")
+    gate, up = gate_up[:, :inter], gate_up[:, inter:]
+    la = _num_limbs(act_bits)
+    if fuse_rows_hint(mm, w.shape[1], inter, la, w.shape[0], False, 8, gate_up.device):
+        return linear_rows(rowops.swiglu(gate, up, table), act_bits, w, mul, shift, bias, residual=residual, fuse=True,
+                           out_dtype=out_dtype)
+    q, m, e = rowops.swiglu_quantize(gate, up, table, act_bits)
+    return linear_quantized(q, m, e, w, mul, shift, bias, residual=residual, out_dtype=out_dtype)
 
 
 def linear(x: torch.Tensor, act_bits: int, weight: torch.Tensor, mul: torch.Tensor, shift: torch.Tensor,

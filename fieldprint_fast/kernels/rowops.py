@@ -14,7 +14,10 @@ Row-wise and elementwise operators in Triton, bit for bit with ``spec.ops``
 * ``rope``: one program per token, all heads, the rotate-half pairs in int64 (``_rope_pair``,
   shared with ``kernels.kv_write``).
 * ``swiglu`` (sigmoid by table interpolation, two roundings), ``residual_add`` and ``embed``:
-  elementwise, in int64.
+  elementwise, in int64; ``swiglu`` reads its gate and up rows in place (any row stride: the
+  two halves of the fused gate/up output need no copies).
+* ``swiglu_quantize``: the swiglu of a row and ``spec.quant.quantize_rows`` of it in one
+  launch, as the limbs the down projection's matmul reads (its two-launch path, M > 16).
 
 Rows longer than ``MAX_ROW`` run the spec (no Llama-family model has them).
 """
@@ -132,16 +135,66 @@ def _sigmoid(g, table_ptr, TABLE_LAST: tl.constexpr):
 
 
 @triton.jit
-def _swiglu_kernel(g_ptr, u_ptr, table_ptr, y_ptr, numel, TABLE_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < numel
-    g = tl.load(g_ptr + offs, mask=inside, other=0).to(tl.int64)
-    u = tl.load(u_ptr + offs, mask=inside, other=0).to(tl.int64)
+def _swiglu(g, u, table_ptr, TABLE_LAST: tl.constexpr):
+    """spec.ops.swiglu of int64 gates g and ups u: silu = saturate(round(g * sigmoid(g) 2**-16)),
+    then saturate(round(silu * u 2**-16))."""
     sixteen = tl.zeros_like(g) + SIGMOID_FRAC_BITS
     silu = _shift_round(g * _sigmoid(g, table_ptr, TABLE_LAST), sixteen)
     silu = tl.minimum(tl.maximum(silu, -ACT_MAX), ACT_MAX)
     y = _shift_round(silu * u, tl.zeros_like(g) + ACT_FRAC_BITS)
-    tl.store(y_ptr + offs, tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX), mask=inside)
+    return tl.minimum(tl.maximum(y, -ACT_MAX), ACT_MAX)
+
+
+@triton.jit
+def _swiglu_kernel(g_ptr, u_ptr, table_ptr, y_ptr, H, stride_g, stride_u, TABLE_LAST: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Program (row, block): y[row, block] = swiglu(g[row, block], u[row, block]). g and u are
+    rows of any stride (the two halves of the gate/up linear's output, read in place)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < H
+    g = tl.load(g_ptr + row * stride_g + offs, mask=inside, other=0).to(tl.int64)
+    u = tl.load(u_ptr + row * stride_u + offs, mask=inside, other=0).to(tl.int64)
+    tl.store(y_ptr + row * H + offs, _swiglu(g, u, table_ptr, TABLE_LAST), mask=inside)
+
+
+@triton.jit
+def _swiglu_quantize_kernel(g_ptr, u_ptr, table_ptr, q_ptr, m_ptr, e_ptr, H, stride_g, stride_u, stride_ql, stride_qn,
+                            TABLE_LAST: tl.constexpr, QMAX: tl.constexpr, LIMBS: tl.constexpr, BLOCK: tl.constexpr,
+                            ONE_PASS: tl.constexpr):
+    """One row: y = swiglu(g, u) (`_swiglu`), then spec.quant.quantize_rows of y written as int8
+    limbs (as ``linear._quantize_rows_kernel``). ONE_PASS: the row is one block, y stays in
+    registers; else pass 1 takes the absmax block by block and pass 2 recomputes each block's
+    y (cheaper than a round trip of y through memory) and quantizes it."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    g_row = g_ptr + row * stride_g
+    u_row = u_ptr + row * stride_u
+    q_row = q_ptr + row * stride_qn
+    if ONE_PASS:
+        inside = offs < H
+        y = _swiglu(tl.load(g_row + offs, mask=inside, other=0).to(tl.int64),
+                    tl.load(u_row + offs, mask=inside, other=0).to(tl.int64), table_ptr, TABLE_LAST)
+        amax = tl.max(tl.abs(y), axis=0)
+    else:
+        amax_b = tl.zeros([BLOCK], dtype=tl.int64)
+        for k0 in range(0, H, BLOCK):
+            inside = k0 + offs < H
+            y = _swiglu(tl.load(g_row + k0 + offs, mask=inside, other=0).to(tl.int64),
+                        tl.load(u_row + k0 + offs, mask=inside, other=0).to(tl.int64), table_ptr, TABLE_LAST)
+            amax_b = tl.maximum(amax_b, tl.abs(y))
+        amax = tl.max(amax_b, axis=0)
+    m, e, left, d, rcp = _row_scale(tl.maximum(amax, 1), QMAX)  # spec.quant.row_scale (a zero row: amax 1)
+    if ONE_PASS:
+        _quantize_block(y, offs < H, q_row + offs, stride_ql, left, d, rcp, LIMBS)
+    else:
+        for k0 in range(0, H, BLOCK):
+            inside = k0 + offs < H
+            y = _swiglu(tl.load(g_row + k0 + offs, mask=inside, other=0).to(tl.int64),
+                        tl.load(u_row + k0 + offs, mask=inside, other=0).to(tl.int64), table_ptr, TABLE_LAST)
+            _quantize_block(y, inside, q_row + k0 + offs, stride_ql, left, d, rcp, LIMBS)
+    tl.store(m_ptr + row, m.to(tl.int32))
+    tl.store(e_ptr + row, e.to(tl.int32))
 
 
 @triton.jit
@@ -209,14 +262,48 @@ def rope(x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return out
 
 
+def _gate_rows(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return gate and up as [N, H] rows with unit column stride (views where they already are:
+    the halves of the gate/up linear's output are read in place, not copied)."""
+    h = gate.shape[-1]
+    g, u = gate.reshape(-1, h), up.expand_as(gate).reshape(-1, h)
+    return (g if g.stride(-1) == 1 else g.contiguous()), (u if u.stride(-1) == 1 else u.contiguous())
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Return ``spec.ops.swiglu(gate, up, table)`` (int64, the shape of gate)."""
-    g, u = gate.contiguous(), up.expand_as(gate).contiguous()
+    g, u = _gate_rows(gate, up)
     t = table.to(device=gate.device).contiguous()
-    y = torch.empty(g.shape, dtype=torch.int64, device=g.device)
+    n, h = g.shape
+    y = torch.empty((n, h), dtype=torch.int64, device=g.device)
     if g.numel():
-        _swiglu_kernel[(triton.cdiv(g.numel(), BLOCK),)](g, u, t, y, g.numel(), TABLE_LAST=t.numel() - 1, BLOCK=BLOCK)
-    return y
+        _swiglu_kernel[(n, triton.cdiv(h, BLOCK))](g, u, t, y, h, g.stride(0), u.stride(0), TABLE_LAST=t.numel() - 1,
+                                                   BLOCK=BLOCK)
+    return y.reshape(gate.shape)
+
+
+SWIGLU_QUANT_BLOCK = 4096  # values per step of `swiglu_quantize` (a row up to this long: one pass, in registers)
+
+
+def swiglu_quantize(gate: torch.Tensor, up: torch.Tensor, table: torch.Tensor, bits: int):
+    """Return ``linear.quantize_rows(spec.ops.swiglu(gate, up, table), bits)``: int8 limbs
+    ``[L, N, H]`` and int32 (m, e) ``[N]``, one launch, the swiglu never written. gate, up:
+    ``[N, H]`` (any row stride: the halves of the gate/up output as they are)."""
+    limbs = _num_limbs(bits)
+    if gate.dim() != 2 or gate.shape[1] == 0 or not limbs or bits < 2:
+        raise ValueError(f"swiglu_quantize: gate [N, H] with H >= 1 and bits 2..16 (got {list(gate.shape)}, {bits})")
+    g, u = _gate_rows(gate, up)
+    t = table.to(device=gate.device).contiguous()
+    n, h = g.shape
+    q = torch.empty((limbs, n, h), dtype=torch.int8, device=g.device)
+    m = torch.empty((n,), dtype=torch.int32, device=g.device)
+    e = torch.empty((n,), dtype=torch.int32, device=g.device)
+    if n:
+        block = min(SWIGLU_QUANT_BLOCK, triton.next_power_of_2(h))
+        _swiglu_quantize_kernel[(n,)](g, u, t, q, m, e, h, g.stride(0), u.stride(0), q.stride(0), q.stride(1),
+                                      TABLE_LAST=t.numel() - 1, QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK=block,
+                                      ONE_PASS=h <= block, num_warps=_warps(block))
+    return q, m, e
 
 
 def residual_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+import triton
 from hypothesis import given, settings, strategies as st
 
 from spec import ops as spec_ops
@@ -308,7 +309,15 @@ def test_fast_ops_linear_and_lm_head():
 ROWS_TILES = [None,  # the committed decode tile (16 x 64 x 256 or 128): one program, one K block here
               dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=1, num_warps=1, num_stages=1, ROW_BLOCK=16, NORM_BLOCK=32),
               dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=3, num_warps=1, num_stages=1, ROW_BLOCK=32, NORM_BLOCK=16),
-              dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=2, num_stages=2, ROW_BLOCK=64, NORM_BLOCK=64)]
+              dict(BLOCK_N=32, BLOCK_K=64, SPLIT_K=2, num_warps=2, num_stages=2, ROW_BLOCK=64, NORM_BLOCK=64),
+              # the prefetch of 0 and 1 blocks (the committed 2 above), shares of 1 block (the
+              # second prefetched block is then not the program's and must add nothing)
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=4, num_warps=1, num_stages=2, ROW_BLOCK=32, NORM_BLOCK=32,
+                   PREFETCH=0),
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=2, num_warps=1, num_stages=2, ROW_BLOCK=32, NORM_BLOCK=32,
+                   PREFETCH=1),
+              dict(BLOCK_N=16, BLOCK_K=32, SPLIT_K=7, num_warps=1, num_stages=2, ROW_BLOCK=16, NORM_BLOCK=32,
+                   PREFETCH=2)]
 ROWS_WIDTHS = sorted({wa for wa in PROFILE_WIDTHS if max(wa) <= 15} | {(8, 8), (10, 12), (15, 15), (2, 2)})
 
 
@@ -362,6 +371,55 @@ def test_linear_rows_two_launch_paths(fuse):
         got = K.linear_rows(*to_dev(x), a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift),
                             residual=to_dev(res)[0], norm=tuple(to_dev(gamma, eps)) if norm else None, fuse=fuse)
         assert_equal(got, want, f"rows {n}x{k}x{o} a{a_bits} w{w_bits} fuse={fuse}")
+
+
+@settings(max_examples=max(EXAMPLES // 2, 1))
+@given(n=st.integers(1, 64), inter=st.integers(1, 150), o=st.integers(1, 40),
+       widths=st.sampled_from([(8, 8), (8, 12), (10, 12), (8, 16)]), scale=st.integers(0, 31),
+       residual=st.sampled_from([None, "small", "sat"]), bias=st.booleans(), seed=st.integers(0, 2**31))
+def test_linear_gated_equals_spec(n, inter, o, widths, scale, residual, bias, seed):
+    """The down projection of the decode step: swiglu of the halves of [gate | up], then the
+    linear with the residual in its epilogue, against spec.ops.swiglu / linear / residual_add.
+    M = 1..64 covers both paths (swiglu + the one-launch linear; swiglu_quantize + the matmul,
+    split K at 17..64 rows), 16-bit activations the three-limb launches."""
+    from spec.tables import sigmoid_table
+
+    w_bits, a_bits = widths
+    gen = torch.Generator().manual_seed(seed)
+    gu = torch.cat([q16_rows(gen, n, inter, "both") >> (31 - scale), q16_rows(gen, n, inter, "sat")], dim=1)
+    w = weights(gen, o, inter, w_bits, False)
+    mul, shift = multipliers(gen, o, 14, 34)
+    b = torch.randint(-(1 << 24), 1 << 24, (o,), generator=gen, dtype=torch.int64).to(torch.int32) if bias else None
+    res = None if residual is None else residual_rows(gen, n, o, residual)
+    table = sigmoid_table()
+    want = spec_ops.linear(spec_ops.swiglu(gu[:, :inter], gu[:, inter:], table), a_bits, w, mul, shift, b)
+    want = want if res is None else spec_ops.residual_add(res, want)
+    got = K.linear_gated(*to_dev(gu), table, a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift, b),
+                         residual=to_dev(res)[0])
+    assert_equal(got, want, f"gated {n}x{inter}x{o} w{w_bits} a{a_bits} res={residual}")
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+
+
+def test_split_k_hint_covers_the_sms():
+    """M <= 16: the measured rule (>= 16 K blocks); 17..64 rows: enough shares to cover the SMs
+    once, each of >= WIDE_SPLIT_MIN_BLOCKS blocks, at most WIDE_SPLIT_MAX; many tiles: none."""
+    dev = torch.device("cuda") if CUDA and not INTERPRET else torch.device("cpu")
+    sms = K._sm_count(dev)
+
+    def split(m, n, k):
+        return K._config(m, n, k, 1, 1, dev)["SPLIT_K"]
+
+    assert split(1, K.SKINNY_N, 14336) == min(K.SKINNY_SPLIT, 14336 // 256 // 4)
+    assert split(1, K.SKINNY_N, 2048) == 1  # 8 K blocks
+    assert split(64, 256 * K.SKINNY_N, 8192) == 1  # tiles >= SMs
+    for m, n, k in ((64, 2048, 8192), (64, 3072, 2048), (33, 4096, 14336), (17, 64, 4096)):
+        cfg = K._config(m, n, k, 1, 1, dev)
+        tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+        s = cfg["SPLIT_K"]
+        k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
+        assert 1 <= s <= K.WIDE_SPLIT_MAX and (s == 1 or k_blocks // s >= K.WIDE_SPLIT_MIN_BLOCKS)
+        assert tiles >= sms or s == min(K.WIDE_SPLIT_MAX, k_blocks // K.WIDE_SPLIT_MIN_BLOCKS, -(-sms // tiles))
 
 
 def test_fuse_rows_hint():

@@ -95,6 +95,41 @@ def test_swiglu_equals_spec(n, h, scale, seed):
 
 
 @settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 5), h=st.integers(1, 1100), scale=st.integers(0, 31), seed=st.integers(0, 2**31))
+def test_swiglu_reads_halves_in_place(n, h, scale, seed):
+    """The two halves of a gate/up output [N, 2H], strided views, as the decode step passes them
+    (H past the 1,024-value block: several programs per row)."""
+    gen = torch.Generator().manual_seed(seed)
+    gu = torch.cat([rows(gen, n, h, "both") >> (31 - scale), rows(gen, n, h, "sat")], dim=1)
+    table = sigmoid_table()
+    want = spec_ops.swiglu(gu[:, :h], gu[:, h:], table)
+    gd = gu.to(DEVICE)
+    assert_equal(R.swiglu(gd[:, :h], gd[:, h:], table), want, "swiglu halves")
+
+
+@settings(max_examples=EXAMPLES)
+@given(n=st.integers(1, 6), h=st.integers(1, 300), scale=st.integers(0, 31), bits=st.sampled_from([8, 12, 2, 15, 16]),
+       block=st.sampled_from([None, 16, 64]), seed=st.integers(0, 2**31))
+def test_swiglu_quantize_equals_spec(n, h, scale, bits, block, seed):
+    """spec.quant.quantize_rows(spec.ops.swiglu(...)) from the halves of [N, 2H]: one pass (the
+    row in registers) or two (block < H), zero rows (gate 0), saturating products, 1..3 limbs."""
+    gen = torch.Generator().manual_seed(seed)
+    g = rows(gen, n, h, "both") >> (31 - scale) if scale < 31 else rows(gen, n, h, "both")
+    gu = torch.cat([g, rows(gen, n, h, "sat")], dim=1)
+    table = sigmoid_table()
+    want_q, want_m, want_e = spec_quantize_rows(spec_ops.swiglu(gu[:, :h], gu[:, h:], table), bits)
+    gd = gu.to(DEVICE)
+    with pytest.MonkeyPatch.context() as mp:
+        if block:
+            mp.setattr(R, "SWIGLU_QUANT_BLOCK", block)
+        limbs, m, e = R.swiglu_quantize(gd[:, :h], gd[:, h:], table, bits)
+    assert limbs.shape == (1 if bits <= 8 else 2 if bits <= 15 else 3, n, h)
+    assert_equal(recombine(limbs), want_q, "q")
+    assert_equal(m.long(), want_m, "m")
+    assert_equal(e.long(), want_e, "e")
+
+
+@settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 5), h=st.integers(1, 3000), seed=st.integers(0, 2**31))
 def test_residual_add_equals_spec(n, h, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -171,4 +206,14 @@ def test_row_ops_real_sizes(h):
     y = rows(gen, 300, h, "plain").cuda()
     t = sigmoid_table()
     assert_equal(R.swiglu(xc, y, t), spec_ops.swiglu(xc, y, t.cuda()), "swiglu")
+    for n in (1, 8, 64):  # the decode step's gate/up output, its halves in place
+        gu = torch.cat([xc[:n], y[:n]], dim=1)
+        want_y = spec_ops.swiglu(gu[:, :h], gu[:, h:], t.cuda())
+        assert_equal(R.swiglu(gu[:, :h], gu[:, h:], t), want_y, f"swiglu halves {n}x{h}")
+        for bits in (8, 12):
+            limbs, m, e = R.swiglu_quantize(gu[:, :h], gu[:, h:], t, bits)
+            wq, wm, we = spec_quantize_rows(want_y, bits)
+            assert_equal(recombine(limbs), wq, f"swiglu_quantize q {n}x{h} a{bits}")
+            assert_equal(m.long(), wm, "m")
+            assert_equal(e.long(), we, "e")
     assert_equal(R.residual_add(xc, y), spec_ops.residual_add(xc, y), "residual_add")
