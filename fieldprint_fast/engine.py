@@ -16,16 +16,46 @@ Results do not depend on which path a sequence takes: both compute `spec.model.f
 integers, and the spec's forward does not depend on batching (tests/fast/test_engine_loop.py
 checks tokens, logits and page bytes against the reference engine).
 
-The pool has one page more than ``num_pages``: the scratch page that the padding rows of a
-graph's batch bucket write and read. No sequence ever holds it.
+The pool has pages past ``num_pages`` that no sequence ever holds: the scratch page that the
+padding rows of a graph's batch bucket write and read, and ``STAGING_PAGES`` staging pages.
+
+Rounds launched ahead
+---------------------
+A round's host work (planning, paging, the step's inputs, the records) would otherwise sit
+between two graph replays, with the device idle: at batch 64 on the H200, 2.6 ms of host work
+beside a 3.4 ms graph. With ``overlap`` (and always inside `generate`), `step` launches the
+next round of its decode sequences *before* it reads this round's tokens back:
+
+* the next round's inputs are all known without the tokens (position, page and slot, block
+  table, the RNG draw of step + 1); the tokens go from this round's output into the next
+  round's input buffer on the device (`DecodeStep.feed`);
+* a sequence that finishes by length or position with this round's token is left out; one that
+  samples one of its EOS ids cannot be left out (the host has not seen the token), so `feed`
+  sends its K/V to the scratch page on the device: its pages never see the extra token;
+* a row whose next token starts a new block writes a zeroed staging page; the next `step`
+  allocates the block's page in the reference's order (with the window's evictions), then
+  copies the staging page there: page ids and bytes are the reference's;
+* the next `step` takes the rows it is asked for. The rows it is not asked for, and the whole
+  round when any other engine call comes first (`fork`, `set_attempt`, `release`, page
+  access, anchors, `teacher_force`: `settle`), are discarded: the slots they wrote are put back
+  from the copy taken before the launch, so the pool is what the records say. Not launched
+  ahead: a round that needs a copy-on-write page, sequences with stop strings (the text
+  decides), more than EOS_MAX EOS ids, a round after a prompt's last chunk.
+
+Reading ``engine.pool`` directly between two overlapped rounds may show the next token's K/V
+slot; every engine method sees the settled pool.
 """
 from __future__ import annotations
+
+import types
 
 import torch
 
 import fieldprint_fast.ops as fast_ops
 from fieldprint_ref.engine import RefEngine
 from fieldprint_ref.errors import EngineError
+
+STAGING_PAGES = 64  # rows launched ahead into a new block per round, at most (pages beyond the allocator's)
 
 
 def loop_supported(model) -> str | None:
@@ -45,6 +75,18 @@ def loop_supported(model) -> str | None:
     return None
 
 
+def _zero_pages(pool, pages) -> None:
+    """`fieldprint_ref.ops.zero_pages` without a host-to-device copy of the page list: a
+    blocking copy waits for all the device's queued work, a round launched ahead included."""
+    for p in pages:
+        pool.data[p].zero_()
+
+
+# fieldprint_fast.ops, with the zeroing of new pages that never waits for the device
+_OPS = types.SimpleNamespace(**{**{k: v for k, v in vars(fast_ops).items() if not k.startswith("__")},
+                                "zero_pages": _zero_pages})
+
+
 class FastEngine(RefEngine):
     """The `fieldprint.engine.Engine` contract over `fieldprint_fast.ops` and captured decode steps.
 
@@ -57,7 +99,7 @@ class FastEngine(RefEngine):
     """
 
     name = "fast"
-    ops = fast_ops
+    ops = _OPS
     # the Triton linear kernels read the integer weights: no float64 copies (8 bytes a parameter)
     cache_weights = False
 
@@ -75,10 +117,13 @@ class FastEngine(RefEngine):
         self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs) and dev.type == "cuda"
         self.device_digests = self.decode_loop if device_digests is None else bool(device_digests) and self.decode_loop
         if self.decode_loop:
-            # one extra page, never handed out: the padding rows of a bucketed batch write it
+            # pages past the allocator's, never handed out: the scratch page that the padding rows
+            # of a bucketed batch write, and the staging pages of rows launched ahead into a new block
             n = self.allocator.num_pages
-            self.pool = self.ops.allocate_pool(self.config, self.model.profile, n + 1, device=dev)
+            stage = min(STAGING_PAGES, n)
+            self.pool = self.ops.allocate_pool(self.config, self.model.profile, n + 1 + stage, device=dev)
             self.scratch_page = n
+            self.staging_pages = list(range(n + 1, n + 1 + stage))
         self._steps: dict[tuple, object] = {}
         self.overlap = bool(overlap) and self.decode_loop  # `step` launches the next round ahead
         self._generating = False  # inside `generate`, which overlaps its rounds whatever ``overlap`` says
@@ -124,16 +169,17 @@ class FastEngine(RefEngine):
             left = [i for i, s in enumerate(ahead.seqs) if s.handle not in live and s.finish_reason is None]
             if left:  # not stepped now: as if never launched
                 self._restore(ahead, left)
-        taken = {ahead.seqs[i].handle for i in keep}
+        taken = {ahead.seqs[i].handle: i for i in keep}
         self.ahead_rows["taken"] += len(keep)
         chunks, fed, ones = [], [], []
         try:
-            # pages are allocated in the reference's order (`_plan_round`): the same page ids. A
-            # row launched ahead needs no page work (`_launch_ahead` checked it): it is skipped
+            # pages are allocated in the reference's order (`_plan_round`): the same page ids. The
+            # rows launched ahead too: their evictions and new pages happen now, in this order
             for s, start, take in feeds:
-                if s.handle in taken:
-                    continue
-                if take == 1 and s.cached == len(s.context) - 1:
+                i = taken.get(s.handle)
+                if i is not None:
+                    ahead.writes[i] = self._prepare_pages(s, start, 1)
+                elif take == 1 and s.cached == len(s.context) - 1:
                     ones.append((s, self._prepare_pages(s, start, 1)))
                 else:
                     chunk, writes = self._prepare_chunk(s, start, take)
@@ -143,6 +189,10 @@ class FastEngine(RefEngine):
             if keep:
                 self._restore(ahead, keep)
             raise
+        for i, stage in ahead.staged.items() if keep else ():  # K/V written ahead into a staging page
+            if i in keep:
+                s = ahead.seqs[i]
+                self.ops.copy_page(self.pool, stage, s.table.pages[s.cached // self.page_tokens])
         rounds = [(ahead, keep)] if keep else []
         if ones:  # one token each: a captured decode step
             rounds.append((self._launch(*self._decode_rows(ones)), None))
@@ -253,10 +303,9 @@ class FastEngine(RefEngine):
         step.run()
         r = _Round(seqs, writes, step.logits[:n].clone(), step.tokens[:n].clone(), saved)
         cuda = self.device.type == "cuda"
-        r.host_tokens = r.tokens.to("cpu", non_blocking=True) if cuda else r.tokens
+        r.host_tokens = _to_host(r.tokens) if cuda else r.tokens
         if self.device_digests:
-            d = step.digests[:n]
-            r.host_digests = d.to("cpu", non_blocking=True) if cuda else d.clone()
+            r.host_digests = _to_host(step.digests[:n]) if cuda else step.digests[:n].clone()
         if cuda:
             r.event = torch.cuda.Event()
             r.event.record()
@@ -265,17 +314,20 @@ class FastEngine(RefEngine):
     def _launch_ahead(self, rounds) -> "_Round | None":
         """Launch the round after ``rounds`` (launched, not finished) for their sequences that
         do not finish by length or position, fed by the tokens they sample, before the host has
-        read them; None where that round needs host work first: a new, evicted or shared page,
-        stop strings (the text decides), more than EOS_MAX end-of-sequence ids. A sequence that
-        samples one of its EOS ids finishes: `DecodeStep.feed` sends its K/V to the scratch page."""
+        read them; None where that round needs host work first: a shared page (copy-on-write),
+        stop strings (the text decides), more than EOS_MAX end-of-sequence ids, more new blocks
+        than staging pages. A sequence that samples one of its EOS ids finishes:
+        `DecodeStep.feed` sends its K/V to the scratch page. A row that starts a new block writes
+        a zeroed staging page; the next `step` allocates the block's page (`_prepare_pages`, in
+        the reference's order, with the window's evictions) and copies the staging page there."""
         from fieldprint_fast.loop import EOS_MAX
         from fieldprint_fast.sampling import SamplingRows
-        from fieldprint_ref.engine import _page_writes
-        from fieldprint_ref.paging import EVICTED, dead_blocks
+        from fieldprint_ref.paging import EVICTED
         from spec.attention import MAX_KEYS
 
         pt, vocab, alloc = self.page_tokens, self.config.vocab_size, self.allocator
-        seqs, writes, rows, samples, eos, pick, k = [], [], [], [], [], [], 0
+        seqs, rows, samples, eos, pick, k = [], [], [], [], [], 0
+        stages, staged = list(self.staging_pages), {}
         for r, keep in rounds:
             for i in (range(len(r.seqs)) if keep is None else keep):
                 s, start = r.seqs[i], r.seqs[i].cached + 1  # after this round: its token is fed at `start`
@@ -288,15 +340,19 @@ class FastEngine(RefEngine):
                     return None
                 pages = s.table.pages
                 b = start // pt
-                if b >= len(pages) or pages[b] == EVICTED or alloc.refcount[pages[b]] != 1 or alloc.pinned[pages[b]]:
-                    return None  # a new page, or copy-on-write: `_prepare_pages` must run first
-                if self.evict and any(pages[d] != EVICTED for d in dead_blocks(start, s.window, pt) if d < len(pages)):
-                    return None  # the sliding window frees a block first
+                if b == len(pages):  # a new block: its page is allocated when the round is taken, in
+                    if not stages:   # the reference's order; until then the K/V go to a staging page
+                        return None
+                    staged[len(seqs)] = stages.pop()
+                    pages = pages + [staged[len(seqs)]]
+                elif pages[b] == EVICTED or alloc.refcount[pages[b]] != 1 or alloc.pinned[pages[b]]:
+                    return None  # copy-on-write: `_prepare_pages` must run first
+                # (blocks the window frees before the round are freed when it is taken: the round's
+                # queries do not read them)
                 lo = 0 if s.window is None else max(0, start - s.window + 1)
                 if a + start + 1 - lo >= MAX_KEYS:
                     return None  # the regular round raises the error
                 seqs.append(s)
-                writes.append(list(_page_writes(pages, start, start + 1, pt)))
                 rows.append((0, start, a + start, pages, s.anchors.pages if s.anchors else (), a,
                              -1 if s.window is None else s.window))
                 samples.append(SamplingRows.host_row(s.params, vocab, s.sequence, gen, s.attempt))
@@ -306,9 +362,13 @@ class FastEngine(RefEngine):
             return None
         src = torch.cat([r.tokens for r, keep in rounds]) if len(rounds) > 1 else rounds[0][0].tokens
         if len(rounds) > 1 or rounds[0][1] is not None or len(pick) < k:
-            src = src[torch.tensor(_positions(rounds, pick), device=src.device)]
+            src = src[_device_index(_positions(rounds, pick), src.device)]
         self.ahead_rows["launched"] += len(seqs)
-        return self._launch(seqs, writes, rows, samples, tokens=src, eos=eos if any(eos) else None)
+        if staged:  # a new page starts zeroed (the staging pages used are the last ones, in one range)
+            self.pool.data[min(staged.values()): max(staged.values()) + 1].zero_()
+        r = self._launch(seqs, [None] * len(seqs), rows, samples, tokens=src, eos=eos if any(eos) else None)
+        r.staged = staged
+        return r
 
     def _finish(self, r: "_Round", rows=None) -> dict:
         """Wait for round ``r`` and record its rows (``rows``: their indices; None: all)."""
@@ -331,7 +391,7 @@ class FastEngine(RefEngine):
         pages, slots, saved = r.saved
         self.ahead_rows["discarded"] += len(rows)
         if len(rows) < len(r.seqs):
-            idx = torch.tensor(rows, device=pages.device)
+            idx = _device_index(rows, pages.device)
             pages, slots, saved = pages[idx], slots[idx], saved[idx]
         self.pool.data[pages, :, :, slots] = saved
 
@@ -343,6 +403,21 @@ class FastEngine(RefEngine):
             rows = [i for i, s in enumerate(r.seqs) if s.finish_reason is None]
             if rows:
                 self._restore(r, rows)
+
+
+def _device_index(rows: list[int], device) -> torch.Tensor:
+    """Return ``rows`` as an int64 tensor on ``device``, copied without waiting for the device."""
+    t = torch.tensor(rows, dtype=torch.int64)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """Queue a copy of device tensor ``t`` into pinned host memory (read it after an event)."""
+    h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    h.copy_(t, non_blocking=True)
+    return h
 
 
 def _positions(rounds, pick):
@@ -361,6 +436,7 @@ class _Round:
     def __init__(self, seqs, writes, logits, tokens, saved):
         self.seqs, self.writes, self.logits, self.tokens, self.saved = seqs, writes, logits, tokens, saved
         self.host_tokens = self.host_digests = self.event = None
+        self.staged = {}  # row -> the staging page its K/V went to (a new block)
 
 
 def _settled(name):

@@ -12,7 +12,10 @@ feeds exactly one token. It is `spec.model.forward` restated over fixed-shape de
 
 * the inputs of a step (token, RoPE position, the page and slot its K/V go to, the block
   tables, and per sequence ``(anchor length, first visible context token, visible keys)``) are
-  copied into static device tensors; nothing inside the step reads a value back;
+  copied into static device tensors; nothing inside the step reads a value back. A round
+  launched before the host has read the previous round's tokens takes them from the device
+  (`DecodeStep.feed`, with a device-side EOS check that sends a finished row's K/V to the
+  scratch page);
 * q/k/v and gate/up run as one linear each over the concatenated weights (the same integers:
   a linear quantizes its input row once and each output channel has its own multiplier), with
   the RMSNorm fused with the row quantization (`kernels.rowops.rms_norm_quantize`);
@@ -251,7 +254,8 @@ class DecodeStep:
     """A captured decode step for ``batch`` rows, block tables of ``blocks`` entries and anchor
     tables of ``anchor_blocks`` entries. ``digest``: also hash each logits row on the device.
 
-    Use: ``load(...)`` the step's inputs (host tensors), ``run()``, then read ``logits``
+    Use: ``load(...)`` the step's inputs (host tensors), optionally ``feed(tokens)`` the input
+    tokens from the device, ``run()``, then read ``logits``
     [batch, vocab] int64, ``tokens`` (greedy) and ``digests`` (uint8 [batch, 32]) on the device.
     """
 
