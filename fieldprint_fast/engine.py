@@ -54,6 +54,7 @@ import torch
 import fieldprint_fast.ops as fast_ops
 from fieldprint_ref.engine import RefEngine
 from fieldprint_ref.errors import EngineError
+from fieldprint_ref.records import PageWrite
 
 STAGING_PAGES = 64  # rows launched ahead into a new block per round, at most (pages beyond the allocator's)
 
@@ -178,9 +179,9 @@ class FastEngine(RefEngine):
             for s, start, take in feeds:
                 i = taken.get(s.handle)
                 if i is not None:
-                    ahead.writes[i] = self._prepare_pages(s, start, 1)
+                    ahead.writes[i] = self._decode_pages(s, start)
                 elif take == 1 and s.cached == len(s.context) - 1:
-                    ones.append((s, self._prepare_pages(s, start, 1)))
+                    ones.append((s, self._decode_pages(s, start)))
                 else:
                     chunk, writes = self._prepare_chunk(s, start, take)
                     chunks.append(chunk)
@@ -259,6 +260,18 @@ class FastEngine(RefEngine):
     # the host asynchronously) and later finished (`_finish`: wait, then the records). Between
     # the two, `_launch_ahead` may launch the round after it, so the device works on round r+1
     # while the host builds the records of round r.
+
+    def _decode_pages(self, s, start: int) -> list:
+        """`_prepare_pages(s, start, 1)`: the page write of feeding token ``start``, without its
+        general path where there is nothing to do (most rounds: a slot of a block the sequence
+        alone holds, no window)."""
+        pt, pages, alloc = self.page_tokens, s.table.pages, self.allocator
+        b, slot = divmod(start, pt)
+        if slot and (s.window is None or not self.evict):
+            p = pages[b]
+            if alloc.refcount[p] == 1 and not alloc.pinned[p]:
+                return [PageWrite(page=p, block=b, slot_start=slot, slot_end=slot + 1, full=slot + 1 == pt)]
+        return self._prepare_pages(s, start, 1)
 
     def _decode_rows(self, seqs):
         """Return (sequences, page writes, step rows, sampling rows) for decode-one sequences
