@@ -7,11 +7,16 @@ this one says why a number is what it is.
 
 Per batch size, with every sequence past a ``--prompt``-token prompt:
 
-* ``round``: one `FastEngine.step` of decode (host bookkeeping + graph replay + the token read
-  back), and how much of it is the host's (``load``: the step's inputs; ``post``: records);
+* ``round``: one `FastEngine.step` of decode, synchronous (``sync``: host bookkeeping, graph
+  replay, the token read back, one after the other) and overlapped (``overlap``: the next round
+  launched before this one's tokens are read), split into the time the host waits for the
+  device and the rest (``load``: the step's inputs, inside it);
 * ``replay``: the captured graph replayed back to back (device time of a step, no host);
 * ``kernels``: the same step run eagerly under `torch.profiler`: per kernel name, launches and
   device time per step, so ``replay - sum(kernels)`` is what launches and gaps cost.
+
+``--host`` (no GPU needed): the host time of a round on this CPU, the device work replaced by a
+step that returns fixed logits: planning, paging, loading and records per sequence.
 
 ``--ledger``: batch 1 with a `VerifyingSession` (commit every 8 tokens) against plain
 generation; also with Python's default 5 ms GIL switch interval (the session lowers it) and
@@ -63,23 +68,21 @@ class _Timer:
         return fn
 
 
-def profile_batch(model, batch: int, prompt_len: int, rounds: int) -> dict:
-    from fieldprint_fast.engine import FastEngine
+def _timed_rounds(eng, handles, rounds: int, overlap: bool) -> tuple[dict, object]:
+    """Median wall time of ``rounds`` decode steps with ``overlap`` on or off, and the host time
+    in `DecodeStep.load`, `DecodeStep.run` and waiting for the device (CUDA events); return the
+    figures and the DecodeStep last run."""
     from fieldprint_fast.loop import DecodeStep
 
-    pages = batch * (-(-(prompt_len + rounds + 16) // 16) + 1) + 8
-    eng = FastEngine(model, device="cuda", num_pages=pages, keep_logits=False)
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, model.config.vocab_size, (prompt_len,), generator=g).tolist() for _ in range(batch)]
-    eng.generate(prompts[:1], max_new_tokens=4)  # compile
-    eng.prepare_decode(batch, prompt_len + rounds + 8)
-    handles = [eng.add_sequence(p, max_new_tokens=rounds + 8) for p in prompts]
-    eng.prefill(handles, chunk_size=max(16, 4096 // batch))
+    eng.settle()
+    eng.overlap = overlap
     for _ in range(3):  # warm
         eng.step(handles)
     timer = _Timer()
     load, run = timer.wrap(DecodeStep, "load", "load"), timer.wrap(DecodeStep, "run", "run")
-    _sync()
+    wait = timer.wrap(torch.cuda.Event, "synchronize", "wait") if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        _sync()
     times = []
     try:
         for _ in range(rounds):
@@ -88,9 +91,29 @@ def profile_batch(model, batch: int, prompt_len: int, rounds: int) -> dict:
             times.append(time.perf_counter() - t0)
     finally:
         DecodeStep.load, DecodeStep.run = load, run
+        if wait is not None:
+            torch.cuda.Event.synchronize = wait
+    eng.settle()
+    per = {k: timer.total[k] / rounds * 1e3 for k in ("load", "run", "wait")}
     round_ms = statistics.median(times) * 1e3
-    load_ms, run_ms = timer.total["load"] / rounds * 1e3, timer.total["run"] / rounds * 1e3
-    step = timer.last["run"]  # the DecodeStep the rounds used
+    return dict(round_ms=round(round_ms, 3), load_ms=round(per["load"], 3), run_ms=round(per["run"], 3),
+                wait_ms=round(per["wait"], 3), host_ms=round(round_ms - per["wait"], 3)), timer.last.get("run")
+
+
+def profile_batch(model, batch: int, prompt_len: int, rounds: int) -> dict:
+    from fieldprint_fast.engine import FastEngine
+
+    new = 2 * rounds + 16
+    pages = batch * (-(-(prompt_len + new + 16) // 16) + 1) + 8
+    eng = FastEngine(model, device="cuda", num_pages=pages, keep_logits=False)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, model.config.vocab_size, (prompt_len,), generator=g).tolist() for _ in range(batch)]
+    eng.generate(prompts[:1], max_new_tokens=4)  # compile
+    eng.prepare_decode(batch, prompt_len + new + 8)
+    handles = [eng.add_sequence(p, max_new_tokens=new) for p in prompts]
+    eng.prefill(handles, chunk_size=max(16, 4096 // batch))
+    sync, _ = _timed_rounds(eng, handles, rounds, overlap=False)
+    over, step = _timed_rounds(eng, handles, rounds, overlap=True)
     # the graph alone, back to back, on the last loaded inputs
     n = 30
     _sync()
@@ -117,12 +140,49 @@ def profile_batch(model, batch: int, prompt_len: int, rounds: int) -> dict:
             k[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
     ker = sorted(({"kernel": name, "launches": c // reps, "us": round(t / reps, 1)} for name, (c, t) in kernels.items()),
                  key=lambda r: -r["us"])
+    ahead = dict(eng.ahead_rows)
     del eng
     torch.cuda.empty_cache()
-    return dict(batch=batch, round_ms=round(round_ms, 3), load_ms=round(load_ms, 3), run_sync_ms=round(run_ms, 3),
-                host_other_ms=round(round_ms - load_ms - run_ms, 3), replay_ms=round(replay_ms, 3),
-                kernel_launches=sum(r["launches"] for r in ker), kernel_us=round(sum(r["us"] for r in ker), 1),
-                kernels=ker[:40])
+    return dict(batch=batch, round_ms=over["round_ms"], sync=sync, overlap=over, ahead_rows=ahead,
+                replay_ms=round(replay_ms, 3), kernel_launches=sum(r["launches"] for r in ker),
+                kernel_us=round(sum(r["us"] for r in ker), 1), kernels=ker[:40])
+
+
+def profile_host(batch: int, prompt_len: int, rounds: int, vocab: int) -> dict:
+    """Host time of a decode round on this machine's CPU, the device work left out: a DecodeStep
+    whose forward returns fixed logits (the engine's planning, paging, `DecodeStep.load` and
+    records at ``batch``; a tiny model of ``vocab`` tokens)."""
+    import fieldprint_fast.loop as loop
+    from fieldprint_fast.engine import FastEngine
+    from fieldprint_fast.synthetic import random_model
+    from spec.model import ModelConfig
+
+    class HostOnlyStep(loop.DecodeStep):
+        def _forward(self):
+            if getattr(self, "logits", None) is None:
+                self.logits = torch.zeros(self.batch, vocab, dtype=torch.int64)
+                self.digests = torch.zeros(self.batch, 32, dtype=torch.uint8)
+            self.tokens = (self.i64[0] * 7 + 3) % vocab
+
+    cfg = ModelConfig(arch="llama", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_layers=1,
+                      num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-5,
+                      max_position=4096, tie_embeddings=False, qkv_bias=False)
+    model = random_model(cfg, "int8", seed=0)
+    new = 2 * rounds + 16
+    eng = FastEngine(model, device="cpu", decode_loop=True, num_pages=batch * (-(-(prompt_len + new) // 16) + 1),
+                     keep_logits=False)
+    real, loop.DecodeStep = loop.DecodeStep, HostOnlyStep
+    try:
+        g = torch.Generator().manual_seed(1)
+        handles = [eng.add_sequence(torch.randint(0, vocab, (prompt_len,), generator=g).tolist(), max_new_tokens=new)
+                   for _ in range(batch)]
+        eng.prefill(handles, chunk_size=4096)
+        out = {}
+        for overlap in (False, True):
+            out["overlap" if overlap else "sync"], _ = _timed_rounds(eng, handles, rounds, overlap)
+    finally:
+        loop.DecodeStep = real
+    return dict(batch=batch, **out)
 
 
 def profile_ledger(model, prompt_len: int, new: int, runs: int) -> dict:
@@ -194,7 +254,18 @@ def main(argv=None) -> int:
     ap.add_argument("--ledger", action="store_true")
     ap.add_argument("--ledger-tokens", type=int, default=128)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--host", action="store_true", help="host time of a round only, on the CPU (no device work)")
+    ap.add_argument("--vocab", type=int, default=1024, help="--host: the vocabulary (small: the logits copies are device work)")
     a = ap.parse_args(argv)
+    if a.host:
+        torch.set_num_threads(1)  # the host's own thread: tensor ops on a shared CPU otherwise wait for workers
+        for b in (int(x) for x in a.batches.split(",")):
+            r = profile_host(b, min(a.prompt, 64), a.rounds, a.vocab)
+            for k in ("sync", "overlap"):
+                v = r[k]
+                print(f"host B={b:<3} {k:8} round {v['round_ms']:7.3f} ms (load {v['load_ms']:.3f}, run "
+                      f"{v['run_ms']:.3f}): {v['round_ms'] / b * 1e3:.1f} us per sequence", flush=True)
+        return 0
     if not torch.cuda.is_available():
         print("profile_e2e: needs a CUDA device", file=sys.stderr)
         return 2
@@ -212,9 +283,12 @@ def main(argv=None) -> int:
     for b in (int(x) for x in a.batches.split(",")):
         r = profile_batch(model, b, a.prompt, a.rounds)
         res["batches"].append(r)
-        print(f"B={b:<3} round {r['round_ms']:7.3f} ms = load {r['load_ms']:.3f} + replay+sync {r['run_sync_ms']:.3f} "
-              f"+ other host {r['host_other_ms']:.3f}; graph alone {r['replay_ms']:.3f} ms; "
-              f"{r['kernel_launches']} kernels, {r['kernel_us'] / 1e3:.3f} ms of kernel time", flush=True)
+        for k in ("sync", "overlap"):
+            v = r[k]
+            print(f"B={b:<3} {k:8} round {v['round_ms']:7.3f} ms = waiting for the device {v['wait_ms']:.3f} + host "
+                  f"{v['host_ms']:.3f} (load {v['load_ms']:.3f}, run {v['run_ms']:.3f})", flush=True)
+        print(f"B={b:<3} graph alone {r['replay_ms']:.3f} ms; {r['kernel_launches']} kernels, "
+              f"{r['kernel_us'] / 1e3:.3f} ms of kernel time; rows ahead {r['ahead_rows']}", flush=True)
         for k in r["kernels"][:25]:
             print(f"    {k['us']:9.1f} us  x{k['launches']:<4} {k['kernel']}")
         path.write_text(json.dumps(res, indent=1) + "\n")

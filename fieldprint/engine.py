@@ -38,6 +38,12 @@ Contract (every engine, every method):
   ``logits_digest``, when not None, is ``spec.commits.logits_digest`` of that row, computed by
   the engine where the row lives (the fast engine hashes it on the GPU), and consumers such as
   the verifying runtime use it instead of hashing ``logits`` themselves.
+* **Rounds ahead.**  An engine may launch the next round of a ``step``'s sequences before
+  ``step`` returns (the fast engine inside ``generate``, or built with ``overlap=True``), so
+  that the device works while the host builds records. The next ``step`` takes what it asks
+  for; any other method first discards the rest, so records, block tables and page bytes seen
+  through the engine's methods are those of a plain round-by-round run. Only ``engine.pool``
+  read directly between two rounds may show the next token's K/V slot.
 * **Errors.**  Bad user input raises ``fieldprint_ref.errors.EngineError`` subclasses (or
   ``fieldprint.errors.FieldprintError`` from loading) with a message naming the field.
 """

@@ -12,7 +12,10 @@ feeds exactly one token. It is `spec.model.forward` restated over fixed-shape de
 
 * the inputs of a step (token, RoPE position, the page and slot its K/V go to, the block
   tables, and per sequence ``(anchor length, first visible context token, visible keys)``) are
-  copied into static device tensors; nothing inside the step reads a value back;
+  copied into static device tensors; nothing inside the step reads a value back. A round
+  launched before the host has read the previous round's tokens takes them from the device
+  (`DecodeStep.feed`, with a device-side EOS check that sends a finished row's K/V to the
+  scratch page);
 * q/k/v and gate/up run as one linear each over the concatenated weights (the same integers:
   a linear quantizes its input row once and each output channel has its own multiplier), with
   the RMSNorm fused with the row quantization (`kernels.rowops.rms_norm_quantize`);
@@ -48,6 +51,7 @@ from spec.sampling import SamplingParams
 _GREEDY = SamplingParams()
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+EOS_MAX = 8  # end-of-sequence ids per row that `DecodeStep.feed` checks on the device
 
 
 def use_kernels(device: torch.device) -> bool:
@@ -267,7 +271,8 @@ class DecodeStep:
     """A captured decode step for ``batch`` rows, block tables of ``blocks`` entries and anchor
     tables of ``anchor_blocks`` entries. ``digest``: also hash each logits row on the device.
 
-    Use: ``load(...)`` the step's inputs (host tensors), ``run()``, then read ``logits``
+    Use: ``load(...)`` the step's inputs (host tensors), optionally ``feed(tokens)`` the input
+    tokens from the device, ``run()``, then read ``logits``
     [batch, vocab] int64, ``tokens`` (greedy) and ``digests`` (uint8 [batch, 32]) on the device.
     """
 
@@ -289,16 +294,16 @@ class DecodeStep:
         self.samp = torch.tensor([SamplingRows.host_row(_GREEDY, 1, 0, 0, 0)] * batch, dtype=torch.int64, device=dev)
         self.meta[:, 3] = 1
         self.i64[2] = scratch_page
+        self.eos = torch.full((batch, EOS_MAX), -1, dtype=torch.int64, device=dev)  # `feed`'s end-of-sequence ids
+        # two sets of pinned host buffers, used in turn: with a round launched ahead (`feed`), a
+        # load may come before the previous load's copies have run (each set waits for its own
+        # last copies, which in a steady loop have long finished)
         pin = dev.type == "cuda"
-        self.h_i64 = torch.zeros(self.i64.shape, dtype=torch.int64, pin_memory=pin)
-        self.h_tables = torch.zeros(self.tables.shape, dtype=torch.int32, pin_memory=pin)
-        self.h_anchor = torch.zeros(self.anchor_tables.shape, dtype=torch.int32, pin_memory=pin)
-        self.h_meta = torch.zeros(self.meta.shape, dtype=torch.int32, pin_memory=pin)
-        self.h_samp = self.samp.cpu().pin_memory() if pin else self.samp.clone()
-        self._greedy_row = self.h_samp[0].clone()
-        # numpy views of the pinned host buffers (shared memory), made once: `load` fills them
-        self._np = tuple(t.numpy() for t in (self.h_i64, self.h_tables, self.h_anchor, self.h_meta))
-        self._np_samp, self._np_greedy = self.h_samp.numpy(), self._greedy_row.numpy()
+        self._host = [self._host_buffers(pin) for _ in range(2)]
+        self._copied = [None, None]  # CUDA event after each set's last copies
+        self._turn = 0
+        greedy = torch.tensor(SamplingRows.host_row(_GREEDY, 1, 0, 0, 0), dtype=torch.int64)
+        self._np_greedy = greedy.numpy()
         self.graph = None
         self._forward()  # compile (and, on CUDA, warm up) outside any capture
         if graph and dev.type == "cuda":
@@ -309,16 +314,26 @@ class DecodeStep:
                 self._forward()
             self.graph = g
 
-    def load(self, rows: list[tuple], samples: list[list[int]] | None = None) -> None:
+    def _host_buffers(self, pin: bool) -> tuple:
+        """Return one set of host buffers for `load` (pinned on CUDA): the tensors, and numpy
+        views of them (a tensor element write costs microseconds, a numpy one ~0.1 us)."""
+        ts = tuple(torch.zeros(t.shape, dtype=t.dtype, pin_memory=pin)
+                   for t in (self.i64, self.tables, self.anchor_tables, self.meta, self.samp, self.eos))
+        return ts, tuple(t.numpy() for t in ts)
+
+    def load(self, rows: list[tuple], samples: list[list[int]] | None = None,
+             eos: list[tuple[int, ...]] | None = None) -> None:
         """Set the step's rows: (token, context index, RoPE position, block table, anchor table,
         anchor length, window or -1) per sequence; rows past ``len(rows)`` are padding.
-        ``samples``: each row's `SamplingRows.host_row` (a step built with ``sample``)."""
+        ``samples``: each row's `SamplingRows.host_row` (a step built with ``sample``).
+        ``eos``: each row's end-of-sequence ids (at most EOS_MAX), for `feed`."""
         n = len(rows)
         if n > self.batch:
             raise ValueError(f"{n} rows for a step of batch {self.batch}")
-        # filled through numpy views of the pinned host buffers: a tensor element write costs
-        # microseconds, a numpy one ~0.1 us, and at batch 64 this loop is the host's main cost
-        hi, ht, ha, hm = self._np
+        turn, self._turn = self._turn, self._turn ^ 1
+        (h_i64, h_tables, h_anchor, h_meta, h_samp, h_eos), (hi, ht, ha, hm, hs, he) = self._host[turn]
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()  # the copies that last read this set have run
         hi[0], hi[1], hi[2], hi[3] = 0, 0, self.scratch_page, 0
         ht.fill(self.scratch_page)
         ha.fill(self.scratch_page)
@@ -334,18 +349,38 @@ class DecodeStep:
                 ha[r, : len(anchors)] = anchors
             hm[r, 0], hm[r, 1], hm[r, 2] = a, lo, start
             hm[r, 3] = -(-a // PAGE_TOKENS) + start // PAGE_TOKENS - lo // PAGE_TOKENS + 1
+        nb = self.device.type == "cuda"
         if self.sample:
-            hs = self._np_samp
             hs[:] = self._np_greedy
             for r, row in enumerate(samples or []):
                 hs[r] = row
-        nb = self.device.type == "cuda"
-        self.i64.copy_(self.h_i64, non_blocking=nb)
-        self.tables.copy_(self.h_tables, non_blocking=nb)
-        self.anchor_tables.copy_(self.h_anchor, non_blocking=nb)
-        self.meta.copy_(self.h_meta, non_blocking=nb)
-        if self.sample:
-            self.samp.copy_(self.h_samp, non_blocking=nb)
+            self.samp.copy_(h_samp, non_blocking=nb)
+        if eos is not None:
+            he.fill(-1)
+            for r, ids in enumerate(eos):
+                if len(ids) > EOS_MAX:
+                    raise ValueError(f"{len(ids)} end-of-sequence ids: at most {EOS_MAX}")
+                he[r, : len(ids)] = ids
+            self.eos.copy_(h_eos, non_blocking=nb)
+        self.i64.copy_(h_i64, non_blocking=nb)
+        self.tables.copy_(h_tables, non_blocking=nb)
+        self.anchor_tables.copy_(h_anchor, non_blocking=nb)
+        self.meta.copy_(h_meta, non_blocking=nb)
+        if nb:
+            ev = self._copied[turn] = self._copied[turn] or torch.cuda.Event()
+            ev.record()
+
+    def feed(self, tokens: torch.Tensor, eos: bool = False) -> None:
+        """Make the device tokens ``tokens`` (int64 [n], a previous step's samples) the first n
+        rows' input tokens, after `load` and before `run`: a round launched before the host has
+        read the tokens it feeds. ``eos``: a row whose token is one of its `load`ed
+        end-of-sequence ids writes its K/V into the scratch page instead of its own: its
+        sequence has finished, and the round's result for it is thrown away."""
+        n = tokens.shape[0]
+        self.i64[0, :n].copy_(tokens)
+        if eos:
+            done = (tokens[:, None] == self.eos[:n]).any(dim=1)
+            self.i64[2, :n] = torch.where(done, self.scratch_page, self.i64[2, :n])
 
     def run(self) -> None:
         """Run the step on the loaded rows (a graph replay on CUDA)."""

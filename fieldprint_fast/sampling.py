@@ -17,11 +17,13 @@ fixed-shape tensor ops, so the step can run inside a CUDA graph:
   2**34, int64 carries), its limbs from the eighth up;
 * the token is the number of running sums ``<= r`` (the first token whose sum exceeds ``r``).
 
-Greedy rows take the largest logit, lowest id among ties. Equal to the spec row by row
+Greedy rows take the largest logit, lowest id among ties (one Triton launch on the GPU,
+`fieldprint_fast.kernels.argmax`). Equal to the spec row by row
 (tests/fast/test_sampling_device.py, hypothesis).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +69,16 @@ class SamplingRows:
                    top_p_den=t[:, 5], u=t[:, 6:])
 
 
-def greedy_rows(logits: torch.Tensor) -> torch.Tensor:
-    """Return the id of each row's largest logit, the lowest id among ties (int64 [B])."""
+def greedy_rows(logits: torch.Tensor, kernel: bool | None = None) -> torch.Tensor:
+    """Return the id of each row's largest logit, the lowest id among ties (int64 [B]).
+    ``kernel`` (default: on CUDA, or the CPU under TRITON_INTERPRET=1): one Triton launch
+    (`fieldprint_fast.kernels.argmax.greedy`) instead of torch's two reductions."""
+    if kernel is None:
+        kernel = logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    if kernel and logits.dtype == torch.int64 and logits.shape[0] > 0:
+        from fieldprint_fast.kernels.argmax import greedy
+
+        return greedy(logits.contiguous())
     ids = torch.arange(logits.shape[1], device=logits.device)
     top = logits.amax(dim=1, keepdim=True)
     return torch.where(logits == top, ids, logits.shape[1]).amin(dim=1)

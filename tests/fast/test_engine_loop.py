@@ -107,9 +107,9 @@ def test_continuous_batching():
 def test_scratch_page_is_never_handed_out():
     m = model("int8")
     e = FastEngine(m, num_pages=8, device=DEVICE, decode_loop=True)
-    assert e.pool.data.shape[0] == 9 and e.scratch_page == 8
-    res = e.generate([[1, 2, 3], [4, 5]], max_new_tokens=3, release=False)  # bucket 2, then padding none
-    assert all(8 not in r.block_table for r in res)
+    assert e.scratch_page == 8 and e.staging_pages == list(range(9, 17)) and e.pool.data.shape[0] == 17
+    res = e.generate([[1, 2, 3], [4, 5]], max_new_tokens=20, release=False)  # bucket 2, then padding none
+    assert all(p < 8 for r in res for p in r.block_table)
     e.check_pages()
 
 
@@ -144,3 +144,130 @@ def test_write_kv_stage_op_equals_spec():
         write_kv(ref, 1, table, start, k, v)
         fast_ops.write_kv(fast, 1, table.to(dev), start, k.to(dev), v.to(dev))
         assert torch.equal(ref.data, fast.data.cpu()), (start, t)
+
+
+# %%
+# Rounds launched ahead (FastEngine overlap)
+# ------------------------------------------
+# With ``overlap``, a step launches the next decode round before the host reads the tokens it
+# feeds. A schedule of joins, finishes (length, EOS), skipped handles, retries (set_attempt),
+# forks and page reads between rounds must give the reference's records and pool bytes.
+
+def _same_records(a, b):
+    assert a.tokens == b.tokens and a.block_table == b.block_table and a.finish_reason == b.finish_reason
+    assert len(a.steps) == len(b.steps)
+    for x, y in zip(a.steps, b.steps):
+        assert (x.step, x.attempt, x.fed_start, x.fed_end, x.fed_tokens, x.writes, x.evicted, x.evicted_blocks,
+                x.token) == (y.step, y.attempt, y.fed_start, y.fed_end, y.fed_tokens, y.writes, y.evicted,
+                             y.evicted_blocks, y.token)
+        assert torch.equal(x.logits.cpu(), y.logits.cpu())
+        if y.logits_digest is not None:
+            assert y.logits_digest == logits_digest(x.logits_bytes())
+
+
+def _drive(cls, m, plan):
+    """Run ``plan`` on a new engine of class ``cls``; return (results by name, pool bytes, engine)."""
+    opts = dict(num_pages=64, page_seed=5, device=DEVICE, eos_token_ids=plan["eos"])
+    if cls is FastEngine:
+        opts.update(decode_loop=True, overlap=True)
+    e = cls(m, **opts)
+    if plan["anchors"]:
+        e.set_anchors([5, 6, 7, 8])
+    names, handles = [], {}
+    for rnd in range(200):
+        for j, (prompt, new, join, params) in enumerate(plan["seqs"]):
+            if join == rnd:
+                handles[f"s{j}"] = e.add_sequence(prompt, max_new_tokens=new, sampling=params, window=plan["window"])
+                names.append(f"s{j}")
+        act = plan["acts"].get(rnd)
+        live = [n for n in names if e.finish_reason(handles[n]) is None]
+        if act is not None and live:
+            kind, pick = act
+            n = live[pick % len(live)]
+            if kind == "attempt":
+                e.set_attempt(handles[n], rnd + 1)
+            elif kind == "fork" and e.result(handles[n]).steps:
+                handles[f"{n}f{rnd}"] = e.fork(handles[n], sequence=100 + rnd)
+                names.append(f"{n}f{rnd}")
+            elif kind == "peek":
+                table = e.block_table(handles[n])
+                if table and table[-1] >= 0:
+                    e.page_bytes(table[-1])
+            elif kind == "skip":
+                live = [x for x in live if x != n]
+        live = [n for n in live if e.finish_reason(handles[n]) is None]
+        if not live and rnd > max(j for *_, j, _ in plan["seqs"]):
+            break
+        if live:
+            e.step([handles[n] for n in live], chunk_size=plan["chunk"])
+    res = {n: e.result(handles[n]) for n in names}
+    pages = torch.stack([torch.frombuffer(bytearray(e.page_bytes(p)), dtype=torch.uint8)
+                         for p in range(e.allocator.num_pages)])
+    return res, pages, e
+
+
+@st.composite
+def plans(draw):
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    temp = draw(st.sampled_from([Fraction(0), Fraction(7, 10)]))
+    seqs = [(torch.randint(0, 96, (draw(st.integers(1, 24)),), generator=g).tolist(), draw(st.integers(1, 22)),
+             draw(st.integers(0, 6)), SamplingParams(temperature=temp, seed=draw(st.integers(0, 99))))
+            for _ in range(draw(st.integers(1, 3)))]
+    acts = draw(st.dictionaries(st.integers(0, 30), st.tuples(st.sampled_from(["attempt", "fork", "peek", "skip"]),
+                                                              st.integers(0, 5)), max_size=4))
+    return dict(seqs=seqs, acts=acts, eos=draw(st.lists(st.integers(0, 95), max_size=3)),
+                window=draw(st.one_of(st.none(), st.integers(6, 30))), anchors=draw(st.booleans()),
+                chunk=draw(st.sampled_from([None, 8])))
+
+
+@settings(max_examples=max(3, settings.default.max_examples // 8), deadline=None)
+@given(plan=plans(), profile=st.sampled_from(["int8", "default"]))
+def test_rounds_ahead_equal_ref(plan, profile):
+    """Joins, length and EOS finishes, skipped handles, set_attempt, fork and page reads between
+    overlapped rounds: the reference's records, block tables and every page's bytes."""
+    m = model(profile)
+    (rr, rp, _), (fr, fp, fe) = _drive(RefEngine, m, plan), _drive(FastEngine, m, plan)
+    assert rr.keys() == fr.keys()
+    for n in rr:
+        _same_records(rr[n], fr[n])
+    assert torch.equal(rp, fp)
+    fe.check_pages()
+    assert fe.ahead_rows["taken"] + fe.ahead_rows["discarded"] <= fe.ahead_rows["launched"]
+
+
+def test_rounds_ahead_are_taken():
+    """A plain batched generation: every decode round after the first is launched ahead and taken, those that
+    start a new block included (staging pages); EOS finishes discard nothing (their K/V go to
+    the scratch page)."""
+    m = model("int8")
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 11]
+    ref = run(RefEngine, m, prompts, max_new_tokens=20)
+    eos = ref[0][1].tokens[9]  # sequence 1 stops at its 10th token (or earlier)
+    ref = run(RefEngine, m, prompts, max_new_tokens=20, eos_token_ids=[eos])
+    fast = run(FastEngine, m, prompts, max_new_tokens=20, eos_token_ids=[eos])
+    assert_same(ref, fast)
+    e = fast[2]
+    rows = sum(len(r.steps) - 2 for r in fast[0])  # decode steps but the first (after the prompt's round)
+    assert e.ahead_rows["taken"] == rows and e.ahead_rows["discarded"] == 0 and e._ahead is None
+
+
+def test_rounds_ahead_discarded_before_fork():
+    """A fork (copy-on-write) while a round is ahead: the round is discarded, its slots restored,
+    and both sequences go on as in the reference."""
+    m = model("default")
+    out = {}
+    for cls in (RefEngine, FastEngine):
+        kw = {"decode_loop": True, "overlap": True} if cls is FastEngine else {}
+        e = cls(m, num_pages=40, page_seed=3, device=DEVICE, **kw)
+        a = e.add_sequence(list(range(3, 12)), max_new_tokens=12)
+        for _ in range(4):
+            e.step([a])
+        b = e.fork(a, sequence=9)
+        while e.finish_reason(a) is None:
+            e.step([a, b])
+        pages = [e.page_bytes(p) for p in range(40)]
+        out[cls.name] = ([e.result(h) for h in (a, b)], pages, e)
+    for r, f in zip(out["ref"][0], out["fast"][0]):
+        _same_records(r, f)
+    assert out["ref"][1] == out["fast"][1]
+    assert out["fast"][2].ahead_rows["discarded"] > 0

@@ -6,6 +6,7 @@ torch, the same on every device); the GPU variant runs them on CUDA.
 """
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldprint_fast.sampling import SamplingRows, _draw, sample_rows
+from fieldprint_fast.sampling import SamplingRows, _draw, greedy_rows, sample_rows
 from spec.sampling import SamplingParams, sample
 from spec.tables import exp2_table
 
@@ -90,3 +91,23 @@ def test_sampling_makes_no_host_copy(monkeypatch):
     monkeypatch.setattr(t, "tensor", no_host_data(real_tensor))
     monkeypatch.setattr(t, "as_tensor", no_host_data(real_as_tensor))
     sample_rows(logits, rows, table)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+                    reason="needs CUDA or TRITON_INTERPRET=1")
+@settings(max_examples=max(6, settings.default.max_examples // 3), deadline=None)
+@given(rows=st.integers(1, 5), vocab=st.sampled_from([1, 2, 31, 64, 65, 1023, 1025, 3000]),
+       spread=st.sampled_from([0, 3, 40, 62]), block=st.sampled_from([32, 128]), seed=st.integers(0, 2**32))
+def test_greedy_kernel_equals_spec(rows, vocab, spread, block, seed):
+    """The one-launch greedy kernel: `spec.sampling.greedy` of every row, ties (coarse grids,
+    constant rows, rows of the int64 minimum) at every split and block boundary."""
+    from fieldprint_fast.kernels.argmax import greedy as greedy_kernel
+    from spec.sampling import greedy
+
+    g = torch.Generator().manual_seed(seed)
+    lg = torch.randint(-3, 4, (rows, vocab), generator=g, dtype=torch.int64) << spread
+    lg[0, :] = -2**63 if spread == 62 else lg[0, :]  # a row of nothing but the minimum
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    got = greedy_kernel(lg.to(dev), block=block).cpu().tolist()
+    assert got == [greedy(lg[i]) for i in range(rows)]
+    assert got == greedy_rows(lg, kernel=False).tolist()
