@@ -115,5 +115,10 @@ class ValidationRunner:
         """Queue the validation of one commit; return a Future of its results."""
         return self._pool.submit(self._job, list(checks), view)
 
+    def submit_lazy(self, make) -> Future:
+        """Queue the validation of one commit whose ``(checks, view)`` ``make()`` returns, called
+        on the validation thread (the runtime's engine thread does not build them)."""
+        return self._pool.submit(lambda: self._job(*make()))
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
