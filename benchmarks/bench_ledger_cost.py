@@ -8,7 +8,8 @@ Engines:
 * ``sleep`` (default, any machine): `fieldprint.runtime.sleep_engine.SleepEngine`, the reference
   engine's bookkeeping over a forward that writes fake K/V into a pool of Llama-3.2-1B pages
   (``--layers`` of them, 16 by default) and sleeps ``--step-ms`` with the GIL released, the way a
-  decode step waits for the GPU. Page hashing and re-hashing run on the host (blake3).
+  decode step waits for the GPU. Page hashing and re-hashing run on the host (blake3), torch with
+  one intra-op thread (``--threads``).
 * ``fast`` (CUDA): `FastEngine` over a random model of ``--shape`` (`fieldprint_fast.synthetic`),
   decode graphs captured ahead, device logits digests, page hashing on the device.
 
@@ -19,7 +20,9 @@ session with ``fsync="none"``. Each run time-stamps every token; reported per va
 over ``--runs``: ``token_ms`` (first token to last, per token: includes every stall), the median
 and largest gap between tokens, the largest gap after the first (the prefill commit's), ``seal_ms``
 (last token to return), and the session's own engine-thread timings (`SessionResult.timings`:
-time in engine.step, recording tokens between steps, making commits, waiting for validations).
+time in engine.step, recording tokens between steps, handing work to the workers, making commits,
+waiting for validations) and the engine thread's CPU time per token (``time.thread_time``: what
+it computed, without its waits for the GIL or a core).
 ``cost_pct`` = token_ms / bare token_ms - 1 (target <= 2 %). The load average is recorded: the
 sleep engine's numbers mean something only on an otherwise idle machine.
 """
@@ -52,6 +55,11 @@ def make_engine(a):
     if a.engine == "sleep":
         from fieldprint.runtime.sleep_engine import SleepEngine
 
+        # the engine thread's page copies are device launches on a GPU; on the host, torch's
+        # intra-op pool would run them on threads that the hashing workers keep busy (a stall of
+        # milliseconds per copy that a GPU run does not have)
+        torch.set_num_threads(a.threads)
+
         pages = -(-(a.prompt + a.tokens) // 16) + 16
         eng = SleepEngine.llama_1b(layers=a.layers, step_ms=a.step_ms, prefill_ms=a.prefill_ms, num_pages=pages)
         return eng, "cpu", f"sleep engine, {a.layers}-layer Llama-3.2-1B pages, {a.step_ms} ms steps"
@@ -72,15 +80,16 @@ def _sync(eng):
         torch.cuda.synchronize()
 
 
-def timing(stamps, end) -> dict:
+def timing(stamps, end, cpu) -> dict:
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return dict(token_ms=(stamps[-1] - stamps[0]) / len(gaps) * 1e3, median_gap_ms=statistics.median(gaps) * 1e3,
+    return dict(engine_thread_cpu_us_per_token=cpu / len(stamps) * 1e6, token_ms=(stamps[-1] - stamps[0]) / len(gaps) * 1e3, median_gap_ms=statistics.median(gaps) * 1e3,
                 max_gap_ms=max(gaps) * 1e3, max_gap_after_first_ms=max(gaps[1:]) * 1e3,
                 first_gap_ms=gaps[0] * 1e3, seal_ms=(end - stamps[-1]) * 1e3)
 
 
 def bare(eng, prompt, a) -> dict:
     stamps = []
+    cpu = time.thread_time()
     h = eng.add_sequence(prompt, max_new_tokens=a.tokens, eos_token_ids=())
     while eng.finish_reason(h) is None:
         if eng.step([h]):
@@ -88,11 +97,12 @@ def bare(eng, prompt, a) -> dict:
     _sync(eng)
     end = time.perf_counter()
     eng.release(h)
-    return timing(stamps, end)
+    return timing(stamps, end, time.thread_time() - cpu)
 
 
 def session(eng, prompt, a, path, **kw) -> dict:
     stamps = []
+    cpu = time.thread_time()
     out = VerifyingSession(eng, key=KEY, ledger_path=path, policy=make_policy(a.commit_every), max_new_tokens=a.tokens,
                            eos_token_ids=(), model_commitment=b"\0" * 32, nonce=b"\1" * 32,
                            on_step=lambda rec: stamps.append(time.perf_counter()), **kw).run(prompt)
@@ -100,7 +110,7 @@ def session(eng, prompt, a, path, **kw) -> dict:
     end = time.perf_counter()
     if out.end_reason != "max_tokens":
         raise SystemExit(f"bench_ledger_cost: the session ended with {out.end_reason}: {out.error}")
-    r = timing(stamps, end)
+    r = timing(stamps, end, time.thread_time() - cpu)
     tm = getattr(out, "timings", None) or {}  # (an older runtime has none)
     r.update({f"engine_thread_{k[:-2]}_us_per_token": round(v / tm["tokens"] * 1e6, 2) for k, v in tm.items()
               if k.endswith("_s")})
@@ -118,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=16, help="sleep engine: layers of a page")
     ap.add_argument("--step-ms", type=float, default=1.9, help="sleep engine: a decode step")
     ap.add_argument("--prefill-ms", type=float, default=10.0, help="sleep engine: the prompt's forward")
+    ap.add_argument("--threads", type=int, default=1, help="sleep engine: torch intra-op threads")
     ap.add_argument("--shape", default="llama-3.2-1b", help="fast engine: model shape")
     ap.add_argument("--profile", default="int8", help="fast engine: quantization profile")
     ap.add_argument("--no-fsync-variant", action="store_true", help="leave out the fsync='none' session")
@@ -156,12 +167,14 @@ def main(argv=None) -> int:
     print(f"{desc}; {a.tokens} tokens after a {a.prompt}-token prompt, medians of {a.runs} runs, "
           f"load average {min(load):.2f}-{max(load):.2f}")
     print(f"{'variant':18} {'ms/token':>9} {'cost':>8} {'paired':>8} {'med gap':>8} {'max gap':>8} {'max>0':>7} "
-          f"{'1st gap':>8} {'seal':>7}")
+          f"{'1st gap':>8} {'seal':>7} {'cpu us/tok':>10}")
     for k, r in rows.items():
         print(f"{k:18} {r['token_ms']:9.3f} {r['cost_pct']:+7.2f}% {r['paired_cost_pct']:+7.2f}% {r['median_gap_ms']:8.3f} "
-              f"{r['max_gap_ms']:8.2f} {r['max_gap_after_first_ms']:7.2f} {r['first_gap_ms']:8.2f} {r['seal_ms']:7.2f}")
+              f"{r['max_gap_ms']:8.2f} {r['max_gap_after_first_ms']:7.2f} {r['first_gap_ms']:8.2f} {r['seal_ms']:7.2f} "
+              f"{r['engine_thread_cpu_us_per_token']:10.1f}")
     for k, r in rows.items():
-        t = {m[len('engine_thread_'):-len('_us_per_token')]: v for m, v in r.items() if m.startswith("engine_thread_")}
+        t = {m[len('engine_thread_'):-len('_us_per_token')]: v for m, v in r.items()
+             if m.startswith("engine_thread_") and m != "engine_thread_cpu_us_per_token"}
         if t:
             print(f"  {k}: engine thread per token (us): " + ", ".join(f"{m} {v}" for m, v in t.items()))
     name = f"ledger-cost-{a.engine}-{device.replace(' ', '_')}-{date.today()}.json"

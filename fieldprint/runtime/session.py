@@ -189,8 +189,9 @@ class SessionResult:
     validations: list[tuple[int, str, bool, str]]
     generation: object = None  # the engine's GenerationResult of the live branch
     error: str | None = None  # why the generation ended with reason ``error`` (None otherwise)
-    # seconds of the engine thread: in engine.step, recording tokens (between steps), making
-    # commits, waiting for validations; ``tokens``: len(tokens)
+    # seconds of the engine thread: in engine.step, recording tokens (between steps; of which
+    # handover_s: handing queued work to the workers, `_kick`), making commits (of which
+    # validation_wait_s: waiting for validations); ``tokens``: len(tokens)
     timings: dict = field(default_factory=dict)
 
 
@@ -273,7 +274,7 @@ class VerifyingSession:
         self._seg_snaps.append((snap, fut))
         self._page(kind, block, used, fut)
         if len(self._seg_snaps) >= HASH_BATCH:  # a long segment: do not hold many page copies
-            self.hasher.submit_batch(self._seg_snaps)
+            self._later.append(partial(self.hasher.submit_batch, self._seg_snaps))
             self._seg_snaps = []
 
     def _token(self, rec) -> None:
@@ -319,11 +320,14 @@ class VerifyingSession:
         for b, lo, hi, full, page in spans:
             if table[b] != page:
                 self._stale(rec, b, page)
-            live = eng.page_tensor(page)
+            live = self._views.get(page)
+            if live is None:  # a physical page's view of the pool never changes: make it once
+                live = self._views[page] = eng.page_tensor(page)
             mine = self._written.get(b)
             if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
                 mine = self._written[b] = torch.zeros_like(live)
-            mine[:, :, lo:hi] = live[:, :, lo:hi]  # [layers, K|V, slot, head, row]
+            # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
+            mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
             if full:  # final bytes: hashed with the segment's pages (off the critical path)
                 del self._written[b]
                 self._dirty.discard(b)
@@ -356,32 +360,49 @@ class VerifyingSession:
         for b, used in commits.commit_partial_pages(self._dirty, cached, self.page_tokens):
             self._hash_later("context", b, used, self._written[b].clone())
         self._dirty.clear()
-        self.hasher.submit_batch(self._seg_snaps)  # the segment's pages: one hashing job
+        later = self._later
+        later.append(partial(self.hasher.submit_batch, self._seg_snaps))  # the segment's pages: one job
         live = {b: self._digests[b] for b, p in enumerate(table) if p != EVICTED}
         c = _Commit(self._next_commit, reason, self._seg_first, step + 1, tuple(self._seg_tokens), live,
                     self._anchor_digests, self.hasher_fn)
         self._next_commit += 1
         self._seg_records.append(partial(_commit_record, c, self._seg_pages, self.hasher_fn))
-        self.sink.extend(self._seg_records, checkpoint=True)  # one hand-over to the writer per commit
+        later.append(partial(self.sink.extend, self._seg_records, checkpoint=True))  # one item per commit
         c.snapshot = eng.fork(h, sequence=self.sequence)
         # the validation job builds its page list and view on its own thread (`_Checks`)
-        c.validation = self.validation.submit_lazy(_Checks(
+        later.append(partial(self._submit_validation, c, _Checks(
             self._anchor_pages, self._anchor_digests, eng.block_table(c.snapshot), live, self._seg_evicting,
-            getattr(eng, "detokenize", None), c, tuple(self._generated)))
+            getattr(eng, "detokenize", None), c, tuple(self._generated))))
         self._commits.append(c)
         self._pending.append(c)
         self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = step + 1, [], [], []
         self._seg_records, self._seg_snaps = [], []
         return c
 
+    def _submit_validation(self, c: _Commit, checks) -> None:
+        c.validation = self.validation.submit_lazy(checks)
+
+    def _kick(self) -> None:
+        """Hand the workers what the engine thread queued for them (`_later`), in order.
+
+        The engine thread calls it right before ``engine.step``, where it is about to block on
+        the device: the hasher, writer and validation threads then start their Python work while
+        it waits (GIL released), not while it makes the commit (GIL held), and each wakes once."""
+        later, self._later = self._later, []
+        for fn in later:
+            fn()
+
     def _record_validations(self, due: list[_Commit]) -> _Commit | None:
         """Record the results of ``due`` in commit order; return the first failed commit."""
         for c in due:
+            if c.validation is None:  # still in `_later`: hand it over now, then wait
+                self._kick()
             t = time.perf_counter()
             results = c.validation.result()  # normally done long ago: it ran during the segment
             self.timings["validation_wait_s"] += time.perf_counter() - t
             if not c.gated:  # a gated commit's validation records are queued already (`_gate`)
-                self.sink.extend([partial(_validation_record, c, k) for k in range(len(results))])
+                self._later.append(partial(self.sink.extend, [partial(_validation_record, c, k)
+                                                              for k in range(len(results))]))
             self.validations += [(c.number, name, passed, detail) for name, passed, detail in results]
             self._pending.remove(c)
             c.passed = all(p for _, p, _ in results)
@@ -399,8 +420,9 @@ class VerifyingSession:
         until `_abandon_gated` resumes it, and the file holds exactly what the runtime writes when
         it waits for the validation before going on."""
         c.gated = True
-        self.sink.extend([partial(_validation_record, c, k) for k in range(len(self.validation.names()))])
-        self.sink.gate(partial(_validation_passed, c))
+        self._later.append(partial(self.sink.extend, [partial(_validation_record, c, k)
+                                                      for k in range(len(self.validation.names()))]))
+        self._later.append(partial(self.sink.gate, partial(_validation_passed, c)))
 
     def _abandon_gated(self, c: _Commit) -> None:
         """Gated commit ``c`` failed its validation: undo what the engine did past it (the writer
@@ -433,6 +455,7 @@ class VerifyingSession:
         self._commits = keep
 
     def _wait_validations(self) -> None:
+        self._kick()
         for c in self._commits:
             if c.validation is not None:
                 c.validation.exception()  # wait; results are read later
@@ -559,7 +582,9 @@ class VerifyingSession:
         self.validation = ValidationRunner(eng, self.validators)
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
         self._seg_records, self._seg_snaps = [], []  # the segment's record builders, its page copies
-        self.timings = dict.fromkeys(("step_s", "record_s", "commit_s", "validation_wait_s"), 0.0)
+        self._views = {}  # physical page -> engine.page_tensor(page)
+        self._later = []  # hand-overs to the workers, made right before the next engine step (`_kick`)
+        self.timings = dict.fromkeys(("step_s", "record_s", "handover_s", "commit_s", "validation_wait_s"), 0.0)
         self._seg_first, self._next_commit, self._attempt = 0, 0, 0
         self._dirty, self._digests, self._written = set(), {}, {}
         self._seg_evicting, self._eviction_checked = [], set()
@@ -603,6 +628,10 @@ class VerifyingSession:
         while True:
             t0 = clock()
             self._check_before_eviction()
+            if self._later:
+                tk = clock()
+                self._kick()
+                tm["handover_s"] += clock() - tk
             t1 = clock()
             out = eng.step([self._handle], chunk_size=self.chunk_size)
             t2 = clock()
@@ -620,7 +649,7 @@ class VerifyingSession:
             reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
                                            filled_page=any(w.full for w in rec.writes), finished=finish is not None)
             t3 = clock()
-            tm["record_s"] += (t1 - t0) + (t3 - t2)
+            tm["record_s"] += (t1 - t0) + (t3 - t2)  # handover_s is part of it
             if reason is None:
                 continue
             c = self._commit(reason, rec.step)
@@ -639,7 +668,7 @@ class VerifyingSession:
 
     def _close(self, end: str, finish) -> None:
         try:
-            self._wait_validations()
+            self._wait_validations()  # (hands over what `_later` holds first)
             for c in [c for c in self._commits if c.gated]:  # a gated commit nobody looked at yet
                 if not _validation_passed(c):
                     self._abandon_gated(c)
