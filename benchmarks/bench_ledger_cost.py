@@ -11,7 +11,9 @@ Engines:
   decode step waits for the GPU. Page hashing and re-hashing run on the host (blake3), torch with
   one intra-op thread (``--threads``).
 * ``fast`` (CUDA): `FastEngine` over a random model of ``--shape`` (`fieldprint_fast.synthetic`),
-  decode graphs captured ahead, device logits digests, page hashing on the device.
+  decode graphs captured ahead, device logits digests, page hashing on the device; with
+  ``--wait-hook`` the runtime's worker turns are on (the hook the engine does not offer yet is
+  emulated in this process: called right after a decode step's graph replay is launched).
 
 Per run, alternating: the **bare loop** (``engine.step`` until the sequence finishes, as the
 session drives it, nothing else) and ``VerifyingSession.run`` (commit every ``--commit-every``
@@ -61,7 +63,8 @@ def make_engine(a):
         torch.set_num_threads(a.threads)
 
         pages = -(-(a.prompt + a.tokens) // 16) + 16
-        eng = SleepEngine.llama_1b(layers=a.layers, step_ms=a.step_ms, prefill_ms=a.prefill_ms, num_pages=pages)
+        eng = SleepEngine.llama_1b(layers=a.layers, step_ms=a.step_ms, prefill_ms=a.prefill_ms, num_pages=pages,
+                                   hook=not a.no_wait_hook)
         return eng, "cpu", f"sleep engine, {a.layers}-layer Llama-3.2-1B pages, {a.step_ms} ms steps"
     if not torch.cuda.is_available():
         raise SystemExit("bench_ledger_cost: --engine fast needs a CUDA device")
@@ -72,7 +75,30 @@ def make_engine(a):
     model = random_model(cfg, a.profile, device="cuda", seed=0)
     eng = FastEngine(model, device="cuda", num_pages=-(-(a.prompt + a.tokens) // 16) + 64, keep_logits=False)
     eng.prepare_decode(1, a.prompt + a.tokens)
-    return eng, torch.cuda.get_device_name(), f"fast engine, {a.shape} {a.profile}, batch 1"
+    desc = f"fast engine, {a.shape} {a.profile}, batch 1"
+    if a.wait_hook and not getattr(eng, "calls_wait_hook", False):
+        _emulate_wait_hook(eng)
+        desc += ", wait hook emulated (after the graph replay's launch)"
+    return eng, torch.cuda.get_device_name(), desc
+
+
+def _emulate_wait_hook(eng) -> None:
+    """Give a FastEngine without one the runtime's wait hook, in this process only: call
+    ``eng.wait_hook`` right after `DecodeStep.run` has launched the step's graph replay, which is
+    where the host next blocks (reading the sampled tokens back)."""
+    from fieldprint_fast.loop import DecodeStep
+
+    real = DecodeStep.run
+
+    def run(self):
+        real(self)
+        fn = eng.wait_hook
+        if fn is not None:
+            fn()
+
+    DecodeStep.run = run
+    eng.wait_hook = None
+    eng.calls_wait_hook = True
 
 
 def _sync(eng):
@@ -129,6 +155,10 @@ def main(argv=None) -> int:
     ap.add_argument("--step-ms", type=float, default=1.9, help="sleep engine: a decode step")
     ap.add_argument("--prefill-ms", type=float, default=10.0, help="sleep engine: the prompt's forward")
     ap.add_argument("--threads", type=int, default=1, help="sleep engine: torch intra-op threads")
+    ap.add_argument("--no-wait-hook", action="store_true",
+                    help="sleep engine: no wait_hook (the runtime hands work over before each step)")
+    ap.add_argument("--wait-hook", action="store_true",
+                    help="fast engine: emulate the wait hook the engine does not offer yet (see docs/runtime.md)")
     ap.add_argument("--shape", default="llama-3.2-1b", help="fast engine: model shape")
     ap.add_argument("--profile", default="int8", help="fast engine: quantization profile")
     ap.add_argument("--no-fsync-variant", action="store_true", help="leave out the fsync='none' session")

@@ -110,8 +110,9 @@ def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
 class PageHasher:
     """A single worker thread that digests page snapshots and logits rows in FIFO order."""
 
-    def __init__(self, *, device_hashing: bool = True):
+    def __init__(self, *, device_hashing: bool = True, turn=None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-hash")
+        self._turn = turn or (lambda: None)  # `fieldprint.runtime.turns.Turns.turn`: before a batch
         self._device_hashing = device_hashing
         self.pages = 0  # pages submitted (for reports)
 
@@ -142,6 +143,7 @@ class PageHasher:
         self._pool.submit(self._digest_batch, items)
 
     def _digest_batch(self, items) -> None:
+        self._turn()
         try:
             digests = page_digests([t for t, _ in items], device_hashing=self._device_hashing)
         except BaseException as e:  # noqa: BLE001 - every waiter sees the error

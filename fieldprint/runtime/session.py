@@ -44,6 +44,7 @@ import torch
 
 from fieldprint.runtime.faults import FaultPlan
 from fieldprint.runtime.hasher import PageHasher, done, page_digests
+from fieldprint.runtime.turns import Turns
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
 from fieldprint_ref.paging import dead_blocks
@@ -385,9 +386,11 @@ class VerifyingSession:
     def _kick(self) -> None:
         """Hand the workers what the engine thread queued for them (`_later`), in order.
 
-        The engine thread calls it right before ``engine.step``, where it is about to block on
-        the device: the hasher, writer and validation threads then start their Python work while
-        it waits (GIL released), not while it makes the commit (GIL held), and each wakes once."""
+        The engine thread calls it right before ``engine.step``, or, for an engine that offers
+        the hook (``calls_wait_hook``: it calls ``engine.wait_hook`` right before it blocks on the
+        device), from inside the step, just before the wait: the hasher, writer and validation
+        threads then start their Python work while the engine waits (GIL released), not while it
+        makes the commit or prepares the step (GIL held), and each wakes once."""
         later, self._later = self._later, []
         for fn in later:
             fn()
@@ -398,6 +401,9 @@ class VerifyingSession:
             if c.validation is None:  # still in `_later`: hand it over now, then wait
                 self._kick()
             t = time.perf_counter()
+            if not c.validation.done():
+                with self.turns.free():
+                    c.validation.exception()
             results = c.validation.result()  # normally done long ago: it ran during the segment
             self.timings["validation_wait_s"] += time.perf_counter() - t
             if not c.gated:  # a gated commit's validation records are queued already (`_gate`)
@@ -456,12 +462,17 @@ class VerifyingSession:
 
     def _wait_validations(self) -> None:
         self._kick()
-        for c in self._commits:
-            if c.validation is not None:
-                c.validation.exception()  # wait; results are read later
+        with self.turns.free():
+            for c in self._commits:
+                if c.validation is not None:
+                    c.validation.exception()  # wait; results are read later
 
     # ----------------------------------------------------------------------------- rollback
     def _rollback(self, failed: _Commit) -> None:
+        with self.turns.free():  # the engine thread waits for digests and validations here
+            self._rollback_to_good(failed)
+
+    def _rollback_to_good(self, failed: _Commit) -> None:
         eng = self.engine
         idx = self._commits.index(failed)
         if idx == 0 or self._commits[idx - 1].passed is not True:
@@ -566,7 +577,8 @@ class VerifyingSession:
             page_tokens=self.page_tokens, sampling=sampling_record(self.sampling, self.max_new_tokens),
             commit_policy=self.policy, inputs=inputs, engine=engine_identity(eng), key_name=self.key.name,
             public_key=self.key.public_key)
-        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
+        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync,
+                               turn=self.turns.turn)
         self.sink.append(lambda seq: genesis)
         for k, d in enumerate(self._anchor_digests):
             self._page("anchor", k, commits.anchor_slots(k, len(anchors), self.page_tokens), done(d))
@@ -577,9 +589,11 @@ class VerifyingSession:
         eng = self.engine
         if os.path.exists(self.ledger_path):
             raise FileExistsError(f"ledger {self.ledger_path} exists (ledgers are never overwritten)")
-        self.hasher = PageHasher()
+        # worker Python in the engine's device waits, when the engine offers a wait hook (turns.py)
+        self.turns = Turns(enabled=bool(getattr(eng, "calls_wait_hook", False)))
+        self.hasher = PageHasher(turn=self.turns.turn)
         self.sink = None
-        self.validation = ValidationRunner(eng, self.validators)
+        self.validation = ValidationRunner(eng, self.validators, turn=self.turns.turn)
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
         self._seg_records, self._seg_snaps = [], []  # the segment's record builders, its page copies
         self._views = {}  # physical page -> engine.page_tensor(page)
@@ -608,6 +622,7 @@ class VerifyingSession:
                 if self.sink is not None:
                     self._close(end, finish)
                 else:
+                    self.turns.stop()
                     self.validation.close()
                     self.hasher.close()
                     if self._handle is not None:
@@ -625,10 +640,27 @@ class VerifyingSession:
         """Run steps, commits, validations and rollbacks to the end; return (finish, end reason).
         Raises ``RuntimeFailure`` when no good state is left to go on from."""
         eng, tm, clock = self.engine, self.timings, time.perf_counter
+        hooked = bool(getattr(eng, "calls_wait_hook", False))
+        if hooked:  # the engine calls us right before it blocks on the device: hand work over there
+            eng.wait_hook = self._kick_from_hook
+        try:
+            return self._loop(eng, tm, clock, hooked)
+        finally:
+            if hooked:
+                eng.wait_hook = None
+
+    def _kick_from_hook(self) -> None:
+        self.turns.open()
+        if self._later:
+            t = time.perf_counter()
+            self._kick()
+            self.timings["handover_s"] += time.perf_counter() - t
+
+    def _loop(self, eng, tm, clock, hooked: bool) -> tuple[str | None, str]:
         while True:
             t0 = clock()
             self._check_before_eviction()
-            if self._later:
+            if self._later and not hooked:
                 tk = clock()
                 self._kick()
                 tm["handover_s"] += clock() - tk
@@ -649,7 +681,7 @@ class VerifyingSession:
             reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
                                            filled_page=any(w.full for w in rec.writes), finished=finish is not None)
             t3 = clock()
-            tm["record_s"] += (t1 - t0) + (t3 - t2)  # handover_s is part of it
+            tm["record_s"] += (t1 - t0) + (t3 - t2)  # handover_s is part of it (or of step_s, hooked)
             if reason is None:
                 continue
             c = self._commit(reason, rec.step)
@@ -667,6 +699,7 @@ class VerifyingSession:
                 return finish, commits.end_reason(finish)
 
     def _close(self, end: str, finish) -> None:
+        self.turns.stop()  # from here on the engine thread waits for the workers: no gating
         try:
             self._wait_validations()  # (hands over what `_later` holds first)
             for c in [c for c in self._commits if c.gated]:  # a gated commit nobody looked at yet

@@ -34,7 +34,7 @@ from spec.profiles import PROFILES
 # The fake ops: ``fieldprint_ref.ops`` with forward and sample replaced.
 
 
-def _fake_ops(step_ms: float, prefill_ms: float, vocab: int, row_shape, seed: int = 0):
+def _fake_ops(step_ms: float, prefill_ms: float, vocab: int, row_shape, hook, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     base = torch.randint(-128, 128, (row_shape[0], 2, *row_shape[1:]), dtype=torch.int16, generator=g)
     lbase = torch.randint(-(1 << 20), 1 << 20, (vocab,), dtype=torch.int64, generator=g)
@@ -50,6 +50,9 @@ def _fake_ops(step_ms: float, prefill_ms: float, vocab: int, row_shape, seed: in
             pool.data[pages, :, :, pos % ref_ops.PAGE_TOKENS] = rows.to(torch.int8)
             lg = lbase[None] ^ (c.tokens.cpu().view(-1, 1) * 0x9E3779B1 + pos.view(-1, 1))
             out.append(lg)
+        fn = hook()
+        if fn is not None:  # the engine is about to block: `SleepEngine.wait_hook`
+            fn()
         time.sleep((prefill_ms if any(len(c.tokens) > 1 for c in chunks) else step_ms) / 1e3)
         return out
 
@@ -67,15 +70,24 @@ def _fake_ops(step_ms: float, prefill_ms: float, vocab: int, row_shape, seed: in
 
 class SleepEngine(RefEngine):
     """`RefEngine` over a forward that writes fake K/V and sleeps ``step_ms`` (``prefill_ms`` for
-    a chunk of more than one token); records carry ``logits_digest``. ``name`` is "sleep"."""
+    a chunk of more than one token); records carry ``logits_digest``. ``name`` is "sleep".
+    ``hook=False``: the forward never calls `wait_hook` (the runtime then hands work over before
+    each step)."""
 
     name = "sleep"
     cache_weights = False
+    # ``wait_hook``: a callable run on the engine thread right before the forward blocks (where a
+    # GPU engine waits for the device), or None. An engine that calls it says so with
+    # ``calls_wait_hook``; the verifying runtime then hands its workers their work there.
+    wait_hook = None
+    calls_wait_hook = True
 
-    def __init__(self, config: ModelConfig, *, step_ms: float = 1.9, prefill_ms: float = 10.0, **kwargs):
+    def __init__(self, config: ModelConfig, *, step_ms: float = 1.9, prefill_ms: float = 10.0, hook: bool = True,
+                 **kwargs):
+        self.calls_wait_hook = bool(hook)
         model = types.SimpleNamespace(config=config, profile=PROFILES["default"], tensors={})
-        self.ops = _fake_ops(step_ms, prefill_ms, config.vocab_size, (config.num_layers, config.num_kv_heads,
-                                                                      config.head_dim + 4))
+        self.ops = _fake_ops(step_ms, prefill_ms, config.vocab_size,
+                             (config.num_layers, config.num_kv_heads, config.head_dim + 4), lambda: self.wait_hook if self.calls_wait_hook else None)
         self.step_ms = step_ms
         super().__init__(model, **kwargs)
 

@@ -36,11 +36,13 @@ _STOP = object()
 class LedgerSink:
     """Queue records and checkpoints for one ledger file, written by a background thread."""
 
-    def __init__(self, path, key: SigningKey, *, hash_profile: str = "blake3", fsync: str = "checkpoint"):
+    def __init__(self, path, key: SigningKey, *, hash_profile: str = "blake3", fsync: str = "checkpoint",
+                 turn: Callable[[], None] | None = None):
         if fsync not in ("every", "checkpoint", "none"):
             raise ValueError(f"fsync must be every, checkpoint or none, got {fsync!r}")
         self.key = key
         self.fsync = fsync
+        self._turn = turn or (lambda: None)  # `fieldprint.runtime.turns.Turns.turn`: before each unit of work
         self._writer = LedgerWriter.create(path, hash_profile, fsync=fsync == "every")
         self.path = self._writer.path
         self.records: list = []  # records written, in order
@@ -131,11 +133,13 @@ class LedgerSink:
                 self._error = e
 
     def _record(self, build) -> None:
+        self._turn()
         record = build(self._writer.count)
         self._writer.append_record(record)
         self.records.append(record)
 
     def _checkpoint(self) -> None:
+        self._turn()
         self._writer.checkpoint(self.key)
         self.checkpoints += 1
         if self.fsync == "checkpoint":

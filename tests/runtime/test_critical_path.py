@@ -154,3 +154,55 @@ def test_sleep_engine_session_matches_the_bare_loop(tmp_path):
     assert out.tokens == bare and out.end_reason == "max_tokens" and not out.rollbacks
     assert all(p for _, _, p, _ in out.validations)
     assert verify_ledger_structure(out.ledger, fx.key().verifier).status == "complete"
+
+
+# -- worker turns ------------------------------------------------------------------------------------
+
+
+def test_turns_gate_workers_to_windows():
+    from fieldprint.runtime.turns import Turns
+
+    t = Turns(budget_s=0.05, patience_s=0.05, enabled=True)
+    start = time.perf_counter()
+    t.turn()  # no window yet: waits for one, at most patience_s
+    assert t.waits == 1 and time.perf_counter() - start >= 0.04
+    t.open()
+    t.turn()  # inside the window: at once
+    assert t.waits == 1
+    t = Turns(budget_s=0.0, patience_s=30.0, enabled=True)  # every window closes at once
+    got = []
+    th = threading.Thread(target=lambda: (t.turn(), got.append(time.perf_counter())))
+    th.start()
+    deadline = time.perf_counter() + 10
+    while t.waits < 1 and time.perf_counter() < deadline:  # the worker waits for a window now
+        time.sleep(0.001)
+    opened = time.perf_counter()
+    t.open()
+    th.join(10)
+    assert t.waits == 1 and got and got[0] >= opened
+    with t.free():  # the engine thread waits for the workers: no gating
+        t.turn()
+    t.stop()
+    t.turn()
+    assert t.waits == 1
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_sleep_engine_ledgers_do_not_depend_on_the_wait_hook(tmp_path, flip):
+    """Workers gated to the engine's device waits (the sleep engine's wait hook) write the same
+    ledger as ungated ones, a rollback after a KV bit flip included."""
+    from fieldprint.runtime.faults import FaultPlan, FlipKV
+    from fieldprint.runtime.session import VerifyingSession
+    from fieldprint.runtime.sleep_engine import SleepEngine
+
+    outs = []
+    for hook in (True, False):
+        eng = SleepEngine.llama_1b(layers=2, step_ms=0.3, prefill_ms=0.5, num_pages=16, hook=hook)
+        plan = FaultPlan(flips=[FlipKV(step=9, block=1, byte=77, bit=2)] if flip else [])
+        outs.append(VerifyingSession(eng, key=fx.key(), ledger_path=tmp_path / f"{hook}.fpl", policy=make_policy(4),
+                                     max_new_tokens=20, eos_token_ids=(), model_commitment=b"\0" * 32,
+                                     nonce=b"\3" * 32, faults=plan).run(list(range(3, 30))))
+    a, b = outs
+    assert _bytes(a.ledger) == _bytes(b.ledger) and a.tokens == b.tokens
+    assert len(a.rollbacks) == int(flip) and a.end_reason == "max_tokens"
+    assert verify_ledger_structure(a.ledger, fx.key().verifier).status == "complete"
