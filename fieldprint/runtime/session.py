@@ -597,6 +597,7 @@ class VerifyingSession:
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
         self._seg_records, self._seg_snaps = [], []  # the segment's record builders, its page copies
         self._views = {}  # physical page -> engine.page_tensor(page)
+        self._hook_error = None  # what the wait hook's hand-over raised (re-raised after the step)
         self._later = []  # hand-overs to the workers, made right before the next engine step (`_kick`)
         self.timings = dict.fromkeys(("step_s", "record_s", "handover_s", "commit_s", "validation_wait_s"), 0.0)
         self._seg_first, self._next_commit, self._attempt = 0, 0, 0
@@ -650,10 +651,15 @@ class VerifyingSession:
                 eng.wait_hook = None
 
     def _kick_from_hook(self) -> None:
+        """The engine's wait hook: runs inside ``engine.step``, so it never raises into it (an
+        error is raised on the engine thread once the step has returned)."""
         self.turns.open()
-        if self._later:
+        if self._later and self._hook_error is None:
             t = time.perf_counter()
-            self._kick()
+            try:
+                self._kick()
+            except BaseException as e:  # noqa: BLE001 - re-raised after the step
+                self._hook_error = e
             self.timings["handover_s"] += time.perf_counter() - t
 
     def _loop(self, eng, tm, clock, hooked: bool) -> tuple[str | None, str]:
@@ -667,6 +673,8 @@ class VerifyingSession:
             t1 = clock()
             out = eng.step([self._handle], chunk_size=self.chunk_size)
             t2 = clock()
+            if self._hook_error is not None:
+                raise self._hook_error
             tm["step_s"] += t2 - t1
             if not out:
                 if eng.finish_reason(self._handle) is not None:
@@ -717,10 +725,12 @@ class VerifyingSession:
             self.sink.flush()
         finally:
             self.generation = self.engine.result(self._handle)
-            self.sink.close()
-            self.validation.close()
-            self.hasher.close()
-            for c in self._commits:
-                if c.snapshot is not None:
-                    self.engine.release(c.snapshot)
-            self.engine.release(self._handle)
+            try:
+                self.sink.close()  # re-raises a writer error: release the engine's pages all the same
+            finally:
+                self.validation.close()
+                self.hasher.close()
+                for c in self._commits:
+                    if c.snapshot is not None:
+                        self.engine.release(c.snapshot)
+                self.engine.release(self._handle)

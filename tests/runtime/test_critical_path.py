@@ -206,3 +206,27 @@ def test_sleep_engine_ledgers_do_not_depend_on_the_wait_hook(tmp_path, flip):
     assert _bytes(a.ledger) == _bytes(b.ledger) and a.tokens == b.tokens
     assert len(a.rollbacks) == int(flip) and a.end_reason == "max_tokens"
     assert verify_ledger_structure(a.ledger, fx.key().verifier).status == "complete"
+
+
+def test_a_writer_failure_is_raised_after_the_step_not_inside_it(tmp_path, monkeypatch):
+    """The wait hook runs inside ``engine.step``: an error of the hand-over (here the ledger
+    writer failing) surfaces on the engine thread after the step, and the engine's pages stay
+    consistent."""
+    from fieldprint.runtime.session import VerifyingSession
+    from fieldprint.runtime.sleep_engine import SleepEngine
+
+    real, n = writer_mod.LedgerSink._record, [0]
+
+    def failing(self, build):
+        n[0] += 1
+        if n[0] == 12:
+            raise OSError("disk full")
+        real(self, build)
+
+    monkeypatch.setattr(writer_mod.LedgerSink, "_record", failing)
+    eng = SleepEngine.llama_1b(layers=2, step_ms=0.3, prefill_ms=0.5, num_pages=16)
+    with pytest.raises(RuntimeError, match="ledger writer failed: disk full"):
+        VerifyingSession(eng, key=fx.key(), ledger_path=tmp_path / "f.fpl", policy=make_policy(4), max_new_tokens=24,
+                         eos_token_ids=(), model_commitment=b"\0" * 32).run(list(range(3, 30)))
+    eng.check_pages()
+    assert not any(not s.released for s in eng._sequences.values())
