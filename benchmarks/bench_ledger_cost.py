@@ -12,13 +12,16 @@ Engines:
   one intra-op thread (``--threads``).
 * ``fast`` (CUDA): `FastEngine` over a random model of ``--shape`` (`fieldprint_fast.synthetic`),
   decode graphs captured ahead, device logits digests, page hashing on the device; with
-  ``--wait-hook`` the runtime's worker turns are on (the hook the engine does not offer yet is
-  emulated in this process: called right after a decode step's graph replay is launched).
+  ``--smoke`` a tiny model on the CPU instead (checks the script, measures nothing).
 
 Per run, alternating: the **bare loop** (``engine.step`` until the sequence finishes, as the
 session drives it, nothing else) and ``VerifyingSession.run`` (commit every ``--commit-every``
-tokens, signed checkpoint, fsync after each checkpoint, asynchronous re-hash validation), and a
-session with ``fsync="none"``. Each run time-stamps every token; reported per variant, medians
+tokens, signed checkpoint, fsync after each checkpoint, asynchronous re-hash validation), a
+session with ``fsync="none"``, and one with the engine's wait hook on (``ledger_wait_hook``: the
+runtime hands work over, and its workers run, only while the engine waits for the device;
+`fieldprint.runtime.turns`). The fast engine has no wait hook yet: this script emulates it,
+in its own process, by calling the hook right after `DecodeStep.run` has launched a decode
+step's graph replay (where the host next blocks). Each run time-stamps every token; reported per variant, medians
 over ``--runs``: ``token_ms`` (first token to last, per token: includes every stall), the median
 and largest gap between tokens, the largest gap after the first (the prefill commit's), ``seal_ms``
 (last token to return), and the session's own engine-thread timings (`SessionResult.timings`:
@@ -53,7 +56,8 @@ KEY = SigningKey("bench.fieldprint.example/ledger-cost", b"\x5a" * 32)
 
 
 def make_engine(a):
-    """Return (engine, device name, a description)."""
+    """Return (engine, device name, a description). The engine can call the runtime's wait hook
+    (``calls_wait_hook``); the variants switch it on and off."""
     if a.engine == "sleep":
         from fieldprint.runtime.sleep_engine import SleepEngine
 
@@ -61,25 +65,27 @@ def make_engine(a):
         # intra-op pool would run them on threads that the hashing workers keep busy (a stall of
         # milliseconds per copy that a GPU run does not have)
         torch.set_num_threads(a.threads)
-
         pages = -(-(a.prompt + a.tokens) // 16) + 16
-        eng = SleepEngine.llama_1b(layers=a.layers, step_ms=a.step_ms, prefill_ms=a.prefill_ms, num_pages=pages,
-                                   hook=not a.no_wait_hook)
+        eng = SleepEngine.llama_1b(layers=a.layers, step_ms=a.step_ms, prefill_ms=a.prefill_ms, num_pages=pages)
         return eng, "cpu", f"sleep engine, {a.layers}-layer Llama-3.2-1B pages, {a.step_ms} ms steps"
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_ledger_cost: --engine fast needs a CUDA device")
     from fieldprint_fast.engine import FastEngine
     from fieldprint_fast.synthetic import random_model, shape_config
 
-    cfg = shape_config(a.shape, max_position=max(4096, a.prompt + 2 * a.tokens))
-    model = random_model(cfg, a.profile, device="cuda", seed=0)
-    eng = FastEngine(model, device="cuda", num_pages=-(-(a.prompt + a.tokens) // 16) + 64, keep_logits=False)
+    device = "cpu" if a.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_ledger_cost: --engine fast needs a CUDA device (or --smoke)")
+    tiny = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+                head_dim=32) if a.smoke else {}
+    cfg = shape_config(a.shape, max_position=max(4096, a.prompt + 2 * a.tokens), **tiny)
+    model = random_model(cfg, a.profile, device=device, seed=0)
+    eng = FastEngine(model, device=device, num_pages=-(-(a.prompt + a.tokens) // 16) + 64, keep_logits=False,
+                     decode_loop=True)
     eng.prepare_decode(1, a.prompt + a.tokens)
-    desc = f"fast engine, {a.shape} {a.profile}, batch 1"
-    if a.wait_hook and not getattr(eng, "calls_wait_hook", False):
+    desc = f"fast engine, {a.shape}{' (smoke: tiny, CPU)' if a.smoke else ''} {a.profile}, batch 1"
+    if not hasattr(eng, "calls_wait_hook"):
         _emulate_wait_hook(eng)
-        desc += ", wait hook emulated (after the graph replay's launch)"
-    return eng, torch.cuda.get_device_name(), desc
+        desc += "; its wait hook emulated (after a decode step's graph replay is launched)"
+    return eng, torch.cuda.get_device_name() if device == "cuda" else "cpu", desc
 
 
 def _emulate_wait_hook(eng) -> None:
@@ -98,7 +104,7 @@ def _emulate_wait_hook(eng) -> None:
 
     DecodeStep.run = run
     eng.wait_hook = None
-    eng.calls_wait_hook = True
+    eng.calls_wait_hook = False
 
 
 def _sync(eng):
@@ -126,7 +132,8 @@ def bare(eng, prompt, a) -> dict:
     return timing(stamps, end, time.thread_time() - cpu)
 
 
-def session(eng, prompt, a, path, **kw) -> dict:
+def session(eng, prompt, a, path, hook: bool = False, **kw) -> dict:
+    eng.calls_wait_hook = hook
     stamps = []
     cpu = time.thread_time()
     out = VerifyingSession(eng, key=KEY, ledger_path=path, policy=make_policy(a.commit_every), max_new_tokens=a.tokens,
@@ -155,10 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--step-ms", type=float, default=1.9, help="sleep engine: a decode step")
     ap.add_argument("--prefill-ms", type=float, default=10.0, help="sleep engine: the prompt's forward")
     ap.add_argument("--threads", type=int, default=1, help="sleep engine: torch intra-op threads")
-    ap.add_argument("--no-wait-hook", action="store_true",
-                    help="sleep engine: no wait_hook (the runtime hands work over before each step)")
-    ap.add_argument("--wait-hook", action="store_true",
-                    help="fast engine: emulate the wait hook the engine does not offer yet (see docs/runtime.md)")
+    ap.add_argument("--smoke", action="store_true", help="fast engine: a tiny model on the CPU (checks the script)")
     ap.add_argument("--shape", default="llama-3.2-1b", help="fast engine: model shape")
     ap.add_argument("--profile", default="int8", help="fast engine: quantization profile")
     ap.add_argument("--no-fsync-variant", action="store_true", help="leave out the fsync='none' session")
@@ -169,6 +173,7 @@ def main(argv=None) -> int:
     prompt = torch.randint(0, eng.model.config.vocab_size, (a.prompt,),
                            generator=torch.Generator().manual_seed(1)).tolist()
     variants = {"bare": [], "ledger": []} | ({} if a.no_fsync_variant else {"ledger_fsync_none": []})
+    variants["ledger_wait_hook"] = []
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         bare(eng, prompt, a)  # warm-up: allocator, graphs, page cache
@@ -178,6 +183,7 @@ def main(argv=None) -> int:
             variants["ledger"].append(session(eng, prompt, a, f"{tmp}/a{i}.fpl"))
             if "ledger_fsync_none" in variants:
                 variants["ledger_fsync_none"].append(session(eng, prompt, a, f"{tmp}/b{i}.fpl", fsync="none"))
+            variants["ledger_wait_hook"].append(session(eng, prompt, a, f"{tmp}/c{i}.fpl", hook=True))
             load.append(os.getloadavg()[0])
             print(f"run {i}: " + ", ".join(f"{k} {v[-1]['token_ms']:.3f} ms/token (max gap {v[-1]['max_gap_ms']:.1f})"
                                            for k, v in variants.items()), file=sys.stderr, flush=True)
