@@ -3,7 +3,8 @@
 ``VerifyingSession`` (session.py) is the entry point; the other modules are its parts:
 policy.py (when to commit), hasher.py (page hashing off the critical path), writer.py (the
 ledger writer thread), validate.py (page re-hash and policy validators, asynchronous),
-faults.py (fault injection for tests and demos). Names are imported lazily so that importing
+turns.py (worker Python only while the engine waits for the device), faults.py (fault injection
+for tests and demos), sleep_engine.py (a stand-in engine whose steps sleep, for measuring). Names are imported lazily so that importing
 ``fieldprint.runtime.policy`` does not pull in torch.
 """
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Page hashing off the critical path: snapshot on the engine's thread, hash on a worker.
 
+The runtime hands the worker a commit's pages at once (``submit_batch``): one job, one
+`page_digests` call (one BLAKE3 launch on CUDA), one wake-up of the worker per commit.
+
 The engine thread snapshots a page (``snapshot``: ``clone()`` on the engine's device, one page,
 no host transfer) right after each step that wrote it, and ``submit_snapshot`` hashes the copy
 later on the worker thread, so the engine may rewrite, free or reuse the page immediately. A
@@ -19,6 +22,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
+import blake3 as _blake3
 import torch
 
 from spec.commits import content_digest, layer_digests, page_digest, page_layer_bytes
@@ -69,8 +73,10 @@ def layer_digest_rows(pages, *, device_hashing: bool = True) -> list[bytes]:
     pages = list(pages)
     if not pages:
         return []
+    if not pages[0].is_cuda:  # host pages: BLAKE3 of each layer slice where it lies (no stacked copy)
+        return [_host_layer_row(p) for p in pages]
     hash_fn = _batch_hash_pages()
-    if hash_fn is None or (pages[0].is_cuda and not device_hashing):
+    if hash_fn is None or not device_hashing:
         return [b"".join(layer_digests(page_layer_bytes(p))) for p in pages]
     layers = pages[0].shape[0]
     per = max(1, STACK_BYTES // max(1, pages[0].numel() * pages[0].element_size()))
@@ -85,6 +91,16 @@ def layer_digest_rows(pages, *, device_hashing: bool = True) -> list[bytes]:
     return out
 
 
+def _host_layer_row(page: torch.Tensor) -> bytes:
+    """A host page's layer digests, concatenated: BLAKE3 over each layer slice's memory (the
+    blake3 package reads the buffer in place and releases the GIL while it hashes)."""
+    page = page.detach()
+    if not page.is_contiguous():
+        page = page.contiguous()
+    flat = page.view(torch.uint8).numpy().reshape(page.shape[0], -1)
+    return b"".join(_blake3.blake3(flat[i]).digest() for i in range(flat.shape[0]))
+
+
 def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
     """Return the PageDigest of each page: `layer_digest_rows` and each page's Merkle root."""
     return [page_digests_of(r[k:k + DIGEST_BYTES] for k in range(0, len(r), DIGEST_BYTES))
@@ -94,8 +110,9 @@ def page_digests(pages, *, device_hashing: bool = True) -> list[PageDigest]:
 class PageHasher:
     """A single worker thread that digests page snapshots and logits rows in FIFO order."""
 
-    def __init__(self, *, device_hashing: bool = True):
+    def __init__(self, *, device_hashing: bool = True, turn=None):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-hash")
+        self._turn = turn or (lambda: None)  # `fieldprint.runtime.turns.Turns.turn`: before a batch
         self._device_hashing = device_hashing
         self.pages = 0  # pages submitted (for reports)
 
@@ -115,6 +132,26 @@ class PageHasher:
         """Return a Future of the PageDigest of a snapshot (which nobody writes again)."""
         self.pages += 1
         return self._pool.submit(self._digest_tensor, snap)
+
+    def submit_batch(self, items) -> None:
+        """Hash ``(snapshot, future)`` pairs in one job (one `page_digests` call) and resolve
+        each future with its snapshot's PageDigest; nobody writes the snapshots again."""
+        items = list(items)
+        if not items:
+            return
+        self.pages += len(items)
+        self._pool.submit(self._digest_batch, items)
+
+    def _digest_batch(self, items) -> None:
+        self._turn()
+        try:
+            digests = page_digests([t for t, _ in items], device_hashing=self._device_hashing)
+        except BaseException as e:  # noqa: BLE001 - every waiter sees the error
+            for _, f in items:
+                f.set_exception(e)
+            return
+        for (_, f), d in zip(items, digests):
+            f.set_result(d)
 
     def submit_call(self, fn, *args) -> Future:
         """Run ``fn(*args)`` on the worker, in FIFO order with the digests; return its Future."""

@@ -44,6 +44,7 @@ import torch
 
 from fieldprint.runtime.faults import FaultPlan
 from fieldprint.runtime.hasher import PageHasher, done, page_digests
+from fieldprint.runtime.turns import Turns
 from fieldprint.runtime.validate import CommitView, PageCheck, ValidationRunner
 from fieldprint.runtime.writer import LedgerSink
 from fieldprint_ref.paging import dead_blocks
@@ -65,6 +66,7 @@ from spec.ledger import (
     Validation,
     sampling_record,
 )
+from spec.commits import logits_digest
 from spec.merkle import HASHERS
 
 MODEL_WINDOW = object()  # VerifyingSession(window=...) default: the model's own sliding window
@@ -77,6 +79,60 @@ EVICTED = -1
 # expires: 5 ms by default, more than a whole decode step. 0.1 ms bounds that wait.
 SWITCH_INTERVAL = 1e-4
 DETAIL_MAX = 1000  # characters of a validation detail kept in the ledger
+HASH_BATCH = 8  # full pages of a segment held for one hashing job, at most (a long segment hashes in batches)
+
+
+# %%
+# Record builders: called on the writer thread with the record's leaf index, in queue order.
+# The engine thread only puts ``partial(builder, ...)`` into the segment's list.
+
+
+def _token_step(rec, seq: int) -> TokenStep:
+    digest = rec.logits_digest if rec.logits_digest is not None else logits_digest(rec.logits_bytes())
+    return TokenStep(seq=seq, step=rec.step, attempt=rec.attempt, token=rec.token, logits_digest=digest)
+
+
+def _kv_evict(blocks, seq: int) -> KVEvict:
+    return KVEvict(seq=seq, blocks=blocks)
+
+
+def _kv_page(kind: str, block: int, used: int, fut: Future, seq: int) -> KVPage:
+    d = fut.result()
+    return KVPage(seq=seq, kind=kind, block=block, used=used, digest=d.root, layer_digests=d.layers)
+
+
+def _commit_record(c, pages, hasher, seq: int) -> Commit:
+    return Commit(seq=seq, commit=c.number, reason=c.reason, first_step=c.first_step, end_step=c.end_step,
+                  tokens=c.tokens, page_count=len(pages),
+                  pages_root=commits.pages_root([f.result().root for f in pages], hasher), live_state=c.live_state())
+
+
+def _validation_record(c, k: int, seq: int) -> Validation:
+    name, passed, detail = c.validation.result()[k]
+    return Validation(seq=seq, commit=c.number, validator=name, passed=passed, detail=detail[:DETAIL_MAX])
+
+
+def _validation_passed(c) -> bool:
+    return all(p for _, p, _ in c.validation.result())
+
+
+class _Checks:
+    """A commit's validation input, made on the validation thread: the pages to re-hash (anchors,
+    the snapshot's live context pages, the pages the window freed during the segment) and the
+    validators' view (detokenizing is not the engine thread's work)."""
+
+    def __init__(self, anchor_pages, anchor_digests, snap_table, live, evicting, detokenize, c, generated):
+        self.args = (anchor_pages, anchor_digests, snap_table, live, evicting, detokenize, c, generated)
+
+    def __call__(self):
+        anchor_pages, anchor_digests, snap_table, live, evicting, detok, c, generated = self.args
+        checks = [PageCheck("anchor", k, p, done(d)) for k, (p, d) in enumerate(zip(anchor_pages, anchor_digests))]
+        checks += [PageCheck("context", b, snap_table[b], f) for b, f in sorted(live.items())]
+        checks += evicting  # pages freed by the window since the last commit
+        detok = detok or (lambda t: None)
+        view = CommitView(c.number, c.reason, c.first_step, c.end_step, c.tokens, detok(list(c.tokens)), generated,
+                          detok(list(generated)))
+        return checks, view
 
 
 @dataclass
@@ -94,6 +150,7 @@ class _Commit:
     snapshot: int | None = None  # engine handle of the copy-on-write fork
     validation: Future | None = None
     passed: bool | None = None
+    gated: bool = False  # validation records queued with a writer gate (`VerifyingSession._gate`)
     failure: str = ""
     _live: bytes | None = None
 
@@ -133,6 +190,10 @@ class SessionResult:
     validations: list[tuple[int, str, bool, str]]
     generation: object = None  # the engine's GenerationResult of the live branch
     error: str | None = None  # why the generation ended with reason ``error`` (None otherwise)
+    # seconds of the engine thread: in engine.step, recording tokens (between steps; of which
+    # handover_s: handing queued work to the workers, `_kick`), making commits (of which
+    # validation_wait_s: waiting for validations); ``tokens``: len(tokens)
+    timings: dict = field(default_factory=dict)
 
 
 def engine_identity(engine) -> EngineIdentity:
@@ -205,29 +266,35 @@ class VerifyingSession:
         self._seg_pages.append(fut)
         if kind == "context":
             self._digests[block] = fut
+        self._seg_records.append(partial(_kv_page, kind, block, used, fut))
 
-        def build(seq, kind=kind, block=block, used=used, fut=fut):
-            d = fut.result()
-            return KVPage(seq=seq, kind=kind, block=block, used=used, digest=d.root, layer_digests=d.layers)
-
-        self.sink.append(build)
+    def _hash_later(self, kind: str, block: int, used: int, snap: torch.Tensor) -> None:
+        """Record a page whose digest is that of ``snap`` (a private copy), hashed on the hasher
+        thread with the rest of the segment's pages (one batch)."""
+        fut: Future = Future()
+        self._seg_snaps.append((snap, fut))
+        self._page(kind, block, used, fut)
+        if len(self._seg_snaps) >= HASH_BATCH:  # a long segment: do not hold many page copies
+            self._later.append(partial(self.hasher.submit_batch, self._seg_snaps))
+            self._seg_snaps = []
 
     def _token(self, rec) -> None:
-        # an engine that hashed the row where it lives (the fast engine, on the device) hands the
-        # digest over: the vocabulary row then never crosses to the host
-        fut = done(rec.logits_digest) if rec.logits_digest is not None else self.hasher.submit_logits(rec.logits)
-        self.sink.append(lambda seq, r=rec, f=fut: TokenStep(seq=seq, step=r.step, attempt=r.attempt,
-                                                             token=r.token, logits_digest=f.result()))
+        # the engine thread only appends to lists here; the records are built and written on the
+        # writer thread once the commit hands the segment over (an engine that hashed the logits
+        # row where it lives, the fast engine on the device, hands over its digest; otherwise the
+        # writer thread hashes the row)
+        self._seg_records.append(partial(_token_step, rec))
         self._generated.append(rec.token)
         self._seg_tokens.append(rec.token)
         if rec.evicted_blocks:
             blocks = tuple(sorted(rec.evicted_blocks))
-            self.sink.append(lambda seq, b=blocks: KVEvict(seq=seq, blocks=b))
-        for b in rec.evicted_blocks:  # freed by the sliding window: no longer live state
-            self._digests.pop(b, None)
-            self._dirty.discard(b)
-            self._written.pop(b, None)
-        self._take_writes(rec)
+            self._seg_records.append(partial(_kv_evict, blocks))
+            for b in rec.evicted_blocks:  # freed by the sliding window: no longer live state
+                self._digests.pop(b, None)
+                self._dirty.discard(b)
+                self._written.pop(b, None)
+        if rec.writes:
+            self._take_writes(rec)
 
     def _take_writes(self, rec) -> None:
         """Copy the slots the step wrote into the runtime's own copy of each block it wrote.
@@ -237,27 +304,42 @@ class VerifyingSession:
         digest is that copy's, never the live page's at some later time: corruption of the live
         page (its copy-on-write copy included) between two writes then makes the live page differ
         from its recorded digest, which the next commit's re-hash sees."""
-        table = self.engine.block_table(self._handle)
-        spans: dict[int, list] = {}
-        for w in rec.writes:
-            if table[w.block] != w.page:
-                raise RuntimeFailure(f"step {rec.step} wrote context block {w.block} into physical page {w.page}, "
-                                     f"which the block no longer holds: the page was freed and reused before the "
-                                     f"runtime could hash it")
-            span = spans.setdefault(w.block, [w.slot_start, w.slot_end, False])
-            span[:] = min(span[0], w.slot_start), max(span[1], w.slot_end), span[2] or w.full
-        for b, (lo, hi, full) in sorted(spans.items()):
-            live = self.engine.page_tensor(table[b])
+        eng = self.engine
+        table = eng.block_table(self._handle)
+        writes = rec.writes
+        if len(writes) == 1:  # a decode step: one slot of one block, no merging
+            w = writes[0]
+            spans = ((w.block, w.slot_start, w.slot_end, w.full, w.page),)
+        else:
+            merged: dict[int, list] = {}
+            for w in writes:
+                if table[w.block] != w.page:
+                    self._stale(rec, w.block, w.page)
+                span = merged.setdefault(w.block, [w.slot_start, w.slot_end, False, w.page])
+                span[:] = min(span[0], w.slot_start), max(span[1], w.slot_end), span[2] or w.full, w.page
+            spans = tuple((b, lo, hi, full, page) for b, (lo, hi, full, page) in sorted(merged.items()))
+        for b, lo, hi, full, page in spans:
+            if table[b] != page:
+                self._stale(rec, b, page)
+            live = self._views.get(page)
+            if live is None:  # a physical page's view of the pool never changes: make it once
+                live = self._views[page] = eng.page_tensor(page)
             mine = self._written.get(b)
             if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
                 mine = self._written[b] = torch.zeros_like(live)
-            mine[:, :, lo:hi].copy_(live[:, :, lo:hi])  # [layers, K|V, slot, head, row]
-            if full:  # final bytes: hash now (off the critical path)
+            # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
+            mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
+            if full:  # final bytes: hashed with the segment's pages (off the critical path)
                 del self._written[b]
                 self._dirty.discard(b)
-                self._page("context", b, self.page_tokens, self.hasher.submit_snapshot(mine))
+                self._hash_later("context", b, self.page_tokens, mine)
             else:
                 self._dirty.add(b)
+
+    @staticmethod
+    def _stale(rec, block: int, page: int):
+        raise RuntimeFailure(f"step {rec.step} wrote context block {block} into physical page {page}, which the "
+                             f"block no longer holds: the page was freed and reused before the runtime could hash it")
 
     def _check_before_eviction(self) -> None:
         """Snapshot the pages the next step's eviction will free, to be re-hashed at the next
@@ -277,45 +359,57 @@ class VerifyingSession:
         table = eng.block_table(h)
         cached = self._prompt_len + step  # tokens fed: the prompt and tokens 0 .. step-1
         for b, used in commits.commit_partial_pages(self._dirty, cached, self.page_tokens):
-            self._page("context", b, used, self.hasher.submit_snapshot(self._written[b].clone()))
+            self._hash_later("context", b, used, self._written[b].clone())
         self._dirty.clear()
+        later = self._later
+        later.append(partial(self.hasher.submit_batch, self._seg_snaps))  # the segment's pages: one job
         live = {b: self._digests[b] for b, p in enumerate(table) if p != EVICTED}
         c = _Commit(self._next_commit, reason, self._seg_first, step + 1, tuple(self._seg_tokens), live,
                     self._anchor_digests, self.hasher_fn)
         self._next_commit += 1
-        pages = list(self._seg_pages)
-
-        def build(seq, c=c, pages=pages):
-            return Commit(seq=seq, commit=c.number, reason=c.reason, first_step=c.first_step, end_step=c.end_step,
-                          tokens=c.tokens, page_count=len(pages),
-                          pages_root=commits.pages_root([f.result().root for f in pages], self.hasher_fn),
-                          live_state=c.live_state())
-
-        self.sink.append(build)
-        self.sink.checkpoint()
+        self._seg_records.append(partial(_commit_record, c, self._seg_pages, self.hasher_fn))
+        later.append(partial(self.sink.extend, self._seg_records, checkpoint=True))  # one item per commit
         c.snapshot = eng.fork(h, sequence=self.sequence)
-        checks = [PageCheck("anchor", k, p, done(d)) for k, (p, d) in enumerate(zip(self._anchor_pages,
-                                                                                     self._anchor_digests))]
-        snap_table = eng.block_table(c.snapshot)
-        checks += [PageCheck("context", b, snap_table[b], f) for b, f in sorted(live.items())]
-        checks += self._seg_evicting  # pages freed by the window since the last commit
-        detok = getattr(eng, "detokenize", lambda t: None)
-        view = CommitView(c.number, reason, c.first_step, c.end_step, c.tokens, detok(list(c.tokens)),
-                          tuple(self._generated), detok(list(self._generated)))
-        c.validation = self.validation.submit(checks, view)
+        # the validation job builds its page list and view on its own thread (`_Checks`)
+        later.append(partial(self._submit_validation, c, _Checks(
+            self._anchor_pages, self._anchor_digests, eng.block_table(c.snapshot), live, self._seg_evicting,
+            getattr(eng, "detokenize", None), c, tuple(self._generated))))
         self._commits.append(c)
         self._pending.append(c)
         self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = step + 1, [], [], []
+        self._seg_records, self._seg_snaps = [], []
         return c
+
+    def _submit_validation(self, c: _Commit, checks) -> None:
+        c.validation = self.validation.submit_lazy(checks)
+
+    def _kick(self) -> None:
+        """Hand the workers what the engine thread queued for them (`_later`), in order.
+
+        The engine thread calls it right before ``engine.step``, or, for an engine that offers
+        the hook (``calls_wait_hook``: it calls ``engine.wait_hook`` right before it blocks on the
+        device), from inside the step, just before the wait: the hasher, writer and validation
+        threads then start their Python work while the engine waits (GIL released), not while it
+        makes the commit or prepares the step (GIL held), and each wakes once."""
+        later, self._later = self._later, []
+        for fn in later:
+            fn()
 
     def _record_validations(self, due: list[_Commit]) -> _Commit | None:
         """Record the results of ``due`` in commit order; return the first failed commit."""
         for c in due:
-            results = c.validation.result()
-            for name, passed, detail in results:
-                self.sink.append(lambda seq, c=c, n=name, p=passed, d=detail: Validation(
-                    seq=seq, commit=c.number, validator=n, passed=p, detail=d[:DETAIL_MAX]))
-                self.validations.append((c.number, name, passed, detail))
+            if c.validation is None:  # still in `_later`: hand it over now, then wait
+                self._kick()
+            t = time.perf_counter()
+            if not c.validation.done():
+                with self.turns.free():
+                    c.validation.exception()
+            results = c.validation.result()  # normally done long ago: it ran during the segment
+            self.timings["validation_wait_s"] += time.perf_counter() - t
+            if not c.gated:  # a gated commit's validation records are queued already (`_gate`)
+                self._later.append(partial(self.sink.extend, [partial(_validation_record, c, k)
+                                                              for k in range(len(results))]))
+            self.validations += [(c.number, name, passed, detail) for name, passed, detail in results]
             self._pending.remove(c)
             c.passed = all(p for _, p, _ in results)
             if not c.passed:
@@ -323,6 +417,37 @@ class VerifyingSession:
                 return c
             self._release_before(c)
         return None
+
+    def _gate(self, c: _Commit) -> None:
+        """Go on past commit ``c`` before its validation is known, keeping the ledger's bytes.
+
+        Its validation records go into the writer's queue now (the writer waits for the results),
+        then a gate: should the validation fail, the writer drops what the engine queues after it
+        until `_abandon_gated` resumes it, and the file holds exactly what the runtime writes when
+        it waits for the validation before going on."""
+        c.gated = True
+        self._later.append(partial(self.sink.extend, [partial(_validation_record, c, k)
+                                                      for k in range(len(self.validation.names()))]))
+        self._later.append(partial(self.sink.gate, partial(_validation_passed, c)))
+
+    def _abandon_gated(self, c: _Commit) -> None:
+        """Gated commit ``c`` failed its validation: undo what the engine did past it (the writer
+        dropped its records), so that the runtime stands where it stood at ``c``."""
+        eng = self.engine
+        self._wait_validations()  # validation jobs read snapshot pages: let them finish first
+        idx = self._commits.index(c)
+        for x in self._commits[idx + 1:]:
+            eng.release(x.snapshot)
+        self._commits = self._commits[:idx + 1]
+        self._pending = [x for x in self._pending if x.number <= c.number]
+        self._next_commit = c.number + 1
+        eng.release(self._handle)
+        self._handle = eng.fork(c.snapshot, sequence=self.sequence)
+        self._generated = self._generated[:c.end_step]
+        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = c.end_step, [], [], []
+        self._seg_records, self._seg_snaps = [], []
+        c.gated = False
+        self.sink.resume()
 
     def _release_before(self, good: _Commit) -> None:
         """Release snapshots older than ``good``: they can no longer be rollback targets."""
@@ -336,15 +461,23 @@ class VerifyingSession:
         self._commits = keep
 
     def _wait_validations(self) -> None:
-        for c in self._commits:
-            if c.validation is not None:
-                c.validation.exception()  # wait; results are read later
+        self._kick()
+        with self.turns.free():
+            for c in self._commits:
+                if c.validation is not None:
+                    c.validation.exception()  # wait; results are read later
 
     # ----------------------------------------------------------------------------- rollback
     def _rollback(self, failed: _Commit) -> None:
+        with self.turns.free():  # the engine thread waits for digests and validations here
+            self._rollback_to_good(failed)
+
+    def _rollback_to_good(self, failed: _Commit) -> None:
         eng = self.engine
         idx = self._commits.index(failed)
         if idx == 0 or self._commits[idx - 1].passed is not True:
+            if failed.gated:
+                self._abandon_gated(failed)
             raise RuntimeFailure(f"validation of commit {failed.number} failed and no earlier commit is known "
                                  f"good: {failed.failure}")
         if len(self.rollbacks) >= self.max_rollbacks:
@@ -372,6 +505,7 @@ class VerifyingSession:
         self.rollbacks.append(info)
         self._generated = self._generated[:target.end_step]
         self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = target.end_step, [], [], []
+        self._seg_records, self._seg_snaps = [], []
         self._dirty, self._eviction_checked = set(), set()
         self._digests = dict(target.digests)
         # the runtime's copy of the partial last block: the restored page, which matches its digest
@@ -443,7 +577,8 @@ class VerifyingSession:
             page_tokens=self.page_tokens, sampling=sampling_record(self.sampling, self.max_new_tokens),
             commit_policy=self.policy, inputs=inputs, engine=engine_identity(eng), key_name=self.key.name,
             public_key=self.key.public_key)
-        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync)
+        self.sink = LedgerSink(self.ledger_path, self.key, hash_profile=self.hash_profile, fsync=self.fsync,
+                               turn=self.turns.turn)
         self.sink.append(lambda seq: genesis)
         for k, d in enumerate(self._anchor_digests):
             self._page("anchor", k, commits.anchor_slots(k, len(anchors), self.page_tokens), done(d))
@@ -454,10 +589,17 @@ class VerifyingSession:
         eng = self.engine
         if os.path.exists(self.ledger_path):
             raise FileExistsError(f"ledger {self.ledger_path} exists (ledgers are never overwritten)")
-        self.hasher = PageHasher()
+        # worker Python in the engine's device waits, when the engine offers a wait hook (turns.py)
+        self.turns = Turns(enabled=bool(getattr(eng, "calls_wait_hook", False)))
+        self.hasher = PageHasher(turn=self.turns.turn)
         self.sink = None
-        self.validation = ValidationRunner(eng, self.validators)
+        self.validation = ValidationRunner(eng, self.validators, turn=self.turns.turn)
         self._generated, self._seg_tokens, self._seg_pages = [], [], []
+        self._seg_records, self._seg_snaps = [], []  # the segment's record builders, its page copies
+        self._views = {}  # physical page -> engine.page_tensor(page)
+        self._hook_error = None  # what the wait hook's hand-over raised (re-raised after the step)
+        self._later = []  # hand-overs to the workers, made right before the next engine step (`_kick`)
+        self.timings = dict.fromkeys(("step_s", "record_s", "handover_s", "commit_s", "validation_wait_s"), 0.0)
         self._seg_first, self._next_commit, self._attempt = 0, 0, 0
         self._dirty, self._digests, self._written = set(), {}, {}
         self._seg_evicting, self._eviction_checked = [], set()
@@ -481,6 +623,7 @@ class VerifyingSession:
                 if self.sink is not None:
                     self._close(end, finish)
                 else:
+                    self.turns.stop()
                     self.validation.close()
                     self.hasher.close()
                     if self._handle is not None:
@@ -492,15 +635,47 @@ class VerifyingSession:
             text=getattr(eng, "detokenize", lambda t: None)(list(self._generated)), finish_reason=finish,
             end_reason=end, commits=self._next_commit, rollbacks=self.rollbacks, records=len(self.sink.records),
             checkpoints=self.sink.checkpoints, seconds=time.perf_counter() - t0, validations=self.validations,
-            generation=self.generation, error=self.error)
+            generation=self.generation, error=self.error, timings=dict(self.timings, tokens=len(self._generated)))
 
     def _generate(self) -> tuple[str | None, str]:
         """Run steps, commits, validations and rollbacks to the end; return (finish, end reason).
         Raises ``RuntimeFailure`` when no good state is left to go on from."""
-        eng = self.engine
+        eng, tm, clock = self.engine, self.timings, time.perf_counter
+        hooked = bool(getattr(eng, "calls_wait_hook", False))
+        if hooked:  # the engine calls us right before it blocks on the device: hand work over there
+            eng.wait_hook = self._kick_from_hook
+        try:
+            return self._loop(eng, tm, clock, hooked)
+        finally:
+            if hooked:
+                eng.wait_hook = None
+
+    def _kick_from_hook(self) -> None:
+        """The engine's wait hook: runs inside ``engine.step``, so it never raises into it (an
+        error is raised on the engine thread once the step has returned)."""
+        self.turns.open()
+        if self._later and self._hook_error is None:
+            t = time.perf_counter()
+            try:
+                self._kick()
+            except BaseException as e:  # noqa: BLE001 - re-raised after the step
+                self._hook_error = e
+            self.timings["handover_s"] += time.perf_counter() - t
+
+    def _loop(self, eng, tm, clock, hooked: bool) -> tuple[str | None, str]:
         while True:
+            t0 = clock()
             self._check_before_eviction()
+            if self._later and not hooked:
+                tk = clock()
+                self._kick()
+                tm["handover_s"] += clock() - tk
+            t1 = clock()
             out = eng.step([self._handle], chunk_size=self.chunk_size)
+            t2 = clock()
+            if self._hook_error is not None:
+                raise self._hook_error
+            tm["step_s"] += t2 - t1
             if not out:
                 if eng.finish_reason(self._handle) is not None:
                     raise RuntimeFailure("the engine finished the sequence without a final step")
@@ -513,13 +688,18 @@ class VerifyingSession:
             finish = eng.finish_reason(self._handle)
             reason = commits.commit_reason(self.policy, step=rec.step, generated=self._generated,
                                            filled_page=any(w.full for w in rec.writes), finished=finish is not None)
+            t3 = clock()
+            tm["record_s"] += (t1 - t0) + (t3 - t2)  # handover_s is part of it (or of step_s, hooked)
             if reason is None:
                 continue
             c = self._commit(reason, rec.step)
             due = [x for x in self._pending if x is not c]
-            if reason in ("prefill", "end_of_generation"):
-                due.append(c)  # validated before going on
+            if reason == "end_of_generation":
+                due.append(c)  # validated before the ledger is sealed
+            elif reason == "prefill":
+                self._gate(c)  # no earlier commit to roll back to: the writer holds what follows
             failed = self._record_validations(due)
+            tm["commit_s"] += clock() - t3  # validation_wait_s is part of it
             if failed is not None:
                 self._rollback(failed)
                 continue
@@ -527,8 +707,16 @@ class VerifyingSession:
                 return finish, commits.end_reason(finish)
 
     def _close(self, end: str, finish) -> None:
+        self.turns.stop()  # from here on the engine thread waits for the workers: no gating
         try:
-            self._wait_validations()
+            self._wait_validations()  # (hands over what `_later` holds first)
+            for c in [c for c in self._commits if c.gated]:  # a gated commit nobody looked at yet
+                if not _validation_passed(c):
+                    self._abandon_gated(c)
+            if self._seg_records:  # ended between commits: what the segment recorded so far
+                self.hasher.submit_batch(self._seg_snaps)
+                self.sink.extend(self._seg_records)
+                self._seg_records, self._seg_snaps = [], []
             if self._commits and not self._seg_tokens:  # at a commit boundary: seal the ledger
                 last = self._commits[-1]
                 n = len(self._generated)
@@ -537,10 +725,12 @@ class VerifyingSession:
             self.sink.flush()
         finally:
             self.generation = self.engine.result(self._handle)
-            self.sink.close()
-            self.validation.close()
-            self.hasher.close()
-            for c in self._commits:
-                if c.snapshot is not None:
-                    self.engine.release(c.snapshot)
-            self.engine.release(self._handle)
+            try:
+                self.sink.close()  # re-raises a writer error: release the engine's pages all the same
+            finally:
+                self.validation.close()
+                self.hasher.close()
+                for c in self._commits:
+                    if c.snapshot is not None:
+                        self.engine.release(c.snapshot)
+                self.engine.release(self._handle)

@@ -97,8 +97,9 @@ def rehash(engine, checks: Sequence[PageCheck]) -> tuple[bool, str]:
 class ValidationRunner:
     """One worker thread running validation jobs in commit order."""
 
-    def __init__(self, engine, validators: Sequence = ()):
+    def __init__(self, engine, validators: Sequence = (), *, turn=None):
         self.engine = engine
+        self._turn = turn or (lambda: None)  # `fieldprint.runtime.turns.Turns.turn`: before each step of a job
         self.validators = [as_validator(v) for v in validators]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldprint-validate")
 
@@ -106,14 +107,25 @@ class ValidationRunner:
         return [REHASH] + [v.name for v in self.validators]
 
     def _job(self, checks, view) -> list[tuple[str, bool, str]]:
+        self._turn()
         out = [(REHASH, *rehash(self.engine, checks))]
         for v in self.validators:
+            self._turn()
             out.append((v.name, *v(view)))
         return out
 
     def submit(self, checks: Sequence[PageCheck], view: CommitView) -> Future:
         """Queue the validation of one commit; return a Future of its results."""
         return self._pool.submit(self._job, list(checks), view)
+
+    def submit_lazy(self, make) -> Future:
+        """Queue the validation of one commit whose ``(checks, view)`` ``make()`` returns, called
+        on the validation thread (the runtime's engine thread does not build them)."""
+        def job():
+            self._turn()
+            return self._job(*make())
+
+        return self._pool.submit(job)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
