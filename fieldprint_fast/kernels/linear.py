@@ -108,6 +108,7 @@ CHUNK_MIN_K = 2048  # rows at least this long, too few to fill the GPU, are quan
 ROWS_MAX_M = 16  # rows a fused decode launch (`linear_rows`) quantizes in front of its matmul
 FUSE_ROW_BYTES = 64 << 10  # ... when its rows (next_pow2(M) x K values) are at most this many bytes
 FUSE_NORM_WORK = 1 << 21  # ... and, with the RMSNorm in front, programs x rows x K at most this
+SWIGLU_QUANT_MIN_M = 32  # rows from which `linear_gated` quantizes the swiglu in its own launch (one program a row)
 ROWS_PREFETCH = 2  # weight blocks a one-launch decode program loads before its row statistics (0..2)
 ROWS_PREFETCH_MAX_M = 8  # ... for up to this many rows (16 rows: Triton 3.9 fails to compile it; 3.6 spills)
 ROWS_SPLIT_MAX = 8  # most K shares of a one-launch decode linear (`rows_config`)
@@ -1179,8 +1180,12 @@ def linear_gated(gate_up: torch.Tensor, table: torch.Tensor, act_bits: int, w: t
 
     * where `fuse_rows_hint` takes the one-launch linear (M <= 16, short rows): ``rowops.swiglu``,
       then `linear_rows` (which takes the row statistics itself);
-    * otherwise (M = 64, long rows): ``rowops.swiglu_quantize`` (the swiglu and its row
-      quantization in one pass, the swiglu never written), then `linear_quantized`.
+    * M >= SWIGLU_QUANT_MIN_M (batch 32, 64): ``rowops.swiglu_quantize`` (the swiglu and its row
+      quantization in one pass, one program per row, the swiglu never written), then
+      `linear_quantized`;
+    * a few long rows otherwise (8B down at M = 1..16): one program per row would be a serial
+      pass over 14,336 values, so ``rowops.swiglu`` (many programs a row), `quantize_rows`
+      (its chunked form spreads a row over the SMs) and `linear_quantized`: three launches.
     """
     from fieldprint_fast.kernels import rowops
 
@@ -1193,7 +1198,10 @@ def linear_gated(gate_up: torch.Tensor, table: torch.Tensor, act_bits: int, w: t
     if fuse_rows_hint(mm, w.shape[1], inter, la, w.shape[0], False, 8, gate_up.device):
         return linear_rows(rowops.swiglu(gate, up, table), act_bits, w, mul, shift, bias, residual=residual, fuse=True,
                            out_dtype=out_dtype)
-    q, m, e = rowops.swiglu_quantize(gate, up, table, act_bits)
+    if mm >= SWIGLU_QUANT_MIN_M:
+        q, m, e = rowops.swiglu_quantize(gate, up, table, act_bits)
+    else:
+        q, m, e = quantize_rows(rowops.swiglu(gate, up, table), act_bits)
     return linear_quantized(q, m, e, w, mul, shift, bias, residual=residual, out_dtype=out_dtype)
 
 

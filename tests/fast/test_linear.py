@@ -353,6 +353,32 @@ def test_linear_rows_equals_spec(n, k, o, widths, wide, kind, norm, gain_bits, r
         assert not ws.any() and not count.any()
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16])
+@pytest.mark.parametrize("widths", [(8, 8), (8, 12), (10, 8), (10, 12)])
+def test_linear_rows_committed_tiles(m, widths):
+    """The one launch with `rows_config`'s tile (the prefetch of two blocks for 1..8 rows, none
+    for 16), normed and with a residual, K a multiple of the 128-value block and not, every
+    limb combination of the profiles: the variants the decode step launches (so that
+    ``tools.sm90_check`` compiles each of them)."""
+    w_bits, a_bits = widths
+    gen = torch.Generator().manual_seed(1000 * m + w_bits + a_bits)
+    for k, norm in ((256, True), (300, False), (300, True), (256, False)):
+        o = 70
+        x = q16_rows(gen, m, k, "both")
+        w = weights(gen, o, k, w_bits, False)
+        mul, shift = multipliers(gen, o, 14, 34)
+        gamma = torch.randint(-(1 << 20), 1 << 20, (k,), generator=gen, dtype=torch.int32)
+        eps = torch.tensor([1 << 30])
+        res = None if norm else residual_rows(gen, m, o, "sat")
+        want = spec_ops.linear(spec_ops.rms_norm(x, gamma, eps) if norm else x, a_bits, w, mul, shift)
+        want = want if res is None else spec_ops.residual_add(res, want)
+        cfg = K.rows_config(m, o, k, K._num_limbs(a_bits), K.weight_limbs(w).shape[0], norm, torch.device(DEVICE))
+        assert cfg["PREFETCH"] == (2 if m <= 8 else 0)
+        got = K.linear_rows(*to_dev(x.to(torch.int32)), a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift),
+                            residual=to_dev(res)[0], norm=tuple(to_dev(gamma, eps)) if norm else None, fuse=True)
+        assert_equal(got, want, f"rows {m}x{k}x{o} a{a_bits} w{w_bits} norm={norm} cfg={cfg}")
+
+
 @pytest.mark.parametrize("fuse", [None, False])
 def test_linear_rows_two_launch_paths(fuse):
     """The hint's choice and the two-launch path (quantize_rows or rms_norm_quantize, then the
@@ -380,8 +406,9 @@ def test_linear_rows_two_launch_paths(fuse):
 def test_linear_gated_equals_spec(n, inter, o, widths, scale, residual, bias, seed):
     """The down projection of the decode step: swiglu of the halves of [gate | up], then the
     linear with the residual in its epilogue, against spec.ops.swiglu / linear / residual_add.
-    M = 1..64 covers both paths (swiglu + the one-launch linear; swiglu_quantize + the matmul,
-    split K at 17..64 rows), 16-bit activations the three-limb launches."""
+    M = 1..64 covers the three paths (swiglu + the one-launch linear; swiglu + quantize_rows +
+    the matmul; swiglu_quantize + the matmul from SWIGLU_QUANT_MIN_M rows, split K at 17..64
+    rows), 16-bit activations the three-limb launches."""
     from spec.tables import sigmoid_table
 
     w_bits, a_bits = widths
@@ -420,6 +447,28 @@ def test_split_k_hint_covers_the_sms():
         k_blocks = triton.cdiv(k, cfg["BLOCK_K"])
         assert 1 <= s <= K.WIDE_SPLIT_MAX and (s == 1 or k_blocks // s >= K.WIDE_SPLIT_MIN_BLOCKS)
         assert tiles >= sms or s == min(K.WIDE_SPLIT_MAX, k_blocks // K.WIDE_SPLIT_MIN_BLOCKS, -(-sms // tiles))
+
+
+@pytest.mark.parametrize("m", [17, 64])
+@pytest.mark.parametrize("a_bits", [8, 12])
+def test_wide_split_k_committed_tile(m, a_bits):
+    """17..64 rows with the committed decode tile and `split_k_hint`'s split (2-4 shares here),
+    K not a multiple of the block, the residual in the epilogue; twice on one workspace."""
+    gen = torch.Generator().manual_seed(m + a_bits)
+    k, o = 2100, 64
+    x = q16_rows(gen, m, k, "both")
+    w = weights(gen, o, k, 8, False)
+    mul, shift = multipliers(gen, o, 20, 34)
+    res = residual_rows(gen, m, o, "sat")
+    want = spec_ops.residual_add(res, spec_ops.linear(x, a_bits, w, mul, shift))
+    cfg = K._config(m, o, k, K._num_limbs(a_bits), 1, torch.device(DEVICE))
+    assert cfg["SPLIT_K"] > 1
+    q, qm, qe = K.quantize_rows(*to_dev(x), a_bits)
+    for _ in range(2):
+        got = K.linear_quantized(q, qm, qe, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0])
+        assert_equal(got, want, f"split {cfg['SPLIT_K']} M={m} a{a_bits}")
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
 
 
 def test_fuse_rows_hint():
@@ -530,12 +579,59 @@ def test_linear_rows_real_sizes(m):
             want = spec_ops.linear(h, a_bits, w, mul, shift, bias)
             want = want if normed else spec_ops.residual_add(res, want)
             limbs = K.weight_limbs(w)
-            for fuse in (True, None):
+            for fuse, xin in ((True, x), (None, x), (None, x.to(torch.int32))):  # int32: as the step's rows
                 for _ in range(2):
-                    got = K.linear_rows(x, a_bits, limbs, mul, shift, bias, residual=None if normed else res,
+                    got = K.linear_rows(xin, a_bits, limbs, mul, shift, bias, residual=None if normed else res,
                                         norm=(gamma, eps) if normed else None, fuse=fuse)
-                    assert_equal(got, want, f"rows {name} M={m} w{w_bits} a{a_bits} fuse={fuse}")
+                    assert_equal(got, want, f"rows {name} M={m} w{w_bits} a{a_bits} fuse={fuse} {xin.dtype}")
             outputs += want.numel()
     for ws, count in K._SPLIT_K_BUFFERS.values():
         assert not ws.any() and not count.any()
     print(f"M={m}: {outputs} outputs equal")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8, 64])
+def test_linear_gated_real_sizes(m):
+    """The decode step's down projection at the 1B and 8B shapes: swiglu of the halves of the
+    gate/up output (int32, as the step keeps it), then the linear with the residual, both
+    profiles' widths; and the q/k/v, o, gate/up linears on int32 rows at M = 64 (the split K
+    of 17..64 rows, the two-launch path)."""
+    if INTERPRET:
+        pytest.skip("real sizes run on the GPU without the interpreter")
+    from spec.tables import sigmoid_table
+
+    gen = torch.Generator(device="cuda").manual_seed(200 + m)
+    table = sigmoid_table().cuda()
+    outputs = 0
+    for o, inter in ((2048, 8192), (4096, 14336)):
+        for w_bits, a_bits in ((8, 8), (8, 12), (10, 12)):
+            g, w, mul, shift = cuda_case(gen, m, o, inter, w_bits)
+            u, _, _, _ = cuda_case(gen, m, 1, inter, 8)
+            gu = torch.cat([g >> 8, u], dim=1).to(torch.int32)
+            res = torch.randint(-ACT_MAX, ACT_MAX + 1, (m, o), generator=gen, device="cuda", dtype=torch.int64)
+            want = spec_ops.residual_add(res, spec_ops.linear(spec_ops.swiglu(gu[:, :inter].long(), gu[:, inter:].long(),
+                                                                              table), a_bits, w, mul, shift))
+            for _ in range(2):
+                got = K.linear_gated(gu, table, a_bits, K.weight_limbs(w), mul, shift, residual=res.to(torch.int32),
+                                     out_dtype=torch.int32)
+                assert_equal(got.long(), want, f"gated M={m} {o}x{inter} w{w_bits} a{a_bits}")
+            outputs += want.numel()
+    if m == 64:
+        for name, (o, k) in DECODE_SHAPES.items():
+            normed = name.split(".")[1] in ("qkv", "gate_up")
+            x, w, mul, shift = cuda_case(gen, m, o, k, 8)
+            gamma = torch.randint(-(1 << 18), 1 << 18, (k,), generator=gen, device="cuda", dtype=torch.int32)
+            eps = torch.tensor([1 << 28], device="cuda")
+            res = torch.randint(-ACT_MAX, ACT_MAX + 1, (m, o), generator=gen, device="cuda", dtype=torch.int64)
+            h = spec_ops.rms_norm(x, gamma, eps) if normed else x
+            want = spec_ops.linear(h, 8, w, mul, shift)
+            want = want if normed else spec_ops.residual_add(res, want)
+            got = K.linear_rows(x.to(torch.int32), 8, K.weight_limbs(w), mul, shift,
+                                residual=None if normed else res.to(torch.int32), norm=(gamma, eps) if normed else None)
+            assert_equal(got, want, f"rows {name} M=64")
+            outputs += want.numel()
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+    print(f"M={m}: {outputs} outputs equal")
+
