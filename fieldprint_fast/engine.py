@@ -389,12 +389,12 @@ class FastEngine(RefEngine):
             r.event.synchronize()
         tokens = r.host_tokens.tolist()
         digests = r.host_digests.numpy() if r.host_digests is not None else None
-        out = {}
+        out, logits = {}, r.logits.unbind(0)  # the rows' views in one call (an index is ~1 us each)
         for i in range(len(r.seqs)) if rows is None else rows:
             s = r.seqs[i]
             s.writes += r.writes[i]
             s.cached += 1
-            s.pending_logits = r.logits[i]
+            s.pending_logits = logits[i]
             out[s.handle] = self._sample(s, token=tokens[i],
                                          logits_digest=None if digests is None else digests[i].tobytes())
         return out
