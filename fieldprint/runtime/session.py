@@ -325,12 +325,15 @@ class VerifyingSession:
             if live is None:  # a physical page's view of the pool never changes: make it once
                 live = self._views[page] = eng.page_tensor(page)
             mine = self._written.get(b)
-            if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
-                mine = self._written[b] = torch.zeros_like(live)
-            # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
-            mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
+            if mine is None and full and lo == 0 and hi == self.page_tokens:  # the step wrote the whole page
+                mine = live.clone()  # (a prompt page: one copy, not zeros and a copy)
+            else:
+                if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
+                    mine = self._written[b] = torch.zeros_like(live)
+                # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
+                mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
             if full:  # final bytes: hashed with the segment's pages (off the critical path)
-                del self._written[b]
+                self._written.pop(b, None)
                 self._dirty.discard(b)
                 self._hash_later("context", b, self.page_tokens, mine)
             else:
