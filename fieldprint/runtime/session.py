@@ -33,7 +33,9 @@ older than the last validated commit are released.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -114,6 +116,49 @@ def _validation_record(c, k: int, seq: int) -> Validation:
 
 def _validation_passed(c) -> bool:
     return all(p for _, p, _ in c.validation.result())
+
+
+class _Handover:
+    """The thread that makes the engine thread's hand-overs (`VerifyingSession._kick`): lists of
+    submissions, run in order, after a worker turn. An error is kept for the engine thread."""
+
+    def __init__(self, turn):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._turn = turn
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fieldprint-handover", daemon=True)
+        self._thread.start()
+
+    def put(self, fns) -> None:
+        self._q.put(fns)
+
+    def drain(self) -> None:
+        """Wait until everything put so far has run; raise its error."""
+        ev = threading.Event()
+        self._q.put(ev)
+        ev.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._turn()
+            for fn in item:  # each one, even after an error: a validation's Future must resolve
+                try:
+                    fn()
+                except BaseException as e:  # noqa: BLE001 - raised on the engine thread
+                    if self.error is None:
+                        self.error = e
 
 
 class _Checks:
@@ -374,6 +419,7 @@ class VerifyingSession:
         later.append(partial(self.sink.extend, self._seg_records, checkpoint=True))  # one item per commit
         c.snapshot = eng.fork(h, sequence=self.sequence)
         # the validation job builds its page list and view on its own thread (`_Checks`)
+        c.validation = Future()  # resolved by the validation thread once the hand-over submitted it
         later.append(partial(self._submit_validation, c, _Checks(
             self._anchor_pages, self._anchor_digests, eng.block_table(c.snapshot), live, self._seg_evicting,
             getattr(eng, "detokenize", None), c, tuple(self._generated))))
@@ -384,7 +430,7 @@ class VerifyingSession:
         return c
 
     def _submit_validation(self, c: _Commit, checks) -> None:
-        c.validation = self.validation.submit_lazy(checks)
+        self.validation.submit_lazy(checks, into=c.validation)
 
     def _kick(self) -> None:
         """Hand the workers what the engine thread queued for them (`_later`), in order.
@@ -393,18 +439,28 @@ class VerifyingSession:
         the hook (``calls_wait_hook``: it calls ``engine.wait_hook`` right before it blocks on the
         device), from inside the step, just before the wait: the hasher, writer and validation
         threads then start their Python work while the engine waits (GIL released), not while it
-        makes the commit or prepares the step (GIL held), and each wakes once."""
-        later, self._later = self._later, []
-        for fn in later:
-            fn()
+        makes the commit or prepares the step (GIL held), and each wakes once. The engine thread
+        itself only puts the list into the hand-over thread's queue (`_Handover`, one C-level
+        put): the submissions to the workers are made there."""
+        if self._handover.error is not None:
+            raise self._handover.error
+        if self._later:
+            later, self._later = self._later, []
+            self._handover.put(later)
+
+    def _drain(self) -> None:
+        """Kick, and wait until the hand-over thread has made every submission (the engine thread
+        then writes to the sink itself, in order after them)."""
+        self._kick()
+        with self.turns.free():
+            self._handover.drain()
 
     def _record_validations(self, due: list[_Commit]) -> _Commit | None:
         """Record the results of ``due`` in commit order; return the first failed commit."""
         for c in due:
-            if c.validation is None:  # still in `_later`: hand it over now, then wait
-                self._kick()
             t = time.perf_counter()
             if not c.validation.done():
+                self._kick()  # (it may still be in `_later`)
                 with self.turns.free():
                     c.validation.exception()
             results = c.validation.result()  # normally done long ago: it ran during the segment
@@ -464,7 +520,7 @@ class VerifyingSession:
         self._commits = keep
 
     def _wait_validations(self) -> None:
-        self._kick()
+        self._drain()
         with self.turns.free():
             for c in self._commits:
                 if c.validation is not None:
@@ -594,6 +650,7 @@ class VerifyingSession:
             raise FileExistsError(f"ledger {self.ledger_path} exists (ledgers are never overwritten)")
         # worker Python in the engine's device waits, when the engine offers a wait hook (turns.py)
         self.turns = Turns(enabled=bool(getattr(eng, "calls_wait_hook", False)))
+        self._handover = _Handover(self.turns.turn)
         self.hasher = PageHasher(turn=self.turns.turn)
         self.sink = None
         self.validation = ValidationRunner(eng, self.validators, turn=self.turns.turn)
@@ -627,6 +684,7 @@ class VerifyingSession:
                     self._close(end, finish)
                 else:
                     self.turns.stop()
+                    self._handover.close()
                     self.validation.close()
                     self.hasher.close()
                     if self._handle is not None:
@@ -656,7 +714,6 @@ class VerifyingSession:
     def _kick_from_hook(self) -> None:
         """The engine's wait hook: runs inside ``engine.step``, so it never raises into it (an
         error is raised on the engine thread once the step has returned)."""
-        self.turns.open()
         if self._later and self._hook_error is None:
             t = time.perf_counter()
             try:
@@ -664,6 +721,9 @@ class VerifyingSession:
             except BaseException as e:  # noqa: BLE001 - re-raised after the step
                 self._hook_error = e
             self.timings["handover_s"] += time.perf_counter() - t
+        # the window opens after the hand-over: a worker the hand-over woke waits in its first
+        # turn (GIL released) instead of taking the GIL from the rest of the hand-over
+        self.turns.open()
 
     def _loop(self, eng, tm, clock, hooked: bool) -> tuple[str | None, str]:
         while True:
@@ -729,6 +789,7 @@ class VerifyingSession:
         finally:
             self.generation = self.engine.result(self._handle)
             try:
+                self._handover.close()
                 self.sink.close()  # re-raises a writer error: release the engine's pages all the same
             finally:
                 self.validation.close()
