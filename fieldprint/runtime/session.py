@@ -1,21 +1,28 @@
 """The verifying session: drive one sequence through an Engine and write its signed ledger.
 
-Per generated token the engine thread does three cheap things: queue a ``token_step``
-record (its logits digest is computed by the hasher thread), copy the slots the step wrote
-into the runtime's own copy of each block it wrote (a device copy of one slot; a block's copy
-is handed to the hasher when it fills), and ask the commit policy whether to commit. Digests
-are thus of the bytes the engine wrote, as it wrote them: a fault that later changes a live
-page (or the copy-on-write copy of a committed one) makes it differ from its recorded digest.
-Before a step whose sliding window frees pages, it copies them for the next commit's re-hash.
+Per generated token the engine thread does three cheap things and wakes no thread: append the
+step's record builders to the segment's list (a ``token_step`` with the engine's logits digest,
+or the row, hashed later on the writer thread), copy the slots the step wrote into the runtime's
+own copy of each block it wrote (a device copy of one slot; a block's copy joins the segment's
+pages to hash when it fills), and ask the commit policy whether to commit. Digests are thus of
+the bytes the engine wrote, as it wrote them: a fault that later changes a live page (or the
+copy-on-write copy of a committed one) makes it differ from its recorded digest. Before a step
+whose sliding window frees pages, it copies them for the next commit's re-hash.
 
-At a commit it hashes its copies of the blocks written since the last commit, queues the ``kv_page
-records, the ``commit`` record and a checkpoint (the writer thread waits for the digests and
-signs), keeps a copy-on-write fork of the sequence (``engine.fork``: the block table is
-copied, pages are shared and reference-counted; the engine copies a shared page before it
-writes to it), and submits the commit's validation to the validation thread. Then it
-records the results of the previous commit's validation (waiting only if it is not done
-yet: normally it finished while the segment was being generated). The prefill commit and
-the final commit are validated before going on.
+At a commit it copies the partial last page, keeps a copy-on-write fork of the sequence
+(``engine.fork``: the block table is copied, pages are shared and reference-counted; the engine
+copies a shared page before it writes to it) and queues, for the workers, the segment's pages
+(one hashing job), its records with the ``commit`` record and a checkpoint (one writer item: the
+writer waits for the digests and signs) and the commit's validation. The queue is handed over
+(`_kick`, one put to the hand-over thread) right before the next step, or from inside it
+through the engine's wait hook, where the engine blocks on the device; with the hook the
+workers also run Python only in the engine's device waits (`fieldprint.runtime.turns`). Then it
+records the results of the previous commit's validation, waiting only if it is not done yet
+(normally it finished while the segment was being generated): at most one commit is ever
+unvalidated past the next commit's boundary. The prefill commit does not wait for its own
+validation: its validation records and a writer gate are queued behind it, and if it fails the
+writer drops what the engine queued meanwhile (`_abandon_gated`), so the ledger is the one of a
+runtime that waited. The final commit is validated before the ledger is sealed.
 
 If a validation failed, the runtime rolls back to the last commit whose validation passed:
 it releases the live sequence and the forks of the abandoned commits, forks the target's
