@@ -1,21 +1,28 @@
 """The verifying session: drive one sequence through an Engine and write its signed ledger.
 
-Per generated token the engine thread does three cheap things: queue a ``token_step``
-record (its logits digest is computed by the hasher thread), copy the slots the step wrote
-into the runtime's own copy of each block it wrote (a device copy of one slot; a block's copy
-is handed to the hasher when it fills), and ask the commit policy whether to commit. Digests
-are thus of the bytes the engine wrote, as it wrote them: a fault that later changes a live
-page (or the copy-on-write copy of a committed one) makes it differ from its recorded digest.
-Before a step whose sliding window frees pages, it copies them for the next commit's re-hash.
+Per generated token the engine thread does three cheap things and wakes no thread: append the
+step's record builders to the segment's list (a ``token_step`` with the engine's logits digest,
+or the row, hashed later on the writer thread), copy the slots the step wrote into the runtime's
+own copy of each block it wrote (a device copy of one slot; a block's copy joins the segment's
+pages to hash when it fills), and ask the commit policy whether to commit. Digests are thus of
+the bytes the engine wrote, as it wrote them: a fault that later changes a live page (or the
+copy-on-write copy of a committed one) makes it differ from its recorded digest. Before a step
+whose sliding window frees pages, it copies them for the next commit's re-hash.
 
-At a commit it hashes its copies of the blocks written since the last commit, queues the ``kv_page
-records, the ``commit`` record and a checkpoint (the writer thread waits for the digests and
-signs), keeps a copy-on-write fork of the sequence (``engine.fork``: the block table is
-copied, pages are shared and reference-counted; the engine copies a shared page before it
-writes to it), and submits the commit's validation to the validation thread. Then it
-records the results of the previous commit's validation (waiting only if it is not done
-yet: normally it finished while the segment was being generated). The prefill commit and
-the final commit are validated before going on.
+At a commit it copies the partial last page, keeps a copy-on-write fork of the sequence
+(``engine.fork``: the block table is copied, pages are shared and reference-counted; the engine
+copies a shared page before it writes to it) and queues, for the workers, the segment's pages
+(one hashing job), its records with the ``commit`` record and a checkpoint (one writer item: the
+writer waits for the digests and signs) and the commit's validation. The queue is handed over
+(`_kick`, one put to the hand-over thread) right before the next step, or from inside it
+through the engine's wait hook, where the engine blocks on the device; with the hook the
+workers also run Python only in the engine's device waits (`fieldprint.runtime.turns`). Then it
+records the results of the previous commit's validation, waiting only if it is not done yet
+(normally it finished while the segment was being generated): at most one commit is ever
+unvalidated past the next commit's boundary. The prefill commit does not wait for its own
+validation: its validation records and a writer gate are queued behind it, and if it fails the
+writer drops what the engine queued meanwhile (`_abandon_gated`), so the ledger is the one of a
+runtime that waited. The final commit is validated before the ledger is sealed.
 
 If a validation failed, the runtime rolls back to the last commit whose validation passed:
 it releases the live sequence and the forks of the abandoned commits, forks the target's
@@ -33,7 +40,9 @@ older than the last validated commit are released.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -114,6 +123,49 @@ def _validation_record(c, k: int, seq: int) -> Validation:
 
 def _validation_passed(c) -> bool:
     return all(p for _, p, _ in c.validation.result())
+
+
+class _Handover:
+    """The thread that makes the engine thread's hand-overs (`VerifyingSession._kick`): lists of
+    submissions, run in order, after a worker turn. An error is kept for the engine thread."""
+
+    def __init__(self, turn):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._turn = turn
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fieldprint-handover", daemon=True)
+        self._thread.start()
+
+    def put(self, fns) -> None:
+        self._q.put(fns)
+
+    def drain(self) -> None:
+        """Wait until everything put so far has run; raise its error."""
+        ev = threading.Event()
+        self._q.put(ev)
+        ev.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._turn()
+            for fn in item:  # each one, even after an error: a validation's Future must resolve
+                try:
+                    fn()
+                except BaseException as e:  # noqa: BLE001 - raised on the engine thread
+                    if self.error is None:
+                        self.error = e
 
 
 class _Checks:
@@ -325,12 +377,15 @@ class VerifyingSession:
             if live is None:  # a physical page's view of the pool never changes: make it once
                 live = self._views[page] = eng.page_tensor(page)
             mine = self._written.get(b)
-            if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
-                mine = self._written[b] = torch.zeros_like(live)
-            # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
-            mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
+            if mine is None and full and lo == 0 and hi == self.page_tokens:  # the step wrote the whole page
+                mine = live.clone()  # (a prompt page: one copy, not zeros and a copy)
+            else:
+                if mine is None:  # a fresh block: the engine zeroed its page when it allocated it
+                    mine = self._written[b] = torch.zeros_like(live)
+                # [layers, K|V, slot, head, row]: narrow + copy_ is a third of indexing's host time
+                mine.narrow(2, lo, hi - lo).copy_(live.narrow(2, lo, hi - lo))
             if full:  # final bytes: hashed with the segment's pages (off the critical path)
-                del self._written[b]
+                self._written.pop(b, None)
                 self._dirty.discard(b)
                 self._hash_later("context", b, self.page_tokens, mine)
             else:
@@ -371,6 +426,7 @@ class VerifyingSession:
         later.append(partial(self.sink.extend, self._seg_records, checkpoint=True))  # one item per commit
         c.snapshot = eng.fork(h, sequence=self.sequence)
         # the validation job builds its page list and view on its own thread (`_Checks`)
+        c.validation = Future()  # resolved by the validation thread once the hand-over submitted it
         later.append(partial(self._submit_validation, c, _Checks(
             self._anchor_pages, self._anchor_digests, eng.block_table(c.snapshot), live, self._seg_evicting,
             getattr(eng, "detokenize", None), c, tuple(self._generated))))
@@ -381,7 +437,7 @@ class VerifyingSession:
         return c
 
     def _submit_validation(self, c: _Commit, checks) -> None:
-        c.validation = self.validation.submit_lazy(checks)
+        self.validation.submit_lazy(checks, into=c.validation)
 
     def _kick(self) -> None:
         """Hand the workers what the engine thread queued for them (`_later`), in order.
@@ -390,18 +446,28 @@ class VerifyingSession:
         the hook (``calls_wait_hook``: it calls ``engine.wait_hook`` right before it blocks on the
         device), from inside the step, just before the wait: the hasher, writer and validation
         threads then start their Python work while the engine waits (GIL released), not while it
-        makes the commit or prepares the step (GIL held), and each wakes once."""
-        later, self._later = self._later, []
-        for fn in later:
-            fn()
+        makes the commit or prepares the step (GIL held), and each wakes once. The engine thread
+        itself only puts the list into the hand-over thread's queue (`_Handover`, one C-level
+        put): the submissions to the workers are made there."""
+        if self._handover.error is not None:
+            raise self._handover.error
+        if self._later:
+            later, self._later = self._later, []
+            self._handover.put(later)
+
+    def _drain(self) -> None:
+        """Kick, and wait until the hand-over thread has made every submission (the engine thread
+        then writes to the sink itself, in order after them)."""
+        self._kick()
+        with self.turns.free():
+            self._handover.drain()
 
     def _record_validations(self, due: list[_Commit]) -> _Commit | None:
         """Record the results of ``due`` in commit order; return the first failed commit."""
         for c in due:
-            if c.validation is None:  # still in `_later`: hand it over now, then wait
-                self._kick()
             t = time.perf_counter()
             if not c.validation.done():
+                self._kick()  # (it may still be in `_later`)
                 with self.turns.free():
                     c.validation.exception()
             results = c.validation.result()  # normally done long ago: it ran during the segment
@@ -461,7 +527,7 @@ class VerifyingSession:
         self._commits = keep
 
     def _wait_validations(self) -> None:
-        self._kick()
+        self._drain()
         with self.turns.free():
             for c in self._commits:
                 if c.validation is not None:
@@ -591,6 +657,7 @@ class VerifyingSession:
             raise FileExistsError(f"ledger {self.ledger_path} exists (ledgers are never overwritten)")
         # worker Python in the engine's device waits, when the engine offers a wait hook (turns.py)
         self.turns = Turns(enabled=bool(getattr(eng, "calls_wait_hook", False)))
+        self._handover = _Handover(self.turns.turn)
         self.hasher = PageHasher(turn=self.turns.turn)
         self.sink = None
         self.validation = ValidationRunner(eng, self.validators, turn=self.turns.turn)
@@ -624,6 +691,7 @@ class VerifyingSession:
                     self._close(end, finish)
                 else:
                     self.turns.stop()
+                    self._handover.close()
                     self.validation.close()
                     self.hasher.close()
                     if self._handle is not None:
@@ -653,7 +721,6 @@ class VerifyingSession:
     def _kick_from_hook(self) -> None:
         """The engine's wait hook: runs inside ``engine.step``, so it never raises into it (an
         error is raised on the engine thread once the step has returned)."""
-        self.turns.open()
         if self._later and self._hook_error is None:
             t = time.perf_counter()
             try:
@@ -661,6 +728,9 @@ class VerifyingSession:
             except BaseException as e:  # noqa: BLE001 - re-raised after the step
                 self._hook_error = e
             self.timings["handover_s"] += time.perf_counter() - t
+        # the window opens after the hand-over: a worker the hand-over woke waits in its first
+        # turn (GIL released) instead of taking the GIL from the rest of the hand-over
+        self.turns.open()
 
     def _loop(self, eng, tm, clock, hooked: bool) -> tuple[str | None, str]:
         while True:
@@ -726,6 +796,7 @@ class VerifyingSession:
         finally:
             self.generation = self.engine.result(self._handle)
             try:
+                self._handover.close()
                 self.sink.close()  # re-raises a writer error: release the engine's pages all the same
             finally:
                 self.validation.close()

@@ -118,14 +118,27 @@ class ValidationRunner:
         """Queue the validation of one commit; return a Future of its results."""
         return self._pool.submit(self._job, list(checks), view)
 
-    def submit_lazy(self, make) -> Future:
+    def submit_lazy(self, make, into: Future | None = None) -> Future:
         """Queue the validation of one commit whose ``(checks, view)`` ``make()`` returns, called
-        on the validation thread (the runtime's engine thread does not build them)."""
+        on the validation thread (the runtime's engine thread does not build them); return the
+        Future of its results (``into``, when given, is resolved with them)."""
         def job():
             self._turn()
             return self._job(*make())
 
-        return self._pool.submit(job)
+        f = self._pool.submit(job)
+        if into is None:
+            return f
+
+        def copy(done: Future) -> None:
+            e = done.exception()
+            if e is not None:
+                into.set_exception(e)
+            else:
+                into.set_result(done.result())
+
+        f.add_done_callback(copy)
+        return into
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
