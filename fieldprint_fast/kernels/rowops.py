@@ -4,9 +4,10 @@ Row-wise and elementwise operators in Triton, bit for bit with ``spec.ops``
 
 * ``rms_norm``: one program per row, the row held in registers (``H <= MAX_ROW``): absmax, the
   rescale ``s``, the exact int64 sum of squares (integer addition: any order gives the same
-  sum), the floor mean, epsilon in the row's units, the 32-step digit-by-digit ``isqrt`` of
-  ``spec.quant.isqrt`` (per row, so its cost does not matter), then ``div_round(xs * gamma, r)``
-  per element in int64 (integer division on non-negative operands, as the spec defines it).
+  sum), the floor mean, epsilon in the row's units, ``spec.quant.isqrt`` per row (a float64
+  ``sqrt`` with one integer correction each way, ``linear._isqrt``: exact, and a short chain on
+  the row's critical path), then ``div_round(xs * gamma, r)`` per element in int64 (integer
+  division on non-negative operands, as the spec defines it).
 * ``rms_norm_quantize``: the same row, then ``spec.quant.quantize_rows`` of the result while it
   is still in registers, written as the int8 limbs ``fieldprint_fast.kernels.linear`` reads;
   it replaces ``rms_norm`` + ``quantize_rows`` (two reads and a write of the row) before the
@@ -28,7 +29,7 @@ import triton
 import triton.language as tl
 
 from fieldprint_fast.kernels.linear import (  # noqa: F401
-    _num_limbs, _quantize_block, _rms_root, _rms_scale, _rms_shift, _row_scale, _shift_round, ACT_MAX, LIMB_BITS,
+    _isqrt, _num_limbs, _quantize_block, _rms_root, _rms_scale, _rms_shift, _row_scale, _shift_round, ACT_MAX, LIMB_BITS,
     RMS_NORM_BITS,
 )
 from spec.constants import (
@@ -113,6 +114,23 @@ def rms_norm_quantize(x: torch.Tensor, gamma: torch.Tensor, eps_q48: torch.Tenso
                                QUANTIZE=True, QMAX=(1 << (bits - 1)) - 1, LIMBS=limbs, BLOCK_H=block,
                                num_warps=_warps(block))
     return q, m, e
+
+
+@triton.jit
+def _isqrt_kernel(v_ptr, out_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < numel
+    tl.store(out_ptr + offs, _isqrt(tl.load(v_ptr + offs, mask=inside, other=0).to(tl.int64)), mask=inside)
+
+
+def isqrt(v: torch.Tensor) -> torch.Tensor:
+    """Return ``spec.quant.isqrt(v)`` (int64, the shape of v): the row kernels' `_isqrt` on its own
+    (its tests). Requires 0 <= v < 2**63."""
+    flat = v.reshape(-1).to(torch.int64).contiguous()
+    out = torch.empty_like(flat)
+    if flat.numel():
+        _isqrt_kernel[(triton.cdiv(flat.numel(), BLOCK),)](flat, out, flat.numel(), BLOCK=BLOCK)
+    return out.reshape(v.shape)
 
 
 def _warps(block: int) -> int:

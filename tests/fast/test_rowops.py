@@ -58,6 +58,22 @@ def norm_inputs(gen, n, h, kind, gain_bits, eps_bits):
     return x, gamma, eps
 
 
+def test_isqrt_equals_spec():
+    """rowops.isqrt (linear._isqrt: float64 sqrt, one correction each way) against spec.quant.isqrt where a
+    float root is one off: n**2 - 1, n**2, n**2 + 2n, n**2 + 2n + 1 for random n up to the
+    largest root below 2**63, 0, 1, 2**63 - 1, and values of every bit length."""
+    from spec.quant import isqrt
+
+    gen = torch.Generator().manual_seed(9)
+    n = torch.cat([torch.randint(1, 3_037_000_499, (200,), generator=gen, dtype=torch.int64),
+                   torch.tensor([1, 2, 3, 1 << 20, (1 << 26) + 1, 3_037_000_499, 3_037_000_498, 2_147_483_648])])
+    v = torch.cat([n * n - 1, n * n, n * n + 2 * n, torch.tensor([0, 1, 2, 3, (1 << 63) - 1, (1 << 62), (1 << 62) - 1])])
+    v = torch.cat([v, torch.randint(0, 1 << 62, (256,), generator=gen, dtype=torch.int64)
+                   >> torch.randint(0, 62, (256,), generator=gen)])
+    v = v[(v >= 0)]
+    assert_equal(R.isqrt(v.to(DEVICE)), isqrt(v), "isqrt")
+
+
 @settings(max_examples=EXAMPLES)
 @given(n=st.integers(1, 6), h=st.integers(1, 300), kind=st.sampled_from(["plain", "zero", "sat", "both"]),
        gain_bits=st.sampled_from([4, 17, 30]), eps_bits=st.integers(0, 45), seed=st.integers(0, 2**31))
