@@ -19,9 +19,8 @@ session drives it, nothing else) and ``VerifyingSession.run`` (commit every ``--
 tokens, signed checkpoint, fsync after each checkpoint, asynchronous re-hash validation), a
 session with ``fsync="none"``, and one with the engine's wait hook on (``ledger_wait_hook``: the
 runtime hands work over, and its workers run, only while the engine waits for the device;
-`fieldprint.runtime.turns`). The fast engine has no wait hook yet: this script emulates it,
-in its own process, by calling the hook right after `DecodeStep.run` has launched a decode
-step's graph replay (where the host next blocks). Each run time-stamps every token; reported per variant, medians
+`fieldprint.runtime.turns`; the fast engine calls it right before it blocks on a decode
+round's results, `FastEngine._finish`), and ``ledger`` without it. Each run time-stamps every token; reported per variant, medians
 over ``--runs``: ``token_ms`` (first token to last, per token: includes every stall), the median
 and largest gap between tokens, the largest gap after the first (the prefill commit's), ``seal_ms``
 (last token to return), and the session's own engine-thread timings (`SessionResult.timings`:
@@ -82,29 +81,7 @@ def make_engine(a):
                      decode_loop=True)
     eng.prepare_decode(1, a.prompt + a.tokens)
     desc = f"fast engine, {a.shape}{' (smoke: tiny, CPU)' if a.smoke else ''} {a.profile}, batch 1"
-    if not hasattr(eng, "calls_wait_hook"):
-        _emulate_wait_hook(eng)
-        desc += "; its wait hook emulated (after a decode step's graph replay is launched)"
     return eng, torch.cuda.get_device_name() if device == "cuda" else "cpu", desc
-
-
-def _emulate_wait_hook(eng) -> None:
-    """Give a FastEngine without one the runtime's wait hook, in this process only: call
-    ``eng.wait_hook`` right after `DecodeStep.run` has launched the step's graph replay, which is
-    where the host next blocks (reading the sampled tokens back)."""
-    from fieldprint_fast.loop import DecodeStep
-
-    real = DecodeStep.run
-
-    def run(self):
-        real(self)
-        fn = eng.wait_hook
-        if fn is not None:
-            fn()
-
-    DecodeStep.run = run
-    eng.wait_hook = None
-    eng.calls_wait_hook = False
 
 
 def _sync(eng):

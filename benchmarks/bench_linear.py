@@ -280,6 +280,12 @@ def fuse_case(name: str, m: int, profile: str, gen: torch.Generator, timed: bool
         if cfg["PREFETCH"]:
             checked["nopf"] = lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True,
                                                       config=dict(cfg, PREFETCH=0))
+        if cfg["SPLIT_K"] > 1:  # the prefetch alone: rows_config's K split left out
+            checked["nosplit"] = lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True,
+                                                         config=dict(cfg, SPLIT_K=1))
+        # the one launch before the prefetch and rows_config's split: _config's decode tile
+        checked["old"] = lambda v: K.linear_rows(x, a_bits, v, mul, shift, residual=res, norm=norm, fuse=True,
+                                                 config=dict(gemm_cfg, PREFETCH=0))
     others = {"gemm": (lambda v: K.linear_quantized(q, qm, qe, v, mul, shift, out_dtype=torch.int32), limbs),
               "bf16": (lambda v: xb @ v.T, w.to(torch.bfloat16))}
     if gemm_cfg["SPLIT_K"] > 1:
@@ -546,13 +552,13 @@ def print_table(res: dict) -> None:
               f"{f(r.get('ms'), '.4f')} ms {f(r.get('tops'), '.0f')} TOP/s {f(r.get('copy_fraction'), '.2f')} copy "
               f"bad={r.get('parity_mismatches', '-')} {r.get('error', '')[:60]}")
     if res.get("fuse"):
-        print(f"{'decode':<12}{'prof':<8}{'M':>3} {'step us':>8} {'fused':>7} {'nopf':>7} {'two':>7} {'gemm':>7} "
+        print(f"{'decode':<12}{'prof':<8}{'M':>3} {'step us':>8} {'fused':>7} {'nopf':>7} {'nosplit':>7} {'old':>7} {'two':>7} {'gemm':>7} "
               f"{'gemm1':>7} {'bf16':>7} {'x bf16':>6} {'copy':>5} {'hint':>5} {'bad':>4}")
     for r in res.get("fuse", []):
         us = {k: (None if r.get(f"{k}_ms") is None else r[f"{k}_ms"] * 1e3) for k in
-              ("step", "fused", "nopf", "two", "gemm", "gemm1", "bf16")}
+              ("step", "fused", "nopf", "nosplit", "old", "two", "gemm", "gemm1", "bf16")}
         print(f"{r['shape']:<12}{r['profile']:<8}{r['M']:>3} {f(us['step'], '8.1f')} {f(us['fused'], '7.1f')} "
-              f"{f(us['nopf'], '7.1f')} {f(us['two'], '7.1f')} {f(us['gemm'], '7.1f')} {f(us['gemm1'], '7.1f')} "
+              f"{f(us['nopf'], '7.1f')} {f(us['nosplit'], '7.1f')} {f(us['old'], '7.1f')} {f(us['two'], '7.1f')} {f(us['gemm'], '7.1f')} {f(us['gemm1'], '7.1f')} "
               f"{f(us['bf16'], '7.1f')} {f(r.get('step_vs_bf16'), '6.2f')} {f(r.get('step_copy_fraction'), '5.2f')} "
               f"{str(r['hint']):>5} {r['parity_mismatches']:>4}")
     print(f"{'shape':<12}{'prof':<8}{'M':>6} {'fp ms':>8} {'gemm ms':>8} {'bf16 ms':>8} {'int_mm':>8} "

@@ -103,6 +103,10 @@ class FastEngine(RefEngine):
     ops = _OPS
     # the Triton linear kernels read the integer weights: no float64 copies (8 bytes a parameter)
     cache_weights = False
+    # the verifying runtime's hook (`fieldprint.runtime.turns`): the engine calls ``wait_hook`` on
+    # its thread right before the host blocks on a decode round's results (CUDA loop only)
+    calls_wait_hook = False
+    wait_hook = None
 
     def __init__(self, model, *, decode_loop: bool | None = None, graphs: bool | None = None,
                  device_digests: bool | None = None, overlap: bool = False, **kwargs):
@@ -117,6 +121,7 @@ class FastEngine(RefEngine):
                 self.decode_loop = False
         self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs) and dev.type == "cuda"
         self.device_digests = self.decode_loop if device_digests is None else bool(device_digests) and self.decode_loop
+        self.calls_wait_hook = self.decode_loop and dev.type == "cuda"
         if self.decode_loop:
             # pages past the allocator's, never handed out: the scratch page that the padding rows
             # of a bucketed batch write, and the staging pages of rows launched ahead into a new block
@@ -386,6 +391,8 @@ class FastEngine(RefEngine):
     def _finish(self, r: "_Round", rows=None) -> dict:
         """Wait for round ``r`` and record its rows (``rows``: their indices; None: all)."""
         if r.event is not None:
+            if self.wait_hook is not None:  # the host is about to block on the device
+                self.wait_hook()
             r.event.synchronize()
         tokens = r.host_tokens.tolist()
         digests = r.host_digests.numpy() if r.host_digests is not None else None

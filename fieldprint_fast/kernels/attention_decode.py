@@ -17,7 +17,8 @@ be split anywhere and the parts combined in any order (integer atomics: max and 
 so their order cannot change a bit). Which path runs depends only on the launch shape (the
 key capacity a CUDA graph is captured for, `decode_path`), never on a device value.
 
-*Fused* (capacities up to FUSED_PAGES, the end-to-end loop's short contexts): one kernel,
+*Fused* (capacities up to FUSED_PAGES, the end-to-end loop's short contexts, at batches that
+fill the machine with one program per sequence and head group): one kernel,
 ``_fused_kernel``, grid (KV-head group, share, sequence). Each program walks all the pages of
 its sequence for the exact scores and both maxima (walk 1), keeping the scores of its share in
 the scratch buffer (L2-resident at these sizes), then walks its share again for ``e``, ``Z``,
@@ -551,9 +552,12 @@ FUSED_PAGES = 64  # virtual pages (1,024 keys) up to which `decode_path` picks t
 def decode_path(n_max: int, batch: int, kv_groups: int) -> str:
     """Return the decode path for a launch shape (static: the graph's page capacity ``n_max``,
     the batch and the programs per sequence): "fused", one launch whose programs walk a
-    sequence's pages twice, while a walk is a few steps; "split" (three programs' worth of
-    parallelism per page: scores, then mix) beyond."""
-    return "fused" if n_max <= FUSED_PAGES else "split"
+    sequence's pages twice, while a walk is a few steps and one program per (sequence, head
+    group) fills the machine (`fused_splits` is 1); "split" (scores, then mix, spread over the
+    context) otherwise. Measured on the H200 (2026-12-04, `benchmarks/profile_e2e.py`, 1B shape,
+    ~600 keys, inside the decode graph): batch 64 fused 66 us a layer against 88 for the split
+    path; batch 1 fused with 8 shares 47 us against ~21 (the shares repeat walk 1 in full)."""
+    return "fused" if n_max <= FUSED_PAGES and fused_splits(batch, kv_groups) == 1 else "split"
 
 
 FUSED_WARPS = 8

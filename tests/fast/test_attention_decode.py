@@ -89,8 +89,8 @@ def test_fused_decode_equals_spec(p, pages, step, extra):
 @given(problems(decode=True, max_ctx=80, max_anchor=40, heads=(4,), kv=(2,), dims=(16, 64)),
        st.sampled_from(["at", "past"]))
 def test_decode_path_threshold(p, where):
-    """The default path at the capacities on either side of the threshold (fused at FUSED_PAGES,
-    split one page past it)."""
+    """The default path at the capacities on either side of the threshold (`decode_path`: at
+    FUSED_PAGES fused when the batch fills the machine, split one page past it)."""
     want = spec_outputs(p)
     got = _run(to_device(p, DEVICE), None, capacity=_capacity(p, where))
     for w, g in zip(want, got):
