@@ -112,6 +112,12 @@ SWIGLU_QUANT_MIN_M = 32  # rows from which `linear_gated` quantizes the swiglu i
 ROWS_PREFETCH = 2  # weight blocks a one-launch decode program loads before its row statistics (0..2)
 ROWS_PREFETCH_MAX_M = 8  # ... for up to this many rows (16 rows: Triton 3.9 fails to compile it; 3.6 spills)
 ROWS_SPLIT_MAX = 8  # most K shares of a one-launch decode linear (`rows_config`)
+# `fuse_rows_hint` picks the one launch only for rows without the norm, up to this many. Measured
+# on the H200 (bench_linear --decode, 2026-12-04, in CUDA graphs), one launch / quantize + matmul:
+# M = 1 1B o 7.4 / 8.3 us, down 12.0 / 12.2, 8B o 12.2 / 11.9, down 25.0 / 23.9; with the norm
+# 1B gate_up 24.2 / 19.4, 8B qkv 21.4 / 18.4, gate_up 69.2 / 48.1; M = 8 1B qkv 39.3 / 11.7,
+# down 34.1 / 12.1. The statistics every program repeats cost more than the launch they save.
+ROWS_FUSE_MAX_M = 1
 
 
 # %%
@@ -910,7 +916,11 @@ GEMM_TILE_INT32 = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_war
                        TMA=True)
 SKINNY_N = 64  # weight rows per decode program: 64 x 256 int8 = 16 KB per pipeline stage
 SKINNY_SPLIT = 4  # K split of a decode launch (M <= 16) with fewer tiles than SMs and >= 16 K blocks
-WIDE_SPLIT_MAX = 4  # most K shares of a 17..64-row launch with fewer tiles than SMs (`split_k_hint`)
+# most K shares of a 17..64-row launch with fewer tiles than SMs (`split_k_hint`): 1, i.e. none.
+# Measured on the H200 at M = 64 (bench_linear --decode, 2026-12-04, linear-decode-...json): split
+# against unsplit, 1B qkv 12.7 / 9.4 us, o 11.9 / 8.9, 8B qkv 23.7 / 14.0, o 19.6 / 13.1, down
+# 33.0 / 29.5; only 1B down gained (15.1 / 17.7)
+WIDE_SPLIT_MAX = 1
 WIDE_SPLIT_MIN_BLOCKS = 4  # ... each share at least this many K blocks (the partial sums cost one tile each)
 
 
@@ -1088,6 +1098,8 @@ def fuse_rows_hint(m: int, n: int, k: int, la: int, lw: int, norm: bool, row_byt
     paths per shape."""
     if not (1 <= m <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
         return False
+    if norm or m > ROWS_FUSE_MAX_M:
+        return False  # measured: the two launches are as fast or faster (ROWS_FUSE_MAX_M)
     rows = triton.next_power_of_2(m)
     if rows * k * row_bytes > FUSE_ROW_BYTES:
         return False

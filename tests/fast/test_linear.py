@@ -452,8 +452,9 @@ def test_split_k_hint_covers_the_sms():
 @pytest.mark.parametrize("m", [17, 64])
 @pytest.mark.parametrize("a_bits", [8, 12])
 def test_wide_split_k_committed_tile(m, a_bits):
-    """17..64 rows with the committed decode tile and `split_k_hint`'s split (2-4 shares here),
-    K not a multiple of the block, the residual in the epilogue; twice on one workspace."""
+    """17..64 rows with the committed decode tile split over K (3 shares: `split_k_hint` splits
+    none at these rows now, WIDE_SPLIT_MAX), K not a multiple of the block, the residual in the
+    epilogue; twice on one workspace."""
     gen = torch.Generator().manual_seed(m + a_bits)
     k, o = 2100, 64
     x = q16_rows(gen, m, k, "both")
@@ -461,11 +462,11 @@ def test_wide_split_k_committed_tile(m, a_bits):
     mul, shift = multipliers(gen, o, 20, 34)
     res = residual_rows(gen, m, o, "sat")
     want = spec_ops.residual_add(res, spec_ops.linear(x, a_bits, w, mul, shift))
-    cfg = K._config(m, o, k, K._num_limbs(a_bits), 1, torch.device(DEVICE))
-    assert cfg["SPLIT_K"] > 1
+    cfg = dict(K._config(m, o, k, K._num_limbs(a_bits), 1, torch.device(DEVICE)), SPLIT_K=3)
     q, qm, qe = K.quantize_rows(*to_dev(x), a_bits)
     for _ in range(2):
-        got = K.linear_quantized(q, qm, qe, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0])
+        got = K.linear_quantized(q, qm, qe, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0],
+                                 config=cfg)
         assert_equal(got, want, f"split {cfg['SPLIT_K']} M={m} a{a_bits}")
     for ws, count in K._SPLIT_K_BUFFERS.values():
         assert not ws.any() and not count.any()
@@ -478,6 +479,8 @@ def test_fuse_rows_hint():
     assert not K.fuse_rows_hint(17, 4096, 4096, 1, 1, False, 8, dev)  # M > ROWS_MAX_M
     assert not K.fuse_rows_hint(1, 4096, 4096, 3, 1, False, 8, dev)  # three limbs
     assert not K.fuse_rows_hint(8, 4096, 14336, 1, 1, False, 8, dev)  # 8 x 14336 x 8 bytes per program
+    assert not K.fuse_rows_hint(1, 4096, 4096, 1, 1, True, 8, dev)  # the norm: two launches (measured)
+    assert not K.fuse_rows_hint(2, 4096, 4096, 1, 1, False, 8, dev)  # M > ROWS_FUSE_MAX_M
     with pytest.raises(ValueError, match="one launch"):
         x = torch.zeros((17, 8), dtype=torch.int64, device=DEVICE)
         w = torch.zeros((1, 4, 8), dtype=torch.int8, device=DEVICE)
