@@ -432,9 +432,15 @@ class VerifyingSession:
             getattr(eng, "detokenize", None), c, tuple(self._generated))))
         self._commits.append(c)
         self._pending.append(c)
-        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = step + 1, [], [], []
-        self._seg_records, self._seg_snaps = [], []
+        self._new_segment(step + 1)
         return c
+
+    def _new_segment(self, first: int) -> None:
+        """Start the segment after a commit (or the run's first, or the one after a rollback's
+        target) at step ``first``: its tokens, its pages' futures, the pages the window frees in
+        it, its record builders and its page copies to hash, all empty."""
+        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = first, [], [], []
+        self._seg_records, self._seg_snaps = [], []
 
     def _submit_validation(self, c: _Commit, checks) -> None:
         self.validation.submit_lazy(checks, into=c.validation)
@@ -510,8 +516,7 @@ class VerifyingSession:
         eng.release(self._handle)
         self._handle = eng.fork(c.snapshot, sequence=self.sequence)
         self._generated = self._generated[:c.end_step]
-        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = c.end_step, [], [], []
-        self._seg_records, self._seg_snaps = [], []
+        self._new_segment(c.end_step)
         c.gated = False
         self.sink.resume()
 
@@ -570,8 +575,7 @@ class VerifyingSession:
             seq=seq, to_commit=t.number, to_step=t.end_step, attempt=a, reason=r, live_state=t.live_state()))
         self.rollbacks.append(info)
         self._generated = self._generated[:target.end_step]
-        self._seg_first, self._seg_tokens, self._seg_pages, self._seg_evicting = target.end_step, [], [], []
-        self._seg_records, self._seg_snaps = [], []
+        self._new_segment(target.end_step)
         self._dirty, self._eviction_checked = set(), set()
         self._digests = dict(target.digests)
         # the runtime's copy of the partial last block: the restored page, which matches its digest
@@ -661,15 +665,15 @@ class VerifyingSession:
         self.hasher = PageHasher(turn=self.turns.turn)
         self.sink = None
         self.validation = ValidationRunner(eng, self.validators, turn=self.turns.turn)
-        self._generated, self._seg_tokens, self._seg_pages = [], [], []
-        self._seg_records, self._seg_snaps = [], []  # the segment's record builders, its page copies
+        self._generated = []
+        self._new_segment(0)
         self._views = {}  # physical page -> engine.page_tensor(page)
         self._hook_error = None  # what the wait hook's hand-over raised (re-raised after the step)
         self._later = []  # hand-overs to the workers, made right before the next engine step (`_kick`)
         self.timings = dict.fromkeys(("step_s", "record_s", "handover_s", "commit_s", "validation_wait_s"), 0.0)
-        self._seg_first, self._next_commit, self._attempt = 0, 0, 0
+        self._next_commit, self._attempt = 0, 0
         self._dirty, self._digests, self._written = set(), {}, {}
-        self._seg_evicting, self._eviction_checked = [], set()
+        self._eviction_checked = set()
         self._commits, self._pending = [], []
         self.error = None
         self.rollbacks, self.validations = [], []
