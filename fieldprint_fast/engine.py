@@ -288,14 +288,12 @@ class FastEngine(RefEngine):
         out_seqs, writes, rows, samples = [], [], [], []
         for s, w in seqs:
             start = s.cached
-            a = s.anchors.length if s.anchors is not None else 0
-            lo = 0 if s.window is None else max(0, start - s.window + 1)
-            if a + start + 1 - lo >= MAX_KEYS:
-                raise ValueError(f"attention over {a + start + 1 - lo} keys: at most {MAX_KEYS - 1} (Z < 2**48)")
+            keys = _visible_keys(s, start)
+            if keys >= MAX_KEYS:
+                raise ValueError(f"attention over {keys} keys: at most {MAX_KEYS - 1} (Z < 2**48)")
             out_seqs.append(s)
             writes.append(w)
-            rows.append((s.context[start], start, a + start, s.table.pages, s.anchors.pages if s.anchors else (), a,
-                         -1 if s.window is None else s.window))
+            rows.append(_step_row(s, s.context[start], start, s.table.pages))
             samples.append(SamplingRows.host_row(s.params, vocab, s.sequence, len(s.context) - s.prompt_len, s.attempt))
         return out_seqs, writes, rows, samples
 
@@ -367,12 +365,10 @@ class FastEngine(RefEngine):
                     return None  # copy-on-write: `_prepare_pages` must run first
                 # (blocks the window frees before the round are freed when it is taken: the round's
                 # queries do not read them)
-                lo = 0 if s.window is None else max(0, start - s.window + 1)
-                if a + start + 1 - lo >= MAX_KEYS:
+                if _visible_keys(s, start) >= MAX_KEYS:
                     return None  # the regular round raises the error
                 seqs.append(s)
-                rows.append((0, start, a + start, pages, s.anchors.pages if s.anchors else (), a,
-                             -1 if s.window is None else s.window))
+                rows.append(_step_row(s, 0, start, pages))  # (its token is fed on the device)
                 samples.append(SamplingRows.host_row(s.params, vocab, s.sequence, gen, s.attempt))
                 eos.append(tuple(s.eos))
                 pick.append(k - 1)
@@ -423,6 +419,22 @@ class FastEngine(RefEngine):
             rows = [i for i, s in enumerate(r.seqs) if s.finish_reason is None]
             if rows:
                 self._restore(r, rows)
+
+
+def _visible_keys(s, start: int) -> int:
+    """Return the keys the query of sequence ``s`` at context index ``start`` sees: its anchors,
+    then its context from the window's start to itself."""
+    a = s.anchors.length if s.anchors is not None else 0
+    lo = 0 if s.window is None else max(0, start - s.window + 1)
+    return a + start + 1 - lo
+
+
+def _step_row(s, token: int, start: int, pages) -> tuple:
+    """Return `DecodeStep.load`'s row of sequence ``s`` feeding ``token`` at context index
+    ``start`` over block table ``pages``."""
+    a = s.anchors.length if s.anchors is not None else 0
+    return (token, start, a + start, pages, s.anchors.pages if s.anchors else (), a,
+            -1 if s.window is None else s.window)
 
 
 def _device_index(rows: list[int], device) -> torch.Tensor:

@@ -23,7 +23,6 @@ Greedy rows take the largest logit, lowest id among ties (one Triton launch on t
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +73,9 @@ def greedy_rows(logits: torch.Tensor, kernel: bool | None = None) -> torch.Tenso
     ``kernel`` (default: on CUDA, or the CPU under TRITON_INTERPRET=1): one Triton launch
     (`fieldprint_fast.kernels.argmax.greedy`) instead of torch's two reductions."""
     if kernel is None:
-        kernel = logits.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        from fieldprint_fast.loop import use_kernels  # (loop imports this module)
+
+        kernel = use_kernels(logits.device)
     if kernel and logits.dtype == torch.int64 and logits.shape[0] > 0:
         from fieldprint_fast.kernels.argmax import greedy
 
