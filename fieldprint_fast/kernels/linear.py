@@ -1089,25 +1089,17 @@ def rows_config(m: int, n: int, k: int, la: int, lw: int, norm: bool, device: to
 
 
 def fuse_rows_hint(m: int, n: int, k: int, la: int, lw: int, norm: bool, row_bytes: int, device: torch.device) -> bool:
-    """Return whether `linear_rows` quantizes (and norms) the rows inside the linear's launch:
-    M <= ROWS_MAX_M, at most two limbs each, every program's read of the rows (next_pow2(M) x K
-    values of ``row_bytes``) at most FUSE_ROW_BYTES, and with the norm, programs x rows x K
-    (the redundant statistics passes, `rows_config`'s programs) at most FUSE_NORM_WORK. The two
-    constants are first estimates (L2 ~5.5 TB/s shared by every program's statistics pass, ~25
-    integer operations per normed value): ``benchmarks/bench_linear.py --decode`` times both
-    paths per shape."""
+    """Return whether `linear_rows` quantizes the rows inside the linear's launch: at most
+    ROWS_FUSE_MAX_M rows without the norm (measured: with the norm or more rows the two launches
+    are as fast or faster, see ROWS_FUSE_MAX_M), at most two limbs each, and every program's read
+    of the rows (next_pow2(M) x K values of ``row_bytes``) at most FUSE_ROW_BYTES.
+    ``benchmarks/bench_linear.py --decode`` times both paths per shape; ``fuse=True`` still runs
+    the one launch with the norm (its split then bounded by FUSE_NORM_WORK, `rows_config`)."""
     if not (1 <= m <= ROWS_MAX_M and la <= 2 and lw <= 2 and 1 <= k <= MAX_K):
         return False
     if norm or m > ROWS_FUSE_MAX_M:
-        return False  # measured: the two launches are as fast or faster (ROWS_FUSE_MAX_M)
-    rows = triton.next_power_of_2(m)
-    if rows * k * row_bytes > FUSE_ROW_BYTES:
         return False
-    if norm:
-        cfg = rows_config(m, n, k, la, lw, norm, device)
-        programs = triton.cdiv(n, cfg["BLOCK_N"]) * cfg["SPLIT_K"]
-        return programs * rows * k <= FUSE_NORM_WORK and k <= QUANT_BLOCK
-    return True
+    return triton.next_power_of_2(m) * k * row_bytes <= FUSE_ROW_BYTES
 
 
 def rows_step(rows: int, norm: bool) -> int:

@@ -81,6 +81,13 @@ def to_dev(*ts):
     return [None if t is None else t.to(DEVICE) for t in ts]
 
 
+def assert_split_k_buffers_clean() -> None:
+    """Every split-K workspace and arrival counter is back to zero (the last program of a tile
+    clears them, so the next launch, or graph replay, starts clean)."""
+    for ws, count in K._SPLIT_K_BUFFERS.values():
+        assert not ws.any() and not count.any()
+
+
 def assert_equal(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
     got, want = got.cpu(), want.cpu()
     if not torch.equal(got, want):
@@ -200,8 +207,7 @@ def test_linear_quantized_tiles(n, k, o, tile, la, lw, int32_out, wide_mul, bias
     got = K.linear_quantized(q, m, e, limbs, *to_dev(mul, shift, b), out_dtype=out_dtype, config=tile,
                              residual=to_dev(res)[0])
     assert_equal(got.long(), want, f"tile {tile}")
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
 
 
 @settings(max_examples=max(EXAMPLES // 3, 1))
@@ -349,8 +355,7 @@ def test_linear_rows_equals_spec(n, k, o, widths, wide, kind, norm, gain_bits, r
                         fuse=True, config=tile)
     assert got.dtype == torch.int64 and got.shape == (n, o)
     assert_equal(got, want, f"rows {n}x{k}x{o} w{w_bits} a{a_bits} norm={norm} res={residual} tile={tile}")
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16])
@@ -424,8 +429,7 @@ def test_linear_gated_equals_spec(n, inter, o, widths, scale, residual, bias, se
     got = K.linear_gated(*to_dev(gu), table, a_bits, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift, b),
                          residual=to_dev(res)[0])
     assert_equal(got, want, f"gated {n}x{inter}x{o} w{w_bits} a{a_bits} res={residual}")
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
 
 
 def test_split_k_hint_covers_the_sms():
@@ -468,8 +472,7 @@ def test_wide_split_k_committed_tile(m, a_bits):
         got = K.linear_quantized(q, qm, qe, K.weight_limbs(w.to(DEVICE)), *to_dev(mul, shift), residual=to_dev(res)[0],
                                  config=cfg)
         assert_equal(got, want, f"split {cfg['SPLIT_K']} M={m} a{a_bits}")
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
 
 
 def test_fuse_rows_hint():
@@ -529,8 +532,7 @@ def test_linear_real_sizes(m):
             want = spec_ops.linear(x, a_bits, w, mul, shift, bias)
             assert_equal(got, want, f"w{w_bits} a{a_bits} M={m} {o}x{k}")
             outputs += want.numel()
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
     print(f"M={m}: {outputs} outputs equal")
 
 
@@ -588,8 +590,7 @@ def test_linear_rows_real_sizes(m):
                                         norm=(gamma, eps) if normed else None, fuse=fuse)
                     assert_equal(got, want, f"rows {name} M={m} w{w_bits} a{a_bits} fuse={fuse} {xin.dtype}")
             outputs += want.numel()
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
     print(f"M={m}: {outputs} outputs equal")
 
 
@@ -634,7 +635,6 @@ def test_linear_gated_real_sizes(m):
                                 residual=None if normed else res.to(torch.int32), norm=(gamma, eps) if normed else None)
             assert_equal(got, want, f"rows {name} M=64")
             outputs += want.numel()
-    for ws, count in K._SPLIT_K_BUFFERS.values():
-        assert not ws.any() and not count.any()
+    assert_split_k_buffers_clean()
     print(f"M={m}: {outputs} outputs equal")
 
